@@ -1,0 +1,7 @@
+"""``python -m asyncjobs`` is the ``asyncjobs`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,262 @@
+"""Claims due jobs, launches their attempts, and turns outcomes into stored transitions.
+
+One ``tick()`` does one round: record the attempts that ended since the last round (each
+decided by :func:`policy.decide`), then claim as many due jobs as there are free slots and
+launch them.  Both writes are queued together, so the store's group commit applies them in a
+single transaction.  ``run()`` ticks, then sleeps until the earliest future ``run_at`` or until
+woken by new work or a finished attempt: a timer, not a polling loop.  ``drain()`` ticks until
+nothing is due or running, which makes tests deterministic with an injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from . import policy
+from .clock import Clock
+from .config import Settings
+from .errors import AsyncJobsError
+from .events import EventBus
+from .launcher import Launcher
+from .logs import JobLog
+from .models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind, Status
+from .store import Finished, Store
+
+log = logging.getLogger("asyncjobs.dispatcher")
+
+STORAGE_RETRY = 1.0  # seconds between attempts to write after a storage error
+PROGRESS_FLUSH = 2.0  # seconds between progress writes to the store
+
+
+@dataclass(slots=True)
+class _Running:
+    claimed: Claimed
+    started: float  # monotonic
+    task: asyncio.Task[None]
+
+
+class Dispatcher:
+    def __init__(self, *, store: Store, launcher: Launcher, settings: Settings, clock: Clock,
+                 events: EventBus, job_log: JobLog,
+                 rand: policy.Random = random.random) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.settings = settings
+        self.clock = clock
+        self.events = events
+        self.job_log = job_log
+        self.rand = rand
+        self.running: dict[int, _Running] = {}
+        self.progress: dict[int, tuple[float, str | None]] = {}
+        self._per_class: Counter[str] = Counter()
+        self._ended: list[tuple[Claimed, Outcome, float, float]] = []
+        self._unwritten: list[Finished] = []
+        self._dirty_progress: dict[int, tuple[float, str | None]] = {}
+        self._last_progress_flush = 0.0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._storage_ok = True
+
+    # -- waking ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be due: tick soon instead of sleeping out the timer."""
+        self._wake.set()
+
+    # -- one round ---------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Record ended attempts, then claim and launch due jobs; return how many launched."""
+        self._wake.clear()
+        now = self.clock.now()
+        finished = self._unwritten + [self._decide(*ended) for ended in self._ended]
+        self._ended = []
+        self._unwritten = []
+        free = 0 if self._stopping else self.settings.workers.max - len(self.running)
+        writes: list[asyncio.Future[object]] = []
+        progress = self._take_progress(force=bool(finished))
+        if progress:
+            writes.append(asyncio.ensure_future(self.store.set_progress(progress)))
+        finish = asyncio.ensure_future(self.store.finish(finished)) if finished else None
+        claim = (asyncio.ensure_future(self.store.claim(now, free, self._capacity()))
+                 if free > 0 else None)
+        await asyncio.gather(*writes, *(f for f in (finish, claim) if f),
+                             return_exceptions=True)
+        self._storage_ok = True
+        if finish is not None:
+            self._after_finish(finished, finish)
+        if claim is None:
+            return 0
+        if claim.exception() is not None:
+            self._storage_error("claim", claim.exception())
+            return 0
+        claimed = claim.result()
+        for job in claimed:
+            self._launch(job)
+        return len(claimed)
+
+    def _take_progress(self, *, force: bool) -> dict[int, tuple[float, str | None]]:
+        now = self.clock.monotonic()
+        if not self._dirty_progress or (not force and
+                                        now - self._last_progress_flush < PROGRESS_FLUSH):
+            return {}
+        self._last_progress_flush = now
+        dirty, self._dirty_progress = self._dirty_progress, {}
+        return dirty
+
+    def _capacity(self) -> dict[str, int]:
+        return {name: job.concurrency - self._per_class[name]
+                for name, job in self.settings.jobs.items() if job.concurrency is not None}
+
+    def _storage_error(self, what: str, exc: BaseException | None) -> None:
+        self._storage_ok = False
+        log.error("could not %s: %s; retrying in %ss", what, exc, STORAGE_RETRY)
+
+    def _decide(self, claimed: Claimed, outcome: Outcome, at: float,
+                duration: float) -> Finished:
+        transition = policy.decide(
+            claimed, outcome, job_class=self.settings.job_class(claimed.cls),
+            retry=self.settings.retry, now=at, max_interruptions=self.settings.max_interruptions,
+            rand=self.rand)
+        self._log_attempt(claimed, outcome, transition.status, at, duration)
+        return Finished(claimed, outcome, transition, at)
+
+    def _after_finish(self, finished: list[Finished], write: asyncio.Future[list[int]]) -> None:
+        if write.exception() is not None:
+            # Keep them: the attempts are still "running" on disk until this write succeeds.
+            self._unwritten = finished + self._unwritten
+            self._storage_error("record finished attempts", write.exception())
+            return
+        for f in finished:
+            self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
+            self.progress.pop(f.claimed.id, None)
+        for step_id in write.result():
+            self.events.publish({"type": "job", "id": step_id, "status": "pending"})
+
+    def _log_attempt(self, c: Claimed, outcome: Outcome, status: Status, at: float,
+                     duration: float) -> None:
+        note = f"outcome={outcome.kind.value}" if outcome.kind.value != status.value else ""
+        self.job_log.event(at, c.id, c.cls, c.method, c.attempt, status.value, duration, note)
+        if outcome.error is not None and outcome.kind is not OutcomeKind.CANCELLED:
+            self.job_log.error(at, c.id, c.cls, c.method, c.attempt, outcome.kind.value,
+                               outcome.error.type, outcome.error.message,
+                               outcome.error.traceback)
+        log.info("job %s attempt %s ended %s -> %s", c.id, c.attempt, outcome.kind.value,
+                 status.value)
+
+    def _publish(self, job_id: int, status: Status, attempt: int, at: float) -> None:
+        self.events.publish({"type": "job", "id": job_id, "status": status.value,
+                             "attempt": attempt})
+
+    # -- attempts ----------------------------------------------------------------------------
+
+    def _isolation(self, cls: str) -> Isolation:
+        job = self.settings.job_class(cls)
+        return (job.isolation if job and job.isolation else None) or \
+            self.settings.workers.isolation
+
+    def _launch(self, claimed: Claimed) -> None:
+        self._per_class[claimed.cls] += 1
+        task = asyncio.create_task(self._attempt(claimed), name=f"asyncjobs-job-{claimed.id}")
+        self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), task)
+        at = self.clock.now()
+        self.job_log.event(at, claimed.id, claimed.cls, claimed.method, claimed.attempt,
+                           "running")
+        self._publish(claimed.id, Status.RUNNING, claimed.attempt, at)
+
+    async def _attempt(self, claimed: Claimed) -> None:
+        try:
+            outcome = await self.launcher.run(claimed, self._isolation(claimed.cls),
+                                              self._on_progress)
+        except asyncio.CancelledError:
+            # The host is going down hard; the attempt stays "running" on disk and is
+            # recovered as interrupted at the next start.  Never a job failure.
+            raise
+        except Exception as exc:  # noqa: BLE001 - a launcher bug must not lose the job
+            log.exception("launcher failed for job %s", claimed.id)
+            outcome = Outcome(OutcomeKind.CRASHED, error=ErrorInfo(
+                "LauncherError", f"{type(exc).__name__}: {exc}"))
+        running = self.running.pop(claimed.id)
+        self._per_class[claimed.cls] -= 1
+        duration = self.clock.monotonic() - running.started
+        self._ended.append((claimed, outcome, self.clock.now(), duration))
+        self._wake.set()
+
+    def _on_progress(self, job_id: int, fraction: float, message: str | None) -> None:
+        self.progress[job_id] = self._dirty_progress[job_id] = (fraction, message)
+        self.events.publish({"type": "progress", "id": job_id, "fraction": fraction,
+                             "message": message})
+
+    def stop_attempt(self, job_id: int, kind: OutcomeKind = OutcomeKind.CANCELLED) -> bool:
+        """Kill a running attempt (cancel, or interrupt at shutdown)."""
+        return job_id in self.running and self.launcher.stop(job_id, kind)
+
+    # -- loops -------------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self._ended and not self._unwritten
+
+    async def drain(self) -> None:
+        """Tick until nothing is running and nothing is due at the clock's current time."""
+        while True:
+            launched = await self.tick()
+            if self.running:
+                await self._wake.wait()
+            elif not launched and self.idle and self._storage_ok:
+                return
+
+    async def _sleep_time(self) -> float | None:
+        if not self._storage_ok:
+            return STORAGE_RETRY
+        timeout: float | None = None
+        if self._dirty_progress:
+            timeout = PROGRESS_FLUSH
+        if self._stopping or len(self.running) >= self.settings.workers.max:
+            return timeout
+        now = self.clock.now()
+        try:
+            due = await self.store.next_due(now)
+        except AsyncJobsError as exc:
+            self._storage_error("read the next due time", exc)
+            return STORAGE_RETRY
+        if due is not None:
+            timeout = min(timeout or due - now, max(0.0, due - now))
+        return timeout
+
+    async def run(self) -> None:
+        """Dispatch until :meth:`stop`: tick, then sleep until due or woken."""
+        while True:
+            await self.tick()
+            if self._stopping and self.idle:
+                return
+            timeout = await self._sleep_time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def recover(self) -> int:
+        """Record attempts a dead host left running as interrupted; requeue their jobs."""
+        orphans = await self.store.running()
+        now = self.clock.now()
+        error = ErrorInfo("Interrupted", "the host stopped while this attempt ran")
+        finished = [self._decide(c, Outcome(OutcomeKind.INTERRUPTED, error=error), now, 0.0)
+                    for c in orphans]
+        if finished:
+            await self.store.finish(finished)
+            log.warning("recovered %d interrupted job(s): %s", len(finished),
+                        ", ".join(str(c.id) for c in orphans[:20]))
+        return len(finished)
+
+    def begin_stop(self) -> None:
+        """Claim nothing more; running attempts go on until :meth:`interrupt_all`."""
+        self._stopping = True
+        self._wake.set()
+
+    def interrupt_all(self) -> None:
+        for job_id in list(self.running):
+            self.launcher.stop(job_id, OutcomeKind.INTERRUPTED)

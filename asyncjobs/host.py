@@ -1,0 +1,263 @@
+"""The host: owns the data directory, the store, the dispatcher and (optionally) the API.
+
+``async with Host(settings) as host`` opens everything in order (lock the data directory,
+open and migrate the store, recover attempts a dead host left running, start dispatching,
+start the API) and closes it in reverse: stop intake, let running attempts finish for
+``shutdown_grace`` seconds, interrupt the rest (they run again after a restart), close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from . import policy, procs, registry
+from .auth import load_or_create_token
+from .clock import Clock, SystemClock
+from .config import Settings
+from .dispatcher import Dispatcher
+from .errors import HostLocked, JobNotFound, Unavailable
+from .events import EventBus
+from .launcher import Launcher, SubprocessLauncher
+from .logs import JobLog
+from .models import TERMINAL, JobRecord, JSONValue, Status, iso
+from .store import Page, Submitted
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger("asyncjobs.host")
+
+DB_FILE = "asyncjobs.db"
+LOCK_FILE = "host.lock"
+
+
+class Host:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None,
+                 launcher: Launcher | None = None, rand: policy.Random = random.random,
+                 dispatch: bool = True, serve_api: bool = False) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.rand = rand
+        self.data_dir = settings.data_dir
+        self.events = EventBus()
+        self.token = ""
+        self.url = ""
+        self.started_at = 0.0
+        self._launcher = launcher
+        self._dispatch = dispatch
+        self._serve_api = serve_api
+        self._accepting = False
+        self._lock: IO[bytes] | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._api: Any = None
+        self._store: SqliteStore | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._job_log: JobLog | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Host:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _take_lock(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held while we run
+        if not procs.try_lock(handle):
+            handle.close()
+            raise HostLocked(f"another asyncjobs host is already running on "
+                             f"{self.data_dir}; stop it first or use another data_dir")
+        self._lock = handle
+
+    async def start(self) -> None:
+        self._take_lock()
+        self.token = load_or_create_token(self.data_dir)
+        self._job_log = JobLog(self.data_dir / "logs", self.settings.logs)
+        self._store = SqliteStore(self.data_dir / DB_FILE, durability=self.settings.durability)
+        await self._store.open()
+        launcher = self._launcher or SubprocessLauncher(self.settings, self.data_dir / "run")
+        self._launcher = launcher
+        self._dispatcher = Dispatcher(store=self._store, launcher=launcher,
+                                      settings=self.settings, clock=self.clock,
+                                      events=self.events, job_log=self._job_log, rand=self.rand)
+        await self._dispatcher.recover()
+        self.started_at = time.time()
+        self._accepting = True
+        if self._dispatch:
+            self._run_task = asyncio.create_task(self._dispatcher.run(),
+                                                 name="asyncjobs-dispatcher")
+        if self._serve_api:
+            from .api import start_api  # noqa: PLC0415 - embedding without aiohttp routes
+
+            self._api, self.url = await start_api(self)
+        log.info("host started on %s", self.data_dir)
+
+    async def aclose(self) -> None:
+        self._accepting = False
+        if self._dispatcher is not None:
+            await self._stop_dispatching(self._dispatcher)
+        if self._api is not None:
+            await self._api.cleanup()
+            self._api = None
+        if self._launcher is not None:
+            await self._launcher.aclose()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        if self._job_log is not None:
+            self._job_log.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    async def _stop_dispatching(self, dispatcher: Dispatcher) -> None:
+        dispatcher.begin_stop()
+        if self._run_task is None:
+            dispatcher.interrupt_all()
+            await dispatcher.drain()
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._run_task), self.settings.shutdown_grace)
+        except TimeoutError:
+            log.warning("shutdown grace over; interrupting %d running job(s)",
+                        len(dispatcher.running))
+            dispatcher.interrupt_all()
+            await self._run_task
+        self._run_task = None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise Unavailable("the host is not running")
+        return self._dispatcher
+
+    @property
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            raise Unavailable("the host is not running")
+        return self._store
+
+    @property
+    def job_log(self) -> JobLog:
+        assert self._job_log is not None
+        return self._job_log
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def submit(self, cls: str, method: str, args: Sequence[JSONValue] | None = None,
+                     **options: JSONValue) -> Submitted:
+        """Submit one job; ``options`` are the §5 submit fields (kwargs, priority, delay, ...)."""
+        return (await self.submit_many([{"class": cls, "method": method,
+                                         "args": list(args or []), **options}]))[0]
+
+    async def submit_many(self, bodies: Sequence[object]) -> list[Submitted]:
+        """Validate every body, then store them all in one transaction (all or none)."""
+        if not self._accepting:
+            raise Unavailable("the host is shutting down and accepts no new jobs")
+        now = self.clock.now()
+        specs = [registry.parse_submit(self.settings, body, now) for body in bodies]
+        submitted = await self.store.submit(specs, now)
+        for spec, s in zip(specs, submitted, strict=True):
+            if not s.duplicate:
+                self.job_log.event(now, s.id, spec.cls, spec.method, None, "pending",
+                                   note=f"run_at={iso(spec.run_at)}")
+                self.events.publish({"type": "job", "id": s.id, "status": "pending"})
+        self.dispatcher.wake()
+        return submitted
+
+    async def get(self, job_id: int) -> JobRecord:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        live = self._dispatcher.progress.get(job_id) if self._dispatcher else None
+        if live is not None and job.status is Status.RUNNING:
+            job = dataclasses.replace(job, progress=live)
+        return job
+
+    async def list(self, *, status: Status | None = None, cls: str | None = None,
+                   limit: int = 50, cursor: int | None = None) -> Page:
+        return await self.store.list(status=status, cls=cls, limit=limit, cursor=cursor)
+
+    async def cancel(self, job_id: int) -> JobRecord:
+        """Cancel a pending job at once, or kill a running one and wait until it is recorded."""
+        now = self.clock.now()
+        for _ in range(100):
+            result = await self.store.cancel(job_id, now, "cancelled by request")
+            if result.previous is Status.PENDING:
+                for cancelled in result.cancelled_ids:
+                    self.events.publish({"type": "job", "id": cancelled, "status": "cancelled"})
+                job = await self.get(job_id)
+                self.job_log.event(now, job_id, job.cls, job.method, None, "cancelled")
+                return job
+            if self.dispatcher.stop_attempt(job_id):
+                return await self.wait(job_id, self.settings.workers.kill_grace + 10)
+            # Claimed on disk a moment ago but not launched yet: look again shortly.
+            await asyncio.sleep(0.01)
+        raise Unavailable(f"job {job_id} could not be cancelled; try again")
+
+    async def retry(self, job_id: int) -> JobRecord:
+        ids = await self.store.retry(job_id, self.clock.now())
+        for requeued in ids:
+            self.events.publish({"type": "job", "id": requeued, "status": "pending"})
+        job = await self.get(job_id)
+        self.job_log.event(self.clock.now(), job_id, job.cls, job.method, None, "pending",
+                           note="manual_retry=true")
+        self.dispatcher.wake()
+        return job
+
+    async def wait(self, job_id: int, timeout: float) -> JobRecord:
+        """Return the job once it is finished, or as it is when ``timeout`` seconds pass."""
+        with self.events.subscribe() as queue:
+            job = await self.get(job_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while job.status not in TERMINAL:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if event.get("id") == job_id or event.get("type") == "overflow":
+                    job = await self.get(job_id)
+            return job if job.status in TERMINAL else await self.get(job_id)
+
+    async def stats(self) -> dict[str, JSONValue]:
+        now = self.clock.now()
+        stats = await self.store.stats(now)
+        running = len(self._dispatcher.running) if self._dispatcher else 0
+        return {
+            "counts": dict(stats.counts),
+            "classes": {cls: dict(counts) for cls, counts in stats.by_class.items()},
+            "throughput": {
+                "last_minute": stats.finished_last_minute,
+                "last_hour": stats.finished_last_hour,
+                "per_minute": [{"minute": iso(t), "completed": c, "failed": f}
+                               for t, c, f in stats.per_minute],
+            },
+            "workers": {"running": running, "max": self.settings.workers.max},
+            "uptime": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+        }
+
+    def log_tail(self, name: str, lines: int, job_id: int | None = None) -> list[str]:
+        tail = self.job_log.tail(name, lines if job_id is None else max(lines * 20, 2000))
+        if job_id is not None:
+            marker = f" job={job_id} "
+            tail = [line for line in tail if marker in line][-lines:]
+        return tail

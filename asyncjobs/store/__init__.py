@@ -1,0 +1,96 @@
+"""The Store seam: everything the host asks of persistent storage, and nothing about SQL.
+
+Only :mod:`asyncjobs.store.sqlite` speaks SQL; a PostgreSQL store for several hosts can
+implement the same protocol and run the same tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..models import Claimed, JobRecord, JobSpec, Outcome, Status, Transition
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    id: int
+    status: Status
+    duplicate: bool = False  # an existing job with the same unique_key was returned
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """One attempt's end, ready to store: what happened and what it leads to."""
+
+    claimed: Claimed
+    outcome: Outcome
+    transition: Transition
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    jobs: Sequence[JobRecord]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    counts: Mapping[str, int]
+    by_class: Mapping[str, Mapping[str, int]]
+    finished_last_minute: int
+    finished_last_hour: int
+    per_minute: Sequence[tuple[int, int, int]]  # (minute start, completed, failed) last hour
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What a cancel found: the job was pending (now cancelled) or is running (kill it)."""
+
+    previous: Status
+    cancelled_ids: Sequence[int]  # the job and any chain steps cancelled with it
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, specs: Sequence[JobSpec], now: float) -> list[Submitted]:
+        """Insert jobs (with their chain steps) atomically; all or none."""
+        ...
+
+    async def claim(self, now: float, limit: int, capacity: Mapping[str, int]) -> list[Claimed]:
+        """Move up to ``limit`` due jobs to running, best first; ``capacity`` caps classes."""
+        ...
+
+    async def finish(self, finished: Sequence[Finished]) -> list[int]:
+        """Record attempt ends and apply their transitions; return chain steps made due."""
+        ...
+
+    async def running(self) -> list[Claimed]:
+        """Jobs left ``running`` (after a host died), as they were claimed."""
+        ...
+
+    async def next_due(self, after: float) -> float | None:
+        """The earliest ``run_at`` of a pending job later than ``after``."""
+        ...
+
+    async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult: ...
+
+    async def cancel_rest_of_chain(self, job_id: int, now: float) -> list[int]: ...
+
+    async def retry(self, job_id: int, now: float) -> list[int]: ...
+
+    async def set_progress(self, updates: Mapping[int, tuple[float, str | None]]) -> None: ...
+
+    async def get(self, job_id: int) -> JobRecord | None: ...
+
+    async def list(self, *, status: Status | None = None, cls: str | None = None,
+                   limit: int = 50, cursor: int | None = None) -> Page: ...
+
+    async def stats(self, now: float) -> Stats: ...
+
+    async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int: ...

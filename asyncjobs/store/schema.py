@@ -1,0 +1,57 @@
+"""The SQLite schema as numbered migrations, applied in order and recorded in user_version."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, attempts, and the indexes that keep "next due" and "list by status" cheap.
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        class TEXT NOT NULL,
+        method TEXT NOT NULL,
+        args TEXT NOT NULL,
+        kwargs TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        run_at REAL,                       -- NULL: a chain step waiting for its predecessor
+        timeout REAL NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,       -- counted against max_attempts
+        runs INTEGER NOT NULL DEFAULT 0,           -- every attempt row, interrupted included
+        interruptions INTEGER NOT NULL DEFAULT 0,  -- consecutive; poison-pill detection
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        result TEXT,
+        error_type TEXT,
+        error_message TEXT,
+        progress REAL,
+        progress_message TEXT,
+        chain_id INTEGER,
+        chain_pos INTEGER,
+        unique_key TEXT
+    );
+    CREATE INDEX jobs_due ON jobs (priority, run_at, id) WHERE status = 'pending';
+    CREATE INDEX jobs_pending_run_at ON jobs (run_at) WHERE status = 'pending';
+    CREATE INDEX jobs_status ON jobs (status, id);
+    CREATE INDEX jobs_class ON jobs (class, id);
+    CREATE INDEX jobs_chain ON jobs (chain_id, chain_pos) WHERE chain_id IS NOT NULL;
+    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
+    CREATE TABLE attempts (
+        job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        outcome TEXT,                      -- NULL while the attempt runs
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        exit_code INTEGER,
+        error_type TEXT,
+        error_message TEXT,
+        traceback TEXT,
+        output TEXT,
+        PRIMARY KEY (job_id, number)
+    ) WITHOUT ROWID;
+    CREATE INDEX attempts_finished ON attempts (finished_at) WHERE finished_at IS NOT NULL;
+    """,
+]
