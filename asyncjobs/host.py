@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+import orjson
+
 from . import policy, procs, registry
 from .auth import load_or_create_token
 from .clock import Clock, SystemClock
@@ -33,6 +35,7 @@ log = logging.getLogger("asyncjobs.host")
 
 DB_FILE = "asyncjobs.db"
 LOCK_FILE = "host.lock"
+HOST_FILE = "host.json"
 
 
 class Host:
@@ -101,6 +104,8 @@ class Host:
             from .api import start_api  # noqa: PLC0415 - embedding without aiohttp routes
 
             self._api, self.url = await start_api(self)
+            # Lets the client find a host started on port 0, or on a port from the env.
+            (self.data_dir / HOST_FILE).write_bytes(orjson.dumps({"url": self.url}))
         log.info("host started on %s", self.data_dir)
 
     async def aclose(self) -> None:
