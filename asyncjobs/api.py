@@ -181,7 +181,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in Status.__members__.values():
         raise InvalidField("status", f"must be one of {[s.value for s in Status]}")
-    page = await request.app[HOST_KEY].list(
+    page = await request.app[HOST_KEY].list_jobs(
         status=Status(status) if status else None, cls=request.query.get("class") or None,
         limit=_int_param(request, "limit", 50, 1, 500) or 50,
         cursor=_int_param(request, "cursor", None, 1, 2**63 - 1))

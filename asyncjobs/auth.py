@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-TOKEN_FILE = "token"
+TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain"})
 
 

@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     params = parse_params(args.params, args.json_args)
     outcome = asyncio.run(run_once(settings, args.cls, args.method, params,
-                                   parse_kw(args.kw), args.timeout))
+                                   parse_kw(args.kw), timeout=args.timeout))
     if outcome.output:
         sys.stderr.write(outcome.output)
     if outcome.kind is OutcomeKind.COMPLETED:

@@ -141,11 +141,11 @@ class Dispatcher:
     def _log_attempt(self, c: Claimed, outcome: Outcome, status: Status, at: float,
                      duration: float) -> None:
         note = f"outcome={outcome.kind.value}" if outcome.kind.value != status.value else ""
-        self.job_log.event(at, c.id, c.cls, c.method, c.attempt, status.value, duration, note)
+        self.job_log.event(at, c.id, cls=c.cls, method=c.method, attempt=c.attempt,
+                           status=status.value, duration=duration, note=note)
         if outcome.error is not None and outcome.kind is not OutcomeKind.CANCELLED:
-            self.job_log.error(at, c.id, c.cls, c.method, c.attempt, outcome.kind.value,
-                               outcome.error.type, outcome.error.message,
-                               outcome.error.traceback)
+            self.job_log.error(at, c.id, cls=c.cls, method=c.method, attempt=c.attempt,
+                               outcome=outcome.kind.value, error=outcome.error)
         log.info("job %s attempt %s ended %s -> %s", c.id, c.attempt, outcome.kind.value,
                  status.value)
 
@@ -165,8 +165,8 @@ class Dispatcher:
         task = asyncio.create_task(self._attempt(claimed), name=f"asyncjobs-job-{claimed.id}")
         self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), task)
         at = self.clock.now()
-        self.job_log.event(at, claimed.id, claimed.cls, claimed.method, claimed.attempt,
-                           "running")
+        self.job_log.event(at, claimed.id, cls=claimed.cls, method=claimed.method,
+                           attempt=claimed.attempt, status="running")
         self._publish(claimed.id, Status.RUNNING, claimed.attempt, at)
 
     async def _attempt(self, claimed: Claimed) -> None:
@@ -177,7 +177,7 @@ class Dispatcher:
             # The host is going down hard; the attempt stays "running" on disk and is
             # recovered as interrupted at the next start.  Never a job failure.
             raise
-        except Exception as exc:  # noqa: BLE001 - a launcher bug must not lose the job
+        except Exception as exc:
             log.exception("launcher failed for job %s", claimed.id)
             outcome = Outcome(OutcomeKind.CRASHED, error=ErrorInfo(
                 "LauncherError", f"{type(exc).__name__}: {exc}"))

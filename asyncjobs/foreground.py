@@ -18,7 +18,7 @@ from .models import Claimed, Isolation, JSONValue, Outcome
 
 
 async def run_once(settings: Settings, cls: str, method: str, args: Sequence[JSONValue],
-                   kwargs: Mapping[str, JSONValue], timeout: float | None = None) -> Outcome:
+                   kwargs: Mapping[str, JSONValue], *, timeout: float | None = None) -> Outcome:
     body: dict[str, JSONValue] = {"class": cls, "method": method, "args": list(args),
                                   "kwargs": dict(kwargs)}
     if timeout is not None:

@@ -179,8 +179,8 @@ class Host:
         submitted = await self.store.submit(specs, now)
         for spec, s in zip(specs, submitted, strict=True):
             if not s.duplicate:
-                self.job_log.event(now, s.id, spec.cls, spec.method, None, "pending",
-                                   note=f"run_at={iso(spec.run_at)}")
+                self.job_log.event(now, s.id, cls=spec.cls, method=spec.method, attempt=None,
+                                   status="pending", note=f"run_at={iso(spec.run_at)}")
                 self.events.publish({"type": "job", "id": s.id, "status": "pending"})
         self.dispatcher.wake()
         return submitted
@@ -194,9 +194,9 @@ class Host:
             job = dataclasses.replace(job, progress=live)
         return job
 
-    async def list(self, *, status: Status | None = None, cls: str | None = None,
+    async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
                    limit: int = 50, cursor: int | None = None) -> Page:
-        return await self.store.list(status=status, cls=cls, limit=limit, cursor=cursor)
+        return await self.store.list_jobs(status=status, cls=cls, limit=limit, cursor=cursor)
 
     async def cancel(self, job_id: int) -> JobRecord:
         """Cancel a pending job at once, or kill a running one and wait until it is recorded."""
@@ -207,7 +207,8 @@ class Host:
                 for cancelled in result.cancelled_ids:
                     self.events.publish({"type": "job", "id": cancelled, "status": "cancelled"})
                 job = await self.get(job_id)
-                self.job_log.event(now, job_id, job.cls, job.method, None, "cancelled")
+                self.job_log.event(now, job_id, cls=job.cls, method=job.method, attempt=None,
+                                   status="cancelled")
                 return job
             if self.dispatcher.stop_attempt(job_id):
                 return await self.wait(job_id, self.settings.workers.kill_grace + 10)
@@ -220,8 +221,8 @@ class Host:
         for requeued in ids:
             self.events.publish({"type": "job", "id": requeued, "status": "pending"})
         job = await self.get(job_id)
-        self.job_log.event(self.clock.now(), job_id, job.cls, job.method, None, "pending",
-                           note="manual_retry=true")
+        self.job_log.event(self.clock.now(), job_id, cls=job.cls, method=job.method,
+                           attempt=None, status="pending", note="manual_retry=true")
         self.dispatcher.wake()
         return job
 

@@ -112,8 +112,7 @@ class WorkerProcess:
         self.jobs_done += 1
         try:
             assert self.proc.stdin is not None
-            self.proc.stdin.write(encode_job(job.id, job.attempt, job.cls, job.method,
-                                             job.args, job.kwargs))
+            self.proc.stdin.write(encode_job(job))
             await self.proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             return await self._crashed("the worker closed its input before the job started")

@@ -13,7 +13,7 @@ from collections import deque
 from pathlib import Path
 
 from .config import LogSettings
-from .models import iso
+from .models import ErrorInfo, iso
 
 LOG_FILES = {"jobs": "jobs.log", "errors": "jobs_errors.log"}
 
@@ -39,7 +39,7 @@ class JobLog:
         self._events = _logger("jobs", directory / LOG_FILES["jobs"], settings)
         self._errors = _logger("errors", directory / LOG_FILES["errors"], settings)
 
-    def event(self, at: float, job_id: int, cls: str, method: str, attempt: int | None,
+    def event(self, at: float, job_id: int, *, cls: str, method: str, attempt: int | None,
               status: str, duration: float | None = None, note: str = "") -> None:
         parts = [f"{iso(at)} job={job_id} class={cls} method={method}"]
         if attempt is not None:
@@ -51,12 +51,12 @@ class JobLog:
             parts.append(note)
         self._events.info(" ".join(parts))
 
-    def error(self, at: float, job_id: int, cls: str, method: str, attempt: int,
-              outcome: str, error_type: str, message: str, traceback: str | None) -> None:
+    def error(self, at: float, job_id: int, *, cls: str, method: str, attempt: int,
+              outcome: str, error: ErrorInfo) -> None:
         text = (f"{iso(at)} job={job_id} class={cls} method={method} attempt={attempt} "
-                f"outcome={outcome} error={error_type}: {message}")
-        if traceback:
-            text += "\n" + traceback.rstrip()
+                f"outcome={outcome} error={error.type}: {error.message}")
+        if error.traceback:
+            text += "\n" + error.traceback.rstrip()
         self._errors.info(text)
 
     def tail(self, name: str, lines: int) -> list[str]:

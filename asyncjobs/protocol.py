@@ -13,11 +13,10 @@ attempt as ``crashed``: a job can be malicious, the host must not be.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
-from .models import ErrorInfo, JSONValue, Outcome, OutcomeKind
+from .models import Claimed, ErrorInfo, JSONValue, Outcome, OutcomeKind
 
 MAX_MESSAGE_TEXT = 2000
 
@@ -39,10 +38,9 @@ class Done:
     outcome: Outcome
 
 
-def encode_job(job_id: int, attempt: int, cls: str, method: str,
-               args: Any, kwargs: Any) -> bytes:
-    return orjson.dumps({"t": "job", "id": job_id, "attempt": attempt, "class": cls,
-                         "method": method, "args": args, "kwargs": kwargs}) + b"\n"
+def encode_job(job: Claimed) -> bytes:
+    return orjson.dumps({"t": "job", "id": job.id, "attempt": job.attempt, "class": job.cls,
+                         "method": job.method, "args": job.args, "kwargs": job.kwargs}) + b"\n"
 
 
 def _str(obj: dict[str, JSONValue], key: str, default: str = "") -> str:

@@ -9,6 +9,7 @@ the API or aiohttp: dependencies point from the host to the worker, never back.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -74,10 +75,9 @@ class Capture:
 
     def tail(self) -> str:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            # The job may have closed or broken its own stream; keep what reached the file.
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass  # the job closed or broke its own stream; keep what reached the file
         size = os.fstat(self.fd).st_size
         start = max(0, size - self.limit)
         os.lseek(self.fd, start, os.SEEK_SET)
@@ -135,7 +135,7 @@ def run_job(job: dict[str, Any], allow: dict[str, Any], max_result: int) -> dict
         return error_message(exc, retry=True, delay=exc.delay)
     except (Fail, NotAllowedError) as exc:
         return error_message(exc, fail=True)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit and friends are failures too
+    except BaseException as exc:
         return error_message(exc)
     try:
         encoded = orjson.dumps(result)

@@ -11,6 +11,7 @@ Reads go through a second connection; WAL lets them proceed while the writer wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections import deque
@@ -151,37 +152,50 @@ class SqliteStore:
     async def _apply(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         conn = self._writer
         assert conn is not None
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                await conn.execute("SAVEPOINT op")
-                try:
-                    value = await op(conn)
-                except (sqlite3.OperationalError, sqlite3.DatabaseError):
-                    raise  # storage trouble: the whole batch fails below
-                except Exception as exc:  # noqa: BLE001 - the op's own error, for its caller
-                    await conn.execute("ROLLBACK TO op")
-                    results.append((future, None, exc))
-                else:
-                    results.append((future, value, None))
-                await conn.execute("RELEASE op")
-            await conn.execute("COMMIT")
+            results = await self._transaction(conn, batch)
         except sqlite3.Error as exc:
             log.error("store write failed, %d operation(s) not applied: %s", len(batch), exc)
-            try:
+            with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
                 await conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # no transaction left to roll back
-            error = _storage_error(exc)
-            results = [(future, None, error) for _, future in batch]
-        for future, value, exc in results:
+            failure = _storage_error(exc)
+            results = [(None, failure)] * len(batch)
+        for (_, future), (value, error) in zip(batch, results, strict=True):
             if future.done():
                 continue  # the caller gave up waiting
-            if exc is not None:
-                future.set_exception(exc)
+            if error is not None:
+                future.set_exception(error)
             else:
                 future.set_result(value)
+
+    @staticmethod
+    async def _transaction(conn: aiosqlite.Connection, batch: list[tuple[Op, Any]]
+                           ) -> list[tuple[Any, BaseException | None]]:
+        """Run the ops in one transaction; storage errors propagate and fail them all."""
+        # A lone op needs no savepoint: the transaction is its boundary (two fewer hops).
+        savepoints = len(batch) > 1
+        results: list[tuple[Any, BaseException | None]] = []
+        await conn.execute("BEGIN IMMEDIATE")
+        for op, _ in batch:
+            if savepoints:
+                await conn.execute("SAVEPOINT op")
+            try:
+                results.append((await op(conn), None))
+            except sqlite3.IntegrityError as exc:
+                results.append((None, exc))
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # the op's own error (a wrong state...), for its caller
+                results.append((None, exc))
+            if savepoints:
+                if results[-1][1] is not None:
+                    await conn.execute("ROLLBACK TO op")
+                await conn.execute("RELEASE op")
+        if not savepoints and results[0][1] is not None:
+            await conn.execute("ROLLBACK")
+        else:
+            await conn.execute("COMMIT")
+        return results
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> Iterable[Any]:
         assert self._reader is not None, "store is not open"
@@ -444,9 +458,10 @@ class SqliteStore:
             (job_id,))
         return _job(rows[0], [_attempt(a) for a in attempts])
 
-    async def list(self, *, status: Status | None = None, cls: str | None = None,
+    async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
                    limit: int = 50, cursor: int | None = None) -> Page:
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if status is not None:
             where.append("status = ?")
             params.append(status.value)
