@@ -118,7 +118,7 @@ class HostUnreachable(AsyncJobsError):
     status = 503
 
 
-class Retry(Exception):  # noqa: N818 - named for how job code reads: ``raise Retry(delay=30)``
+class Retry(Exception):
     """Raised by job code to ask for another attempt, optionally after ``delay`` seconds.
 
     It still counts as an attempt, so ``max_attempts`` bounds it like any failure.
@@ -129,7 +129,7 @@ class Retry(Exception):  # noqa: N818 - named for how job code reads: ``raise Re
         self.delay = delay
 
 
-class Fail(Exception):  # noqa: N818 - ``raise Fail("bad input")`` reads as intended
+class Fail(Exception):
     """Raised by job code to fail the job at once, whatever attempts remain."""
 
 
