@@ -1,8 +1,12 @@
 """Claims due jobs, launches their attempts, and turns outcomes into stored transitions.
 
 One ``tick()`` does one round: record the attempts that ended since the last round (each
-decided by :func:`policy.decide`), then claim as many due jobs as there are free slots and
-launch them.  Both writes are queued together, so the store's group commit applies them in a
+decided by :func:`policy.decide`), then claim due jobs into a small *ready buffer* (as many
+as ``workers.max``) from which free slots are filled.  The buffer is what keeps workers busy
+while the store commits: when an attempt ends, the next claimed job starts at once, and the
+bookkeeping follows in the next tick.  The price, documented for users: a job may wait in the
+buffer behind at most ``workers.max`` others claimed before it, whatever their priority.
+Both writes are queued together, so the store's group commit applies them in a
 single transaction.  ``run()`` ticks, then sleeps until the earliest future ``run_at`` or until
 woken by new work or a finished attempt: a timer, not a polling loop.  ``drain()`` ticks until
 nothing is due or running, which makes tests deterministic with an injected clock.
@@ -14,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from . import policy
@@ -40,6 +44,12 @@ class _Running:
     task: asyncio.Task[None]
 
 
+_NOT_STARTED = {
+    OutcomeKind.CANCELLED: ErrorInfo("Cancelled", "cancelled before it started"),
+    OutcomeKind.INTERRUPTED: ErrorInfo("Interrupted", "the host shut down before it started"),
+}
+
+
 class Dispatcher:
     def __init__(self, *, store: Store, launcher: Launcher, settings: Settings, clock: Clock,
                  events: EventBus, job_log: JobLog,
@@ -53,7 +63,8 @@ class Dispatcher:
         self.rand = rand
         self.running: dict[int, _Running] = {}
         self.progress: dict[int, tuple[float, str | None]] = {}
-        self._per_class: Counter[str] = Counter()
+        self.ready: deque[Claimed] = deque()  # claimed (running on disk), not yet launched
+        self._per_class: Counter[str] = Counter()  # running + ready, per class
         self._ended: list[tuple[Claimed, Outcome, float, float]] = []
         self._unwritten: list[Finished] = []
         self._dirty_progress: dict[int, tuple[float, str | None]] = {}
@@ -77,7 +88,8 @@ class Dispatcher:
         finished = self._unwritten + [self._decide(*ended) for ended in self._ended]
         self._ended = []
         self._unwritten = []
-        free = 0 if self._stopping else self.settings.workers.max - len(self.running)
+        slots = 2 * self.settings.workers.max  # running + ready buffer
+        free = 0 if self._stopping else slots - len(self.running) - len(self.ready)
         writes: list[asyncio.Future[object]] = []
         progress = self._take_progress(force=bool(finished))
         if progress:
@@ -87,6 +99,7 @@ class Dispatcher:
                  if free > 0 else None)
         await asyncio.gather(*writes, *(f for f in (finish, claim) if f),
                              return_exceptions=True)
+        self.job_log.flush()
         self._storage_ok = True
         if finish is not None:
             self._after_finish(finished, finish)
@@ -97,7 +110,9 @@ class Dispatcher:
             return 0
         claimed = claim.result()
         for job in claimed:
-            self._launch(job)
+            self._per_class[job.cls] += 1
+        self.ready.extend(claimed)
+        self._launch_ready()
         return len(claimed)
 
     def _take_progress(self, *, force: bool) -> dict[int, tuple[float, str | None]]:
@@ -146,7 +161,7 @@ class Dispatcher:
         if outcome.error is not None and outcome.kind is not OutcomeKind.CANCELLED:
             self.job_log.error(at, c.id, cls=c.cls, method=c.method, attempt=c.attempt,
                                outcome=outcome.kind.value, error=outcome.error)
-        log.info("job %s attempt %s ended %s -> %s", c.id, c.attempt, outcome.kind.value,
+        log.debug("job %s attempt %s ended %s -> %s", c.id, c.attempt, outcome.kind.value,
                  status.value)
 
     def _publish(self, job_id: int, status: Status, attempt: int, at: float) -> None:
@@ -160,8 +175,12 @@ class Dispatcher:
         return (job.isolation if job and job.isolation else None) or \
             self.settings.workers.isolation
 
+    def _launch_ready(self) -> None:
+        while self.ready and len(self.running) < self.settings.workers.max \
+                and not self._stopping:
+            self._launch(self.ready.popleft())
+
     def _launch(self, claimed: Claimed) -> None:
-        self._per_class[claimed.cls] += 1
         task = asyncio.create_task(self._attempt(claimed), name=f"asyncjobs-job-{claimed.id}")
         self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), task)
         at = self.clock.now()
@@ -182,8 +201,12 @@ class Dispatcher:
             outcome = Outcome(OutcomeKind.CRASHED, error=ErrorInfo(
                 "LauncherError", f"{type(exc).__name__}: {exc}"))
         running = self.running.pop(claimed.id)
-        self._per_class[claimed.cls] -= 1
         duration = self.clock.monotonic() - running.started
+        self._end(claimed, outcome, duration)
+        self._launch_ready()
+
+    def _end(self, claimed: Claimed, outcome: Outcome, duration: float) -> None:
+        self._per_class[claimed.cls] -= 1
         self._ended.append((claimed, outcome, self.clock.now(), duration))
         self._wake.set()
 
@@ -194,13 +217,18 @@ class Dispatcher:
 
     def stop_attempt(self, job_id: int, kind: OutcomeKind = OutcomeKind.CANCELLED) -> bool:
         """Kill a running attempt (cancel, or interrupt at shutdown)."""
+        for claimed in self.ready:
+            if claimed.id == job_id:
+                self.ready.remove(claimed)
+                self._end(claimed, Outcome(kind, error=_NOT_STARTED[kind]), 0.0)
+                return True
         return job_id in self.running and self.launcher.stop(job_id, kind)
 
     # -- loops -------------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        return not self.running and not self._ended and not self._unwritten
+        return not (self.running or self.ready or self._ended or self._unwritten)
 
     async def drain(self) -> None:
         """Tick until nothing is running and nothing is due at the clock's current time."""
@@ -217,7 +245,8 @@ class Dispatcher:
         timeout: float | None = None
         if self._dirty_progress:
             timeout = PROGRESS_FLUSH
-        if self._stopping or len(self.running) >= self.settings.workers.max:
+        if self._stopping or len(self.running) + len(self.ready) >= \
+                2 * self.settings.workers.max:
             return timeout
         now = self.clock.now()
         try:
@@ -253,8 +282,10 @@ class Dispatcher:
         return len(finished)
 
     def begin_stop(self) -> None:
-        """Claim nothing more; running attempts go on until :meth:`interrupt_all`."""
+        """Claim nothing more; release the ready buffer; running attempts go on."""
         self._stopping = True
+        while self.ready:
+            self.stop_attempt(self.ready[0].id, OutcomeKind.INTERRUPTED)
         self._wake.set()
 
     def interrupt_all(self) -> None:

@@ -16,7 +16,7 @@ import itertools
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -47,20 +47,45 @@ class Launcher(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass
-class _StopRequest:
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    kind: OutcomeKind = OutcomeKind.CANCELLED
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """Why an attempt's future settled other than by the worker's own answer."""
+
+    kind: OutcomeKind  # timeout, cancelled, interrupted, or crashed
+    why: str | None = None
+    error_type: str = "WorkerCrashed"
 
 
+_TIMED_OUT = _Ended(OutcomeKind.TIMEOUT)
 _STOP_ERRORS = {
     OutcomeKind.CANCELLED: ErrorInfo("Cancelled", "cancelled while running; worker killed"),
     OutcomeKind.INTERRUPTED: ErrorInfo("Interrupted", "the host shut down while this ran"),
 }
+AttemptFuture = asyncio.Future["Outcome | _Ended"]
+
+
+def _settle(future: AttemptFuture, value: Outcome | _Ended) -> bool:
+    """First answer wins: the worker's result, the timer, a stop request, or a crash."""
+    if future.done():
+        return False
+    future.set_result(value)
+    return True
+
+
+@dataclass(slots=True)
+class _Current:
+    job_id: int
+    future: AttemptFuture
+    on_progress: ProgressCallback
 
 
 class WorkerProcess:
-    """One worker child: its process, its channel, and the file capturing job output."""
+    """One worker child: its process, its channel, and the file capturing job output.
+
+    A single reader task per worker turns channel lines into progress callbacks and into the
+    result of the current attempt's future; the attempt awaits only that future, which the
+    timeout timer, a stop request or the reader (on a crash) may settle instead.
+    """
 
     def __init__(self, proc: asyncio.subprocess.Process, output: IO[bytes], path: Path,
                  grace: float, output_limit: int) -> None:
@@ -71,6 +96,8 @@ class WorkerProcess:
         self.output_limit = output_limit
         self.jobs_done = 0
         self.broken = False  # killed, crashed or confused: never reused
+        self._current: _Current | None = None
+        self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
 
     @classmethod
     async def spawn(cls, settings: Settings, run_dir: Path, *, once: bool,
@@ -107,68 +134,78 @@ class WorkerProcess:
         except (OSError, ValueError):
             return ""
 
-    async def execute(self, job: Claimed, stop: _StopRequest,
+    async def execute(self, job: Claimed, future: AttemptFuture,
                       on_progress: ProgressCallback) -> Outcome:
         self.jobs_done += 1
+        self._current = _Current(job.id, future, on_progress)
+        timer = asyncio.get_running_loop().call_later(job.timeout, _settle, future, _TIMED_OUT)
         try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(encode_job(job))
-            await self.proc.stdin.drain()
+            stdin = self.proc.stdin
+            assert stdin is not None
+            stdin.write(encode_job(job))
+            if stdin.transport.get_write_buffer_size() > 1 << 16:
+                await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
-            return await self._crashed("the worker closed its input before the job started")
-        reader = asyncio.ensure_future(self._read_until_done(job.id, on_progress))
-        stopper = asyncio.ensure_future(stop.event.wait())
+            _settle(future, _Ended(OutcomeKind.CRASHED, "the worker closed its input before "
+                                   "the job started"))
         try:
-            done, _ = await asyncio.wait({reader, stopper}, timeout=job.timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            ended = await future
         finally:
-            stopper.cancel()
-            if not reader.done():
-                reader.cancel()
-        if reader in done:
-            return reader.result()
+            timer.cancel()
+            self._current = None
+        if isinstance(ended, Outcome):
+            return ended
+        if ended.kind is OutcomeKind.CRASHED:
+            return await self._crashed(ended)
         await self.kill()
-        if stopper in done:
-            kind, error = stop.kind, _STOP_ERRORS[stop.kind]
-        else:
-            kind = OutcomeKind.TIMEOUT
+        if ended.kind is OutcomeKind.TIMEOUT:
             error = ErrorInfo("Timeout", f"exceeded its timeout of {job.timeout:g}s; "
                               "worker killed")
-        return Outcome(kind, error=error, exit_code=self.proc.returncode,
+        else:
+            error = _STOP_ERRORS[ended.kind]
+        return Outcome(ended.kind, error=error, exit_code=self.proc.returncode,
                        output=self.output_tail())
 
-    async def _read_until_done(self, job_id: int, on_progress: ProgressCallback) -> Outcome:
+    async def _read_loop(self) -> None:
+        """Read the channel until the worker goes away or breaks the protocol."""
         assert self.proc.stdout is not None
         while True:
             try:
                 line = await self.proc.stdout.readline()
             except ValueError:  # a line beyond the reader's limit
-                await self.kill()
-                return await self._crashed("the worker sent a message larger than allowed",
-                                           kind="ProtocolError")
+                return self._broken("the worker sent a message larger than allowed")
             if not line:
-                return await self._crashed(None)
+                self.broken = True
+                if self._current is not None:
+                    _settle(self._current.future, _Ended(OutcomeKind.CRASHED))
+                return None
             try:
                 message = decode(line)
             except ProtocolError as exc:
-                await self.kill()
-                return await self._crashed(f"invalid message from the worker: {exc}",
-                                           kind="ProtocolError")
-            if message.job_id != job_id:
-                await self.kill()
-                return await self._crashed("the worker answered for another job",
-                                           kind="ProtocolError")
+                return self._broken(f"invalid message from the worker: {exc}")
+            current = self._current
+            if current is None or message.job_id != current.job_id:
+                return self._broken("the worker answered for a job it was not running")
             if isinstance(message, Progress):
-                on_progress(job_id, message.fraction, message.message)
+                current.on_progress(current.job_id, message.fraction, message.message)
             elif isinstance(message, Done):
-                return message.outcome
+                _settle(current.future, message.outcome)
 
-    async def _crashed(self, why: str | None, kind: str = "WorkerCrashed") -> Outcome:
+    def _broken(self, why: str) -> None:
         self.broken = True
+        if self._current is not None:
+            _settle(self._current.future, _Ended(OutcomeKind.CRASHED, why, "ProtocolError"))
+        else:
+            signal_group(self.proc.pid, force=True)
+
+    async def _crashed(self, ended: _Ended) -> Outcome:
+        self.broken = True
+        if ended.error_type == "ProtocolError":
+            await self.kill()
         code = await self.proc.wait()
-        message = why or f"the worker {describe_exit(code)} before reporting a result"
-        return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(kind, message), exit_code=code,
-                       output=self.output_tail())
+        message = ended.why or f"the worker {describe_exit(code)} before reporting a result"
+        return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(ended.error_type, message),
+                       exit_code=code, output=self.output_tail())
 
     async def kill(self) -> None:
         """SIGTERM to the group, SIGKILL after the grace, and always reap."""
@@ -192,6 +229,8 @@ class WorkerProcess:
             await self.kill()
         else:
             await self.proc.wait()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
         self.output.close()
         self.path.unlink(missing_ok=True)
 
@@ -214,7 +253,7 @@ class SubprocessLauncher:
         self.run_dir = run_dir
         prepare_run_dir(settings, run_dir)
         self._idle: list[WorkerProcess] = []
-        self._stops: dict[int, _StopRequest] = {}
+        self._attempts: dict[int, AttemptFuture] = {}
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -236,16 +275,17 @@ class SubprocessLauncher:
 
     async def run(self, job: Claimed, isolation: Isolation,
                   on_progress: ProgressCallback) -> Outcome:
-        stop = self._stops[job.id] = _StopRequest()
+        future: AttemptFuture = asyncio.get_running_loop().create_future()
+        self._attempts[job.id] = future
         try:
             try:
                 worker = await self._acquire(isolation)
             except OSError as exc:
                 return Outcome(OutcomeKind.CRASHED,
                                error=ErrorInfo("SpawnError", f"could not start a worker: {exc}"))
-            outcome = await worker.execute(job, stop, on_progress)
+            outcome = await worker.execute(job, future, on_progress)
         finally:
-            del self._stops[job.id]
+            del self._attempts[job.id]
         reusable = (isolation is Isolation.POOL and worker.alive
                     and worker.jobs_done < self.settings.workers.max_jobs_per_worker)
         if reusable:
@@ -259,16 +299,12 @@ class SubprocessLauncher:
         return outcome
 
     def stop(self, job_id: int, kind: OutcomeKind) -> bool:
-        stop = self._stops.get(job_id)
-        if stop is None:
-            return False
-        stop.kind = kind
-        stop.event.set()
-        return True
+        future = self._attempts.get(job_id)
+        return future is not None and _settle(future, _Ended(kind))
 
     @property
     def running(self) -> int:
-        return len(self._stops)
+        return len(self._attempts)
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []

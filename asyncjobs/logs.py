@@ -2,15 +2,17 @@
 
 Both are rotated by size.  Lines are ``key=value`` after an ISO timestamp so that they grep
 well and read well: ``2026-11-22T10:00:00.000Z job=17 class=SampleJob method=process
-attempt=1 status=completed duration=0.012s``.
+attempt=1 status=completed duration=0.012s``.  Event lines are buffered and flushed once per
+dispatcher round (``flush()``), not once per line: at thousands of jobs a second a
+stat-and-flush per line was a sixth of the host's time.  Error entries are flushed at once.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
+import os
 from collections import deque
 from pathlib import Path
+from typing import BinaryIO
 
 from .config import LogSettings
 from .models import ErrorInfo, iso
@@ -18,49 +20,79 @@ from .models import ErrorInfo, iso
 LOG_FILES = {"jobs": "jobs.log", "errors": "jobs_errors.log"}
 
 
-def _logger(name: str, path: Path, settings: LogSettings) -> logging.Logger:
-    logger = logging.getLogger(f"asyncjobs.file.{name}.{path}")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    handler = logging.handlers.RotatingFileHandler(
-        path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    return logger
+class RotatingFile:
+    """An append-only text file that rolls over to ``.1`` .. ``.N`` past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._size = self._file.tell()
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        self._file.write(data)
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class JobLog:
     def __init__(self, directory: Path, settings: LogSettings) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self._events = _logger("jobs", directory / LOG_FILES["jobs"], settings)
-        self._errors = _logger("errors", directory / LOG_FILES["errors"], settings)
+        self._events = RotatingFile(directory / LOG_FILES["jobs"], settings.max_bytes,
+                                    settings.backups)
+        self._errors = RotatingFile(directory / LOG_FILES["errors"], settings.max_bytes,
+                                    settings.backups)
 
     def event(self, at: float, job_id: int, *, cls: str, method: str, attempt: int | None,
               status: str, duration: float | None = None, note: str = "") -> None:
-        parts = [f"{iso(at)} job={job_id} class={cls} method={method}"]
+        line = f"{iso(at)} job={job_id} class={cls} method={method}"
         if attempt is not None:
-            parts.append(f"attempt={attempt}")
-        parts.append(f"status={status}")
+            line += f" attempt={attempt}"
+        line += f" status={status}"
         if duration is not None:
-            parts.append(f"duration={duration:.3f}s")
+            line += f" duration={duration:.3f}s"
         if note:
-            parts.append(note)
-        self._events.info(" ".join(parts))
+            line += f" {note}"
+        self._events.write(line + "\n")
 
     def error(self, at: float, job_id: int, *, cls: str, method: str, attempt: int,
               outcome: str, error: ErrorInfo) -> None:
         text = (f"{iso(at)} job={job_id} class={cls} method={method} attempt={attempt} "
-                f"outcome={outcome} error={error.type}: {error.message}")
+                f"outcome={outcome} error={error.type}: {error.message}\n")
         if error.traceback:
-            text += "\n" + error.traceback.rstrip()
-        self._errors.info(text)
+            text += error.traceback.rstrip() + "\n"
+        self._errors.write(text)
+        self._errors.flush()
+
+    def flush(self) -> None:
+        self._events.flush()
 
     def tail(self, name: str, lines: int) -> list[str]:
-        """The last ``lines`` lines of ``jobs`` or ``errors``, without reading it all in."""
+        """The last ``lines`` lines of ``jobs`` or ``errors``."""
+        self.flush()
         path = self.directory / LOG_FILES[name]
         try:
             with path.open("r", encoding="utf-8", errors="replace") as f:
@@ -69,7 +101,5 @@ class JobLog:
             return []
 
     def close(self) -> None:
-        for logger in (self._events, self._errors):
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-                handler.close()
+        self._events.close()
+        self._errors.close()

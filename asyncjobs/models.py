@@ -221,6 +221,7 @@ class Claimed:
     max_attempts: int
     timeout: float
     interruptions: int
+    chain_id: int | None = None  # set for a step of a chain: finishing it moves the chain on
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ MIGRATIONS: list[str] = [
     # 1: jobs, attempts, and the indexes that keep "next due" and "list by status" cheap.
     """
     CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reuse an id, even after pruning
         class TEXT NOT NULL,
         method TEXT NOT NULL,
         args TEXT NOT NULL,

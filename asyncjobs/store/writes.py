@@ -1,0 +1,234 @@
+"""The write transactions' steps, as plain functions on a ``sqlite3`` connection.
+
+They run on the store's writer thread, many of them inside one transaction (see
+:class:`~asyncjobs.store.sqlite.SqliteStore`), so each is written to be cheap: bulk
+``executemany`` where rows are alike, and no per-job query on the hot path (a job that is not
+part of a chain never touches the chain columns).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ..errors import JobNotFound, WrongState
+from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Status
+from . import CancelResult, Finished, Submitted
+
+CLAIM_COLUMNS = ("id, class, method, args, kwargs, runs, attempts, max_attempts, timeout, "
+                 "interruptions, chain_id")
+INSERT_JOB = ("INSERT INTO jobs (class, method, args, kwargs, status, priority, run_at, "
+              "timeout, max_attempts, created_at, chain_id, chain_pos, unique_key) "
+              "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def claimed_from_row(row: Sequence[Any], *, attempt: int, attempts: int) -> Claimed:
+    return Claimed(id=row[0], cls=row[1], method=row[2], args=orjson.loads(row[3]),
+                   kwargs=orjson.loads(row[4]), attempt=attempt, attempts=attempts,
+                   max_attempts=row[7], timeout=row[8], interruptions=row[9], chain_id=row[10])
+
+
+def submit(conn: sqlite3.Connection, specs: Sequence[JobSpec], now: float) -> list[Submitted]:
+    plain = [s for s in specs if s.unique_key is None and not s.then]
+    if len(plain) == len(specs):
+        # The common bulk case: one statement for the lot.  Ids come out consecutive
+        # because this connection is the only writer (and AUTOINCREMENT never reuses one).
+        conn.executemany(INSERT_JOB, [_job_row(s, now) for s in specs])
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return [Submitted(last - len(specs) + 1 + i, Status.PENDING) for i in range(len(specs))]
+    return [_insert_one(conn, spec, now) for spec in specs]
+
+
+def _job_row(spec: JobSpec, now: float, chain: tuple[int | None, int | None] = (None, None),
+             ) -> tuple[Any, ...]:
+    return (spec.cls, spec.method, dumps(list(spec.args)), dumps(dict(spec.kwargs)),
+            spec.priority.rank, spec.run_at, spec.timeout, spec.max_attempts, now, chain[0],
+            chain[1], spec.unique_key)
+
+
+def _insert_one(conn: sqlite3.Connection, spec: JobSpec, now: float) -> Submitted:
+    if spec.unique_key is not None:
+        row = conn.execute("SELECT id, status FROM jobs WHERE unique_key = ? AND status IN "
+                           "('pending', 'running')", (spec.unique_key,)).fetchone()
+        if row is not None:
+            return Submitted(row[0], Status(row[1]), duplicate=True)
+    job_id = conn.execute(INSERT_JOB, _job_row(spec, now)).lastrowid
+    assert job_id is not None
+    if spec.then:
+        conn.execute("UPDATE jobs SET chain_id = ?, chain_pos = 0 WHERE id = ?",
+                     (job_id, job_id))
+        # Later steps wait with run_at NULL (never due) until their predecessor completes.
+        conn.executemany(INSERT_JOB, [
+            (step.cls, step.method, dumps(list(step.args)), dumps(dict(step.kwargs)),
+             spec.priority.rank, None, spec.timeout, spec.max_attempts, now, job_id, pos, None)
+            for pos, step in enumerate(spec.then, start=1)])
+    return Submitted(job_id, Status.PENDING)
+
+
+def claim(conn: sqlite3.Connection, now: float, limit: int,
+          capacity: dict[str, int]) -> list[Claimed]:
+    """Move up to ``limit`` due jobs to running: priority, then run_at, then id."""
+    claimed: list[Claimed] = []
+    while len(claimed) < limit:
+        full = [cls for cls, left in capacity.items() if left <= 0]
+        exclude = f"AND class NOT IN ({','.join('?' * len(full))})" if full else ""
+        want = limit - len(claimed)
+        rows = conn.execute(
+            f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'pending' AND run_at <= ? "  # noqa: S608
+            f"{exclude} ORDER BY priority, run_at, id LIMIT ?", (now, *full, want)).fetchall()
+        capped = False
+        for row in rows:
+            left = capacity.get(row[1])
+            if left is not None:
+                if left <= 0:
+                    capped = True  # this class filled up within this batch: ask again
+                    continue
+                capacity[row[1]] = left - 1
+            claimed.append(claimed_from_row(row, attempt=row[5] + 1, attempts=row[6] + 1))
+        if not capped or len(rows) < want:
+            break
+    if claimed:
+        conn.executemany(
+            "UPDATE jobs SET status = 'running', runs = runs + 1, attempts = attempts + 1, "
+            "started_at = ? WHERE id = ? AND status = 'pending'",
+            [(now, c.id) for c in claimed])
+        conn.executemany("INSERT INTO attempts (job_id, number, started_at) VALUES (?, ?, ?)",
+                         [(c.id, c.attempt, now) for c in claimed])
+    return claimed
+
+
+def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
+    """Record attempt ends and their transitions; return chain steps made due."""
+    conn.executemany(
+        "UPDATE attempts SET outcome = ?, finished_at = ?, exit_code = ?, error_type = ?, "
+        "error_message = ?, traceback = ?, output = ? WHERE job_id = ? AND number = ?",
+        [(f.outcome.kind.value, f.at, f.outcome.exit_code,
+          f.outcome.error.type if f.outcome.error else None,
+          f.outcome.error.message if f.outcome.error else None,
+          f.outcome.error.traceback if f.outcome.error else None,
+          f.outcome.output, f.claimed.id, f.claimed.attempt) for f in finished])
+    conn.executemany(
+        "UPDATE jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, "
+        "result = ?, error_type = ?, error_message = ?, attempts = attempts - ?, "
+        "interruptions = (interruptions + ?) * ? WHERE id = ? AND status = 'running'",
+        [_job_update(f) for f in finished])
+    advanced: list[int] = []
+    for f in finished:
+        if f.claimed.chain_id is None:
+            continue
+        if f.transition.status is Status.COMPLETED:
+            advanced += _advance_chain(conn, f.claimed.id, f.transition.result, f.at)
+        elif f.transition.status in TERMINAL:
+            break_chain(conn, f.claimed.id, f.transition.status, f.at)
+    return advanced
+
+
+def _job_update(f: Finished) -> tuple[Any, ...]:
+    t = f.transition
+    interrupted = 1 if f.outcome.kind is OutcomeKind.INTERRUPTED else 0
+    return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,
+            dumps(t.result) if t.status is Status.COMPLETED else None,
+            t.error.type if t.error else None, t.error.message if t.error else None,
+            0 if t.counts else 1, interrupted, interrupted, f.claimed.id)
+
+
+def _chain_position(conn: sqlite3.Connection, job_id: int) -> tuple[int, int] | None:
+    row = conn.execute("SELECT chain_id, chain_pos FROM jobs WHERE id = ? AND chain_id IS NOT "
+                       "NULL", (job_id,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def _advance_chain(conn: sqlite3.Connection, job_id: int, result: Any, now: float) -> list[int]:
+    """Make the next step due, passing this step's result as ``previous``."""
+    position = _chain_position(conn, job_id)
+    if position is None:
+        return []
+    row = conn.execute("SELECT id, kwargs FROM jobs WHERE chain_id = ? AND chain_pos = ? AND "
+                       "status = 'pending'", (position[0], position[1] + 1)).fetchone()
+    if row is None:
+        return []
+    kwargs = orjson.loads(row[1])
+    kwargs["previous"] = result
+    conn.execute("UPDATE jobs SET kwargs = ?, run_at = ? WHERE id = ?", (dumps(kwargs), now,
+                                                                        row[0]))
+    return [row[0]]
+
+
+def break_chain(conn: sqlite3.Connection, job_id: int, status: Status, now: float) -> list[int]:
+    """Cancel the steps after ``job_id``, naming the step that broke the chain."""
+    position = _chain_position(conn, job_id)
+    if position is None:
+        return []
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = 'ChainBroken', "
+        "error_message = ? WHERE chain_id = ? AND chain_pos > ? AND status = 'pending' "
+        "RETURNING id",
+        (now, f"chain step {position[1] + 1} (job {job_id}) ended {status.value}",
+         position[0], position[1])).fetchall()
+    return [row[0] for row in rows]
+
+
+def status_of(conn: sqlite3.Connection, job_id: int) -> Status:
+    row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    return Status(row[0])
+
+
+def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> CancelResult:
+    status = status_of(conn, job_id)
+    if status in TERMINAL:
+        raise WrongState(f"job {job_id} is already {status.value}")
+    if status is Status.RUNNING:
+        return CancelResult(status, [])
+    conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = "
+                 "'Cancelled', error_message = ? WHERE id = ? AND status = 'pending'",
+                 (now, reason, job_id))
+    rest = break_chain(conn, job_id, Status.CANCELLED, now)
+    return CancelResult(status, [job_id, *rest])
+
+
+def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
+    """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
+    status = status_of(conn, job_id)
+    if status not in (Status.FAILED, Status.CANCELLED):
+        raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
+                         "be retried")
+    conn.execute("UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, "
+                 "interruptions = 0, finished_at = NULL, error_type = NULL, "
+                 "error_message = NULL, result = NULL WHERE id = ? AND status = ?",
+                 (now, job_id, status.value))
+    position = _chain_position(conn, job_id)
+    if position is None:
+        return [job_id]
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'pending', run_at = NULL, finished_at = NULL, "
+        "error_type = NULL, error_message = NULL, attempts = 0 WHERE chain_id = ? "
+        "AND chain_pos > ? AND status = 'cancelled' AND error_type = 'ChainBroken' "
+        "RETURNING id", position).fetchall()
+    return [job_id, *(row[0] for row in rows)]
+
+
+def set_progress(conn: sqlite3.Connection,
+                 updates: Mapping[int, tuple[float, str | None]]) -> None:
+    conn.executemany("UPDATE jobs SET progress = ?, progress_message = ? WHERE id = ?",
+                     [(fraction, message, job_id)
+                      for job_id, (fraction, message) in updates.items()])
+
+
+def prune(conn: sqlite3.Connection, before: float, statuses: Sequence[Status],
+          limit: int) -> int:
+    marks = ",".join("?" * len(statuses))
+    rows = conn.execute(f"SELECT id FROM jobs WHERE finished_at < ? AND status IN ({marks}) "  # noqa: S608
+                        "LIMIT ?", (before, *(s.value for s in statuses), limit)).fetchall()
+    ids = [(row[0],) for row in rows]
+    conn.executemany("DELETE FROM attempts WHERE job_id = ?", ids)
+    conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+    return len(ids)
