@@ -252,6 +252,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def schedules(request: web.Request) -> web.Response:
+    return json_response({"schedules": await request.app[HOST_KEY].schedules()})
+
+
+async def prune(request: web.Request) -> web.Response:
+    return json_response({"pruned": await request.app[HOST_KEY].prune()})
+
+
 async def health(request: web.Request) -> web.Response:
     host = request.app[HOST_KEY]
     return json_response({"status": "ok" if host.accepting else "stopping",
@@ -351,6 +359,8 @@ def build_app(host: Host) -> web.Application:
     r.add_get("/api/logs", logs)
     r.add_get("/api/events", events)
     r.add_get("/api/health", health)
+    r.add_get("/api/schedules", schedules)
+    r.add_post("/api/prune", prune)
     r.add_get("/api/openapi.json", openapi)
     r.add_post("/api/login-links", create_login_link)
     r.add_get("/metrics", metrics)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .cron import CronError, CronExpr
 from .errors import ConfigError
 from .models import Isolation, Priority
 
@@ -65,6 +66,31 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Schedule:
+    """A recurring job: ``cron`` (five fields, UTC) or ``every`` seconds, never both."""
+
+    name: str
+    cls: str
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    cron: str | None = None
+    every: float | None = None
+
+    @property
+    def expression(self) -> str:
+        return self.cron if self.cron is not None else f"every {self.every:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """Finished jobs older than this many days are pruned; ``None`` keeps them forever."""
+
+    completed_days: float | None = None
+    failed_days: float | None = None  # failed and cancelled
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     max_bytes: int = 10 * 1024 * 1024
     backups: int = 5
@@ -78,6 +104,8 @@ class Settings:
     workers: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     logs: LogSettings = LogSettings()
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    retention: RetentionSettings = RetentionSettings()
     data_dir: Path = Path(".asyncjobs")
     durability: str = "full"
     shutdown_grace: float = 10.0
@@ -175,6 +203,46 @@ def _job_class(name: str, raw: object) -> JobClass:
     )
 
 
+def _schedule(name: str, raw: object, jobs: Mapping[str, JobClass]) -> Schedule:
+    path = f"schedules.{name}"
+    obj = _expect(path, raw, dict, "an object")
+    _check_keys(path, obj, {"class", "method", "args", "kwargs", "cron", "every"})
+    cls = _expect(f"{path}.class", obj.get("class"), str, "an allow-listed class name")
+    method = _expect(f"{path}.method", obj.get("method"), str, "a method name")
+    entry = jobs.get(cls)
+    if entry is None:
+        raise ConfigError(f"{path}.class", f"a class listed under jobs ({sorted(jobs)})", cls)
+    if method not in entry.methods:
+        raise ConfigError(f"{path}.method", f"one of {list(entry.methods)}", method)
+    if ("cron" in obj) == ("every" in obj):
+        raise ConfigError(path, "exactly one of 'cron' or 'every'", sorted(obj))
+    cron = None
+    if "cron" in obj:
+        cron = _expect(f"{path}.cron", obj["cron"], str, "a five-field cron expression")
+        try:
+            CronExpr.parse(cron)
+        except CronError as exc:
+            raise ConfigError(f"{path}.cron", f"a five-field cron expression ({exc})",
+                              cron) from None
+    return Schedule(
+        name=name, cls=cls, method=method,
+        args=tuple(_expect(f"{path}.args", obj.get("args", []), list, "a list")),
+        kwargs=_expect(f"{path}.kwargs", obj.get("kwargs", {}), dict, "an object"),
+        cron=cron,
+        every=_number(f"{path}.every", obj["every"], positive=True) if "every" in obj else None,
+    )
+
+
+def _retention(doc: Mapping[str, object]) -> RetentionSettings:
+    r = _section(doc, "retention", {"completed_days", "failed_days"})
+    return RetentionSettings(
+        completed_days=(_number("retention.completed_days", r["completed_days"], positive=True)
+                        if r.get("completed_days") is not None else None),
+        failed_days=(_number("retention.failed_days", r["failed_days"], positive=True)
+                     if r.get("failed_days") is not None else None),
+    )
+
+
 def _section(raw: Mapping[str, object], key: str, allowed: set[str]) -> dict[str, Any]:
     obj = _expect(key, raw.get(key, {}), dict, "an object")
     _check_keys(key, obj, allowed)
@@ -186,9 +254,13 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
     doc = _expect("(top level)", raw, dict, "a JSON object")
     _check_keys("", doc, {"jobs", "retry", "timeout", "workers", "api", "logs", "data_dir",
                           "durability", "shutdown_grace", "max_interruptions",
-                          "max_result_bytes", "max_output_bytes", "$schema", "_comment"})
+                          "max_result_bytes", "max_output_bytes", "schedules", "retention",
+                          "$schema", "_comment"})
     jobs_raw = _expect("jobs", doc.get("jobs", {}), dict, "an object of class name -> entry")
     jobs = {name: _job_class(name, entry) for name, entry in jobs_raw.items()}
+    schedules_raw = _expect("schedules", doc.get("schedules", {}), dict,
+                            "an object of schedule name -> entry")
+    schedules = {name: _schedule(name, entry, jobs) for name, entry in schedules_raw.items()}
 
     r = _section(doc, "retry", {"max_attempts", "base_delay", "factor", "max_delay", "jitter"})
     d = RetrySettings()
@@ -244,6 +316,8 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
         workers=workers,
         api=api,
         logs=logs,
+        schedules=schedules,
+        retention=_retention(doc),
         data_dir=data_dir if data_dir.is_absolute() else base_dir / data_dir,
         durability=durability,
         shutdown_grace=_number("shutdown_grace", doc.get("shutdown_grace", s.shutdown_grace)),

@@ -28,6 +28,7 @@ from .events import EventBus
 from .launcher import Launcher, SubprocessLauncher
 from .logs import JobLog
 from .models import TERMINAL, JobRecord, JSONValue, Status, iso
+from .scheduler import Pruner, Scheduler
 from .store import Page, Submitted
 from .store.sqlite import SqliteStore
 
@@ -56,6 +57,9 @@ class Host:
         self._accepting = False
         self._lock: IO[bytes] | None = None
         self._run_task: asyncio.Task[None] | None = None
+        self._housekeeping: list[asyncio.Task[None]] = []
+        self.scheduler: Scheduler | None = None
+        self.pruner: Pruner | None = None
         self._api: Any = None
         self._store: SqliteStore | None = None
         self._dispatcher: Dispatcher | None = None
@@ -95,11 +99,18 @@ class Host:
                                       settings=self.settings, clock=self.clock,
                                       events=self.events, job_log=self._job_log, rand=self.rand)
         await self._dispatcher.recover()
+        self.scheduler = Scheduler(settings=self.settings, store=self._store, clock=self.clock,
+                                   on_submitted=self._on_scheduled)
+        await self.scheduler.start()
+        self.pruner = Pruner(settings=self.settings, store=self._store, clock=self.clock)
         self.started_at = time.time()
         self._accepting = True
         if self._dispatch:
             self._run_task = asyncio.create_task(self._dispatcher.run(),
                                                  name="asyncjobs-dispatcher")
+            self._housekeeping = [
+                asyncio.create_task(self.scheduler.run(), name="asyncjobs-scheduler"),
+                asyncio.create_task(self.pruner.run(), name="asyncjobs-pruner")]
         if self._serve_api:
             from .api import start_api  # noqa: PLC0415 - embedding without aiohttp routes
 
@@ -110,6 +121,10 @@ class Host:
 
     async def aclose(self) -> None:
         self._accepting = False
+        for task in self._housekeeping:
+            task.cancel()
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        self._housekeeping = []
         if self._dispatcher is not None:
             await self._stop_dispatching(self._dispatcher)
         if self._api is not None:
@@ -184,6 +199,20 @@ class Host:
                 self.events.publish({"type": "job", "id": s.id, "status": "pending"})
         self.dispatcher.wake()
         return submitted
+
+    def _on_scheduled(self, job_id: int) -> None:
+        self.events.publish({"type": "job", "id": job_id, "status": "pending"})
+        self.dispatcher.wake()
+
+    async def schedules(self) -> list[dict[str, JSONValue]]:
+        assert self.scheduler is not None
+        return await self.scheduler.listing()
+
+    async def prune(self) -> dict[str, int]:
+        """Apply the retention rules now (``asyncjobs prune``)."""
+        if self.pruner is None:
+            raise Unavailable("the host is not running")
+        return await self.pruner.prune()
 
     async def get(self, job_id: int) -> JobRecord:
         job = await self.store.get(job_id)

@@ -217,6 +217,28 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "An event stream",
                                   "content": {"text/event-stream": {"schema": {
                                       "type": "string"}}}}, **_errors()}}},
+        "/api/schedules": {"get": {
+            "summary": "Recurring schedules with their next run", "operationId": "schedules",
+            "responses": {"200": _json({
+                "type": "object", "required": ["schedules"],
+                "properties": {"schedules": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "class", "method", "args", "kwargs", "expression",
+                                 "next_run", "last_run", "last_job_id"],
+                    "properties": {"name": {"type": "string"}, "class": {"type": "string"},
+                                   "method": {"type": "string"}, "args": {"type": "array"},
+                                   "kwargs": {"type": "object"},
+                                   "expression": {"type": "string"}, "next_run": _ISO,
+                                   "last_run": _ISO,
+                                   "last_job_id": {"type": ["integer", "null"]}}}}}},
+                "Schedules"), **_errors()}}},
+        "/api/prune": {"post": {
+            "summary": "Apply the retention rules now", "operationId": "prune",
+            "responses": {"200": _json({
+                "type": "object", "required": ["pruned"],
+                "properties": {"pruned": {"type": "object", "additionalProperties": {
+                    "type": "integer"}}}}, "How many job records were deleted, per rule"),
+                **_errors(503)}}},
         "/api/health": {"get": {
             "summary": "Liveness; no token needed", "operationId": "health", "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status", "accepting"],

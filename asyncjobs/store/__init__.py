@@ -53,6 +53,15 @@ class CancelResult:
     cancelled_ids: Sequence[int]  # the job and any chain steps cancelled with it
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    name: str
+    expression: str
+    next_run: float
+    last_run: float | None
+    last_job_id: int | None
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
@@ -94,3 +103,12 @@ class Store(Protocol):
     async def stats(self, now: float) -> Stats: ...
 
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int: ...
+
+    async def schedule_states(self) -> dict[str, ScheduleState]: ...
+
+    async def save_schedule(self, name: str, *, expression: str, next_run: float) -> None: ...
+
+    async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec,
+                            next_run: float, now: float) -> int:
+        """Enqueue the schedule's job and move its next run, atomically; return the job id."""
+        ...

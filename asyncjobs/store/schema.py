@@ -54,4 +54,14 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX attempts_finished ON attempts (finished_at) WHERE finished_at IS NOT NULL;
     """,
+    # 2: recurring schedules; a firing and its job are written in one transaction.
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        expression TEXT NOT NULL,          -- a changed expression restarts the timing
+        next_run REAL NOT NULL,
+        last_run REAL,
+        last_job_id INTEGER
+    );
+    """,
 ]

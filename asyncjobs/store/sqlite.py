@@ -30,7 +30,7 @@ import orjson
 
 from ..errors import Unavailable
 from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Page, Stats, Submitted, writes
+from . import CancelResult, Finished, Page, ScheduleState, Stats, Submitted, writes
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -237,6 +237,22 @@ class SqliteStore:
         result: int = await self._write(partial(writes.prune, before=before, statuses=statuses,
                                                 limit=limit))
         return result
+
+    async def save_schedule(self, name: str, *, expression: str, next_run: float) -> None:
+        await self._write(partial(writes.save_schedule, name=name, expression=expression,
+                                  next_run=next_run))
+
+    async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec,
+                            next_run: float, now: float) -> int:
+        result: int = await self._write(partial(
+            writes.fire_schedule, name=name, expression=expression, spec=spec,
+            next_run=next_run, now=now))
+        return result
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        rows = await self._read("SELECT name, expression, next_run, last_run, last_job_id "
+                                "FROM schedules")
+        return {row[0]: ScheduleState(*row) for row in rows}
 
     # -- reads -----------------------------------------------------------------------------
 

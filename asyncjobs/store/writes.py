@@ -223,6 +223,24 @@ def set_progress(conn: sqlite3.Connection,
                       for job_id, (fraction, message) in updates.items()])
 
 
+def save_schedule(conn: sqlite3.Connection, name: str, *, expression: str, next_run: float,
+                  last_run: float | None = None, last_job_id: int | None = None) -> None:
+    conn.execute(
+        "INSERT INTO schedules (name, expression, next_run, last_run, last_job_id) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET expression = excluded.expression,"
+        " next_run = excluded.next_run, last_run = COALESCE(excluded.last_run, last_run), "
+        "last_job_id = COALESCE(excluded.last_job_id, last_job_id)",
+        (name, expression, next_run, last_run, last_job_id))
+
+
+def fire_schedule(conn: sqlite3.Connection, name: str, *, expression: str, spec: JobSpec,
+                  next_run: float, now: float) -> int:
+    (submitted,) = submit(conn, [spec], now)
+    save_schedule(conn, name, expression=expression, next_run=next_run, last_run=now,
+                  last_job_id=submitted.id)
+    return submitted.id
+
+
 def prune(conn: sqlite3.Connection, before: float, statuses: Sequence[Status],
           limit: int) -> int:
     marks = ",".join("?" * len(statuses))
