@@ -1,15 +1,14 @@
 """Claims due jobs, launches their attempts, and turns outcomes into stored transitions.
 
 One ``tick()`` does one round: record the attempts that ended since the last round (each
-decided by :func:`policy.decide`), then claim due jobs into a small *ready buffer* (as many
-as ``workers.max``) from which free slots are filled.  The buffer is what keeps workers busy
-while the store commits: when an attempt ends, the next claimed job starts at once, and the
-bookkeeping follows in the next tick.  The price, documented for users: a job may wait in the
-buffer behind at most ``workers.max`` others claimed before it, whatever their priority.
-Both writes are queued together, so the store's group commit applies them in a
-single transaction.  ``run()`` ticks, then sleeps until the earliest future ``run_at`` or until
-woken by new work or a finished attempt: a timer, not a polling loop.  ``drain()`` ticks until
-nothing is due or running, which makes tests deterministic with an injected clock.
+decided by :func:`policy.decide`), then claim as many due jobs as the launcher can take
+(``launcher.capacity``: the workers plus a few queued per warm worker, so workers never wait
+for the store between two jobs) and launch them.  The price, documented for users: a job may
+start behind a few others claimed before it, whatever their priority.  Both writes are
+queued together, so the store's group commit applies them in a single transaction.
+``run()`` ticks, then sleeps until the earliest future ``run_at`` or until woken by new work
+or a finished attempt: a timer, not a polling loop.  ``drain()`` ticks until nothing is due
+or running, which makes tests deterministic with an injected clock.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 
 from . import policy
@@ -44,12 +43,6 @@ class _Running:
     task: asyncio.Task[None]
 
 
-_NOT_STARTED = {
-    OutcomeKind.CANCELLED: ErrorInfo("Cancelled", "cancelled before it started"),
-    OutcomeKind.INTERRUPTED: ErrorInfo("Interrupted", "the host shut down before it started"),
-}
-
-
 class Dispatcher:
     def __init__(self, *, store: Store, launcher: Launcher, settings: Settings, clock: Clock,
                  events: EventBus, job_log: JobLog,
@@ -63,8 +56,7 @@ class Dispatcher:
         self.rand = rand
         self.running: dict[int, _Running] = {}
         self.progress: dict[int, tuple[float, str | None]] = {}
-        self.ready: deque[Claimed] = deque()  # claimed (running on disk), not yet launched
-        self._per_class: Counter[str] = Counter()  # running + ready, per class
+        self._per_class: Counter[str] = Counter()
         self._ended: list[tuple[Claimed, Outcome, float, float]] = []
         self._unwritten: list[Finished] = []
         self._dirty_progress: dict[int, tuple[float, str | None]] = {}
@@ -88,8 +80,7 @@ class Dispatcher:
         finished = self._unwritten + [self._decide(*ended) for ended in self._ended]
         self._ended = []
         self._unwritten = []
-        slots = 2 * self.settings.workers.max  # running + ready buffer
-        free = 0 if self._stopping else slots - len(self.running) - len(self.ready)
+        free = 0 if self._stopping else self.launcher.capacity - len(self.running)
         writes: list[asyncio.Future[object]] = []
         progress = self._take_progress(force=bool(finished))
         if progress:
@@ -110,9 +101,7 @@ class Dispatcher:
             return 0
         claimed = claim.result()
         for job in claimed:
-            self._per_class[job.cls] += 1
-        self.ready.extend(claimed)
-        self._launch_ready()
+            self._launch(job)
         return len(claimed)
 
     def _take_progress(self, *, force: bool) -> dict[int, tuple[float, str | None]]:
@@ -175,12 +164,8 @@ class Dispatcher:
         return (job.isolation if job and job.isolation else None) or \
             self.settings.workers.isolation
 
-    def _launch_ready(self) -> None:
-        while self.ready and len(self.running) < self.settings.workers.max \
-                and not self._stopping:
-            self._launch(self.ready.popleft())
-
     def _launch(self, claimed: Claimed) -> None:
+        self._per_class[claimed.cls] += 1
         task = asyncio.create_task(self._attempt(claimed), name=f"asyncjobs-job-{claimed.id}")
         self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), task)
         at = self.clock.now()
@@ -201,12 +186,8 @@ class Dispatcher:
             outcome = Outcome(OutcomeKind.CRASHED, error=ErrorInfo(
                 "LauncherError", f"{type(exc).__name__}: {exc}"))
         running = self.running.pop(claimed.id)
-        duration = self.clock.monotonic() - running.started
-        self._end(claimed, outcome, duration)
-        self._launch_ready()
-
-    def _end(self, claimed: Claimed, outcome: Outcome, duration: float) -> None:
         self._per_class[claimed.cls] -= 1
+        duration = self.clock.monotonic() - running.started
         self._ended.append((claimed, outcome, self.clock.now(), duration))
         self._wake.set()
 
@@ -217,18 +198,13 @@ class Dispatcher:
 
     def stop_attempt(self, job_id: int, kind: OutcomeKind = OutcomeKind.CANCELLED) -> bool:
         """Kill a running attempt (cancel, or interrupt at shutdown)."""
-        for claimed in self.ready:
-            if claimed.id == job_id:
-                self.ready.remove(claimed)
-                self._end(claimed, Outcome(kind, error=_NOT_STARTED[kind]), 0.0)
-                return True
         return job_id in self.running and self.launcher.stop(job_id, kind)
 
     # -- loops -------------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        return not (self.running or self.ready or self._ended or self._unwritten)
+        return not (self.running or self._ended or self._unwritten)
 
     async def drain(self) -> None:
         """Tick until nothing is running and nothing is due at the clock's current time."""
@@ -245,8 +221,7 @@ class Dispatcher:
         timeout: float | None = None
         if self._dirty_progress:
             timeout = PROGRESS_FLUSH
-        if self._stopping or len(self.running) + len(self.ready) >= \
-                2 * self.settings.workers.max:
+        if self._stopping or len(self.running) >= self.launcher.capacity:
             return timeout
         now = self.clock.now()
         try:
@@ -282,10 +257,9 @@ class Dispatcher:
         return len(finished)
 
     def begin_stop(self) -> None:
-        """Claim nothing more; release the ready buffer; running attempts go on."""
+        """Claim nothing more; give back what has not started; running attempts go on."""
         self._stopping = True
-        while self.ready:
-            self.stop_attempt(self.ready[0].id, OutcomeKind.INTERRUPTED)
+        self.launcher.release_waiting(OutcomeKind.INTERRUPTED)
         self._wake.set()
 
     def interrupt_all(self) -> None:

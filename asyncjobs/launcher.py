@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import logging
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,13 @@ import orjson
 from .config import Settings
 from .models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from .procs import describe_exit, new_group_options, signal_group
-from .protocol import Done, Progress, ProtocolError, decode, encode_job
+from .protocol import Done, Progress, ProtocolError, Skipped, decode, encode_job, encode_skip
 
 log = logging.getLogger("asyncjobs.launcher")
 
 ALLOW_LIST = "allow.json"
+PIPELINE_DEPTH = 4  # attempts sent ahead to one warm worker (see WorkerProcess)
+STEAL_AFTER = 0.05  # seconds a job must have run before an idle worker takes what waits behind it
 
 ProgressCallback = Callable[[int, float, "str | None"], None]
 
@@ -44,6 +47,13 @@ class Launcher(Protocol):
         """Kill a running attempt, which then ends with ``kind`` (cancelled or interrupted)."""
         ...
 
+    def release_waiting(self, kind: OutcomeKind) -> None:
+        """End, as ``kind``, every attempt that has not reached a worker yet (shutdown)."""
+        ...
+
+    capacity: int
+    """How many attempts it takes at once (running plus queued); the dispatcher's limit."""
+
     async def aclose(self) -> None: ...
 
 
@@ -57,9 +67,14 @@ class _Ended:
 
 
 _TIMED_OUT = _Ended(OutcomeKind.TIMEOUT)
+_REQUEUE = _Ended(OutcomeKind.INTERRUPTED, "the worker went away before this started")
 _STOP_ERRORS = {
     OutcomeKind.CANCELLED: ErrorInfo("Cancelled", "cancelled while running; worker killed"),
     OutcomeKind.INTERRUPTED: ErrorInfo("Interrupted", "the host shut down while this ran"),
+}
+_NOT_STARTED = {
+    OutcomeKind.CANCELLED: ErrorInfo("Cancelled", "cancelled before it started"),
+    OutcomeKind.INTERRUPTED: ErrorInfo("Interrupted", "the host shut down before it started"),
 }
 AttemptFuture = asyncio.Future["Outcome | _Ended"]
 
@@ -72,36 +87,49 @@ def _settle(future: AttemptFuture, value: Outcome | _Ended) -> bool:
     return True
 
 
-@dataclass(slots=True)
-class _Current:
-    job_id: int
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One attempt sent to a worker.  The head of a worker's queue is the one running."""
+
+    job: Claimed
     future: AttemptFuture
     on_progress: ProgressCallback
+    turn: asyncio.Future[bool]  # True once it runs; False if it never will on this worker
+    observed: Outcome | _Ended | None = None  # what the worker said, even after a stop won
+    timer: asyncio.TimerHandle | None = None
+    skip_pending: bool = False  # a skip was sent; its answer decides ``turn``
+    began: float = 0.0  # loop time it reached the head
 
 
 class WorkerProcess:
-    """One worker child: its process, its channel, and the file capturing job output.
+    """One worker child: its process, its channel, its queue, and its output capture file.
 
-    A single reader task per worker turns channel lines into progress callbacks and into the
-    result of the current attempt's future; the attempt awaits only that future, which the
-    timeout timer, a stop request or the reader (on a crash) may settle instead.
+    Jobs are sent ahead (up to ``PIPELINE_DEPTH``) so the worker never waits for the host
+    between two jobs; the child runs them strictly in order, which is what makes this safe:
+    when a worker dies, every attempt behind the running one has not started and is simply
+    requeued on another worker.  A single reader task turns channel lines into progress
+    callbacks and settles the running attempt's future; a timeout timer starts only when an
+    attempt reaches the head of the queue.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, output: IO[bytes], path: Path,
-                 grace: float, output_limit: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, output: IO[bytes], path: Path, *,
+                 settings: Settings, once: bool, on_room: Callable[[], None]) -> None:
         self.proc = proc
         self.output = output
         self.path = path
-        self.grace = grace
-        self.output_limit = output_limit
-        self.jobs_done = 0
+        self.once = once
+        self.grace = settings.workers.kill_grace
+        self.output_limit = settings.max_output_bytes
+        self.max_jobs = 1 if once else settings.workers.max_jobs_per_worker
+        self.on_room = on_room
+        self.sent = 0
         self.broken = False  # killed, crashed or confused: never reused
-        self._current: _Current | None = None
+        self.queue: deque[_Slot] = deque()
         self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
 
     @classmethod
-    async def spawn(cls, settings: Settings, run_dir: Path, *, once: bool,
-                    number: int) -> WorkerProcess:
+    async def spawn(cls, settings: Settings, run_dir: Path, *, once: bool, number: int,
+                    on_room: Callable[[], None]) -> WorkerProcess:
         path = run_dir / f"worker-{number}.out"
         output = open(path, "a+b")  # noqa: SIM115 - lives as long as the worker
         # The result line may carry a result up to the cap, plus traceback and output.
@@ -118,11 +146,15 @@ class WorkerProcess:
             output.close()
             path.unlink(missing_ok=True)
             raise
-        return cls(proc, output, path, settings.workers.kill_grace, settings.max_output_bytes)
+        return cls(proc, output, path, settings=settings, once=once, on_room=on_room)
 
     @property
     def alive(self) -> bool:
         return self.proc.returncode is None and not self.broken
+
+    @property
+    def accepting(self) -> bool:
+        return self.alive and self.sent < self.max_jobs
 
     def output_tail(self) -> str:
         """What the job printed, read by the host when the worker cannot tell us itself."""
@@ -134,32 +166,82 @@ class WorkerProcess:
         except (OSError, ValueError):
             return ""
 
-    async def execute(self, job: Claimed, future: AttemptFuture,
-                      on_progress: ProgressCallback) -> Outcome:
-        self.jobs_done += 1
-        self._current = _Current(job.id, future, on_progress)
-        timer = asyncio.get_running_loop().call_later(job.timeout, _settle, future, _TIMED_OUT)
-        try:
-            stdin = self.proc.stdin
-            assert stdin is not None
-            stdin.write(encode_job(job))
-            if stdin.transport.get_write_buffer_size() > 1 << 16:
-                await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            _settle(future, _Ended(OutcomeKind.CRASHED, "the worker closed its input before "
-                                   "the job started"))
-        try:
-            ended = await future
-        finally:
-            timer.cancel()
-            self._current = None
-        if isinstance(ended, Outcome):
+    def _begin(self, slot: _Slot) -> None:
+        """``slot`` is now the head: the worker runs it, unless a skip took it back first."""
+        if slot.skip_pending:
+            return  # the skip's answer tells which: see _skipped
+        loop = asyncio.get_running_loop()
+        slot.began = loop.time()
+        slot.timer = loop.call_later(slot.job.timeout, _settle, slot.future, _TIMED_OUT)
+        if not slot.turn.done():
+            slot.turn.set_result(True)
+
+    def request_skip(self, slot: _Slot) -> None:
+        """Ask the worker to take ``slot`` back if it has not started it (one answer comes)."""
+        if slot.skip_pending or slot.turn.done() or slot not in self.queue:
+            return
+        slot.skip_pending = True
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.write(encode_skip(slot.job.id))
+
+    def stealable(self) -> tuple[_Slot, float] | None:
+        """The last attempt queued behind the running one, and since when that one runs."""
+        if len(self.queue) < 2 or not self.alive:
+            return None
+        last = self.queue[-1]
+        if last.skip_pending or last.turn.done():
+            return None
+        return last, self.queue[0].began
+
+    def _skipped(self, job_id: int, skipped: bool) -> bool:
+        slot = next((s for s in self.queue if s.job.id == job_id), None)
+        if slot is None or not slot.skip_pending:
+            return self._broken("the worker answered a skip that was not asked")
+        slot.skip_pending = False
+        if not skipped:
+            self._begin(slot)  # it had started; it is the head (answers come in order)
+            return True
+        was_head = self.queue[0] is slot
+        self.queue.remove(slot)
+        slot.turn.set_result(False)
+        _settle(slot.future, _REQUEUE)  # stolen; a stop that came first keeps its own answer
+        if was_head and self.queue:
+            self._begin(self.queue[0])
+        self.on_room()
+        return True
+
+    def send(self, slot: _Slot) -> None:
+        self.queue.append(slot)
+        self.sent += 1
+        assert self.proc.stdin is not None
+        # On a broken pipe the reader sees the channel end and settles the slot.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.write(encode_job(slot.job))
+        if len(self.queue) == 1:
+            self._begin(slot)
+
+    async def execute(self, slot: _Slot) -> Outcome | _Ended:
+        """Run ``slot`` on this worker; ``_REQUEUE`` means it never started and may go on."""
+        self.send(slot)
+        ended = await slot.future
+        if isinstance(ended, Outcome) or ended is _REQUEUE:
             return ended
         if ended.kind is OutcomeKind.CRASHED:
             return await self._crashed(ended)
+        # Timed out or stopped.  A stop may come while the attempt still waits in the queue:
+        # take it back if it has not started; otherwise stop it where it runs, never
+        # touching someone else's job.
+        self.request_skip(slot)
+        if not await slot.turn:
+            return Outcome(ended.kind, error=_NOT_STARTED[ended.kind])
+        if not (self.queue and self.queue[0] is slot):
+            if isinstance(slot.observed, Outcome):
+                return slot.observed  # it finished before the stop could act
+            return await self._crashed(slot.observed or _Ended(OutcomeKind.CRASHED))
         await self.kill()
         if ended.kind is OutcomeKind.TIMEOUT:
-            error = ErrorInfo("Timeout", f"exceeded its timeout of {job.timeout:g}s; "
+            error = ErrorInfo("Timeout", f"exceeded its timeout of {slot.job.timeout:g}s; "
                               "worker killed")
         else:
             error = _STOP_ERRORS[ended.kind]
@@ -169,34 +251,67 @@ class WorkerProcess:
     async def _read_loop(self) -> None:
         """Read the channel until the worker goes away or breaks the protocol."""
         assert self.proc.stdout is not None
-        while True:
-            try:
-                line = await self.proc.stdout.readline()
-            except ValueError:  # a line beyond the reader's limit
-                return self._broken("the worker sent a message larger than allowed")
-            if not line:
-                self.broken = True
-                if self._current is not None:
-                    _settle(self._current.future, _Ended(OutcomeKind.CRASHED))
-                return None
-            try:
-                message = decode(line)
-            except ProtocolError as exc:
-                return self._broken(f"invalid message from the worker: {exc}")
-            current = self._current
-            if current is None or message.job_id != current.job_id:
-                return self._broken("the worker answered for a job it was not running")
-            if isinstance(message, Progress):
-                current.on_progress(current.job_id, message.fraction, message.message)
-            elif isinstance(message, Done):
-                _settle(current.future, message.outcome)
+        try:
+            while await self._read_one(self.proc.stdout):
+                pass
+        finally:
+            self._lost()
 
-    def _broken(self, why: str) -> None:
+    async def _read_one(self, stdout: asyncio.StreamReader) -> bool:
+        try:
+            line = await stdout.readline()
+        except ValueError:  # a line beyond the reader's limit
+            return self._broken("the worker sent a message larger than allowed")
+        if not line:
+            return False
+        try:
+            message = decode(line)
+        except ProtocolError as exc:
+            return self._broken(f"invalid message from the worker: {exc}")
+        if isinstance(message, Skipped):
+            return self._skipped(message.job_id, message.skipped)
+        if not self.queue or message.job_id != self.queue[0].job.id:
+            return self._broken("the worker answered for a job it was not running")
+        head = self.queue[0]
+        if isinstance(message, Progress):
+            head.on_progress(head.job.id, message.fraction, message.message)
+            return True
+        assert isinstance(message, Done)
+        self.queue.popleft()
+        if head.timer is not None:
+            head.timer.cancel()
+        head.observed = message.outcome
+        _settle(head.future, message.outcome)
+        if self.queue:
+            self._begin(self.queue[0])
+        self.on_room()
+        return True
+
+    def _broken(self, why: str) -> bool:
+        if self.queue:
+            head = self.queue[0]
+            head.observed = _Ended(OutcomeKind.CRASHED, why, "ProtocolError")
+            _settle(head.future, head.observed)
         self.broken = True
-        if self._current is not None:
-            _settle(self._current.future, _Ended(OutcomeKind.CRASHED, why, "ProtocolError"))
-        else:
-            signal_group(self.proc.pid, force=True)
+        signal_group(self.proc.pid, force=True)
+        return False
+
+    def _lost(self) -> None:
+        """The channel is gone: the head crashed; everything behind it never started."""
+        self.broken = True
+        for i, slot in enumerate(self.queue):
+            if slot.timer is not None:
+                slot.timer.cancel()
+            if i == 0:
+                if slot.observed is None:
+                    slot.observed = _Ended(OutcomeKind.CRASHED)
+                _settle(slot.future, slot.observed)
+            else:
+                _settle(slot.future, _REQUEUE)
+            if not slot.turn.done():
+                slot.turn.set_result(i == 0)
+        self.queue.clear()
+        self.on_room()
 
     async def _crashed(self, ended: _Ended) -> Outcome:
         self.broken = True
@@ -229,7 +344,6 @@ class WorkerProcess:
             await self.kill()
         else:
             await self.proc.wait()
-        self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
         self.output.close()
         self.path.unlink(missing_ok=True)
@@ -246,27 +360,102 @@ def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
 
 
 class SubprocessLauncher:
-    """The real :class:`Launcher`: worker subprocesses, warm or fresh."""
+    """The real :class:`Launcher`: worker subprocesses, warm or fresh.
+
+    At most ``workers.max`` workers are busy at once (a pool worker with a non-empty queue,
+    or a ``process`` worker), which is the §4 limit on concurrent attempts.  Attempts beyond
+    what can run wait here — already ``running`` on disk, as claimed — either in a warm
+    worker's queue or for a free worker.
+    """
 
     def __init__(self, settings: Settings, run_dir: Path) -> None:
         self.settings = settings
         self.run_dir = run_dir
         prepare_run_dir(settings, run_dir)
-        self._idle: list[WorkerProcess] = []
-        self._attempts: dict[int, AttemptFuture] = {}
+        self.capacity = settings.workers.max * PIPELINE_DEPTH
+        self._pool: list[WorkerProcess] = []
+        self._fresh: set[WorkerProcess] = set()  # process-isolation workers, one job each
+        self._spawning = 0
+        self._attempts: dict[int, _Slot] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._steal_timer: asyncio.TimerHandle | None = None
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def _acquire(self, isolation: Isolation) -> WorkerProcess:
+    def _room_changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._steal()
+
+    def _steal(self) -> None:
+        """An idle warm worker takes work queued behind a *long* job on another one.
+
+        Only behind a job that has run ``STEAL_AFTER`` seconds: a short one ends before a
+        steal could pay off, and stealing costs a round trip.  A timer looks again when the
+        youngest candidate comes of age.
+        """
+        if self._busy() >= self.settings.workers.max or not any(
+                w.accepting and not w.queue for w in self._pool):
+            return
+        now = asyncio.get_running_loop().time()
+        wait: float | None = None
+        for worker in self._pool:
+            found = worker.stealable()
+            if found is None:
+                continue
+            slot, began = found
+            if now - began >= STEAL_AFTER:
+                worker.request_skip(slot)  # if taken back, run() assigns it again
+                return
+            wait = min(wait or STEAL_AFTER, began + STEAL_AFTER - now)
+        if wait is not None and (self._steal_timer is None or self._steal_timer.cancelled()
+                                 or self._steal_timer.when() <= now):
+            self._steal_timer = asyncio.get_running_loop().call_later(wait, self._steal)
+
+    def _busy(self) -> int:
+        return sum(1 for w in self._pool if w.queue) + len(self._fresh) + self._spawning
+
+    def _pick(self, isolation: Isolation) -> WorkerProcess | None:
+        """A worker with room for one more attempt, or None (then spawn, or wait)."""
+        for worker in [w for w in self._pool if not w.accepting and not w.queue]:
+            self._pool.remove(worker)
+            self._retire(worker)
+        free = self._busy() < self.settings.workers.max
         if isolation is Isolation.POOL:
-            while self._idle:
-                worker = self._idle.pop()
-                if worker.alive:
-                    return worker
-                self._retire(worker)
-        return await WorkerProcess.spawn(self.settings, self.run_dir,
-                                         once=isolation is Isolation.PROCESS,
-                                         number=next(self._numbers))
+            if free:
+                idle = next((w for w in self._pool if w.accepting and not w.queue), None)
+                if idle is not None:
+                    return idle
+            queued = [w for w in self._pool if w.accepting and 0 < len(w.queue) < PIPELINE_DEPTH]
+            if queued:
+                return min(queued, key=lambda w: len(w.queue))
+        return None
+
+    async def _assign(self, isolation: Isolation, slot: _Slot) -> WorkerProcess | None:
+        """Find or start a worker for ``slot``; None if it was stopped while waiting."""
+        while not slot.future.done():
+            worker = self._pick(isolation)
+            if worker is not None:
+                return worker
+            if self._busy() < self.settings.workers.max:
+                return await self._spawn(isolation)
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return None
+
+    async def _spawn(self, isolation: Isolation) -> WorkerProcess:
+        self._spawning += 1
+        try:
+            worker = await WorkerProcess.spawn(
+                self.settings, self.run_dir, once=isolation is Isolation.PROCESS,
+                number=next(self._numbers), on_room=self._room_changed)
+        finally:
+            self._spawning -= 1
+        (self._fresh.add if worker.once else self._pool.append)(worker)
+        return worker
 
     def _retire(self, worker: WorkerProcess) -> None:
         task = asyncio.ensure_future(worker.close())
@@ -275,40 +464,63 @@ class SubprocessLauncher:
 
     async def run(self, job: Claimed, isolation: Isolation,
                   on_progress: ProgressCallback) -> Outcome:
-        future: AttemptFuture = asyncio.get_running_loop().create_future()
-        self._attempts[job.id] = future
+        loop = asyncio.get_running_loop()
         try:
-            try:
-                worker = await self._acquire(isolation)
-            except OSError as exc:
-                return Outcome(OutcomeKind.CRASHED,
-                               error=ErrorInfo("SpawnError", f"could not start a worker: {exc}"))
-            outcome = await worker.execute(job, future, on_progress)
+            while True:
+                slot = _Slot(job, loop.create_future(), on_progress, loop.create_future())
+                self._attempts[job.id] = slot
+                try:
+                    worker = await self._assign(isolation, slot)
+                except OSError as exc:
+                    return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(
+                        "SpawnError", f"could not start a worker: {exc}"))
+                if worker is None:
+                    ended = slot.future.result()
+                    assert isinstance(ended, _Ended)
+                    return Outcome(ended.kind, error=_NOT_STARTED[ended.kind])
+                outcome = await worker.execute(slot)
+                if isinstance(outcome, Outcome):
+                    return await self._release(worker, outcome)
+                # It never started (the worker died with it queued): run it elsewhere.
         finally:
-            del self._attempts[job.id]
-        reusable = (isolation is Isolation.POOL and worker.alive
-                    and worker.jobs_done < self.settings.workers.max_jobs_per_worker)
-        if reusable:
-            self._idle.append(worker)
-        elif isolation is Isolation.PROCESS and worker.alive:
+            self._attempts.pop(job.id, None)
+            self._room_changed()
+
+    async def _release(self, worker: WorkerProcess, outcome: Outcome) -> Outcome:
+        if worker.once:
             # A fresh worker exits by itself after its one job; reap it to get its code.
+            self._fresh.discard(worker)
             await worker.close()
-            outcome = _with_exit_code(outcome, worker.proc.returncode)
-        else:
+            return _with_exit_code(outcome, worker.proc.returncode)
+        if not worker.accepting and not worker.queue and worker in self._pool:
+            self._pool.remove(worker)
             self._retire(worker)
         return outcome
 
     def stop(self, job_id: int, kind: OutcomeKind) -> bool:
-        future = self._attempts.get(job_id)
-        return future is not None and _settle(future, _Ended(kind))
+        slot = self._attempts.get(job_id)
+        if slot is None or not _settle(slot.future, _Ended(kind)):
+            return False
+        self._room_changed()  # wakes it if it was waiting for a worker
+        return True
+
+    def release_waiting(self, kind: OutcomeKind) -> None:
+        """Stop every attempt not yet sent to a worker (at shutdown)."""
+        sent = {id(slot) for w in (*self._pool, *self._fresh) for slot in w.queue}
+        for job_id, slot in list(self._attempts.items()):
+            if id(slot) not in sent:
+                self.stop(job_id, kind)
 
     @property
     def running(self) -> int:
         return len(self._attempts)
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(w.close() for w in idle), *self._closing)
+        if self._steal_timer is not None:
+            self._steal_timer.cancel()
+        workers = [*self._pool, *self._fresh]
+        self._pool, self._fresh = [], set()
+        await asyncio.gather(*(w.close() for w in workers), *self._closing)
 
 
 def _with_exit_code(outcome: Outcome, code: int | None) -> Outcome:

@@ -1,10 +1,11 @@
 """Messages on the host <-> worker channel: one orjson object per line.
 
 Host -> worker (the child's stdin): ``{"t": "job", "id", "attempt", "class", "method",
-"args", "kwargs"}``.  Worker -> host (a private dup of the child's original stdout; the job's
-own stdout and stderr go to a capture file instead, so a ``print`` can never corrupt the
-channel): ``{"t": "progress", "id", "fraction", "message"}`` and ``{"t": "done", "id", "ok",
-"result" | "error", "retry", "delay", "fail", "output"}``.
+"args", "kwargs"}`` and ``{"t": "skip", "id"}`` (take a queued job back).  Worker -> host
+(a private dup of the child's original stdout; the job's own stdout and stderr go to a
+capture file instead, so a ``print`` can never corrupt the channel):
+``{"t": "progress", "id", "fraction", "message"}``, ``{"t": "skipped", "id", "skipped"}``
+and ``{"t": "done", "id", "ok", "result" | "error", "retry", "delay", "fail", "output"}``.
 
 The host treats anything else on the channel as a protocol violation by the job and ends the
 attempt as ``crashed``: a job can be malicious, the host must not be.
@@ -30,6 +31,14 @@ class Progress:
     job_id: int
     fraction: float
     message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """The answer to a ``skip``: whether the job was taken back before it started."""
+
+    job_id: int
+    skipped: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,11 @@ def _error(obj: object) -> ErrorInfo:
                      mro=tuple(mro[:64]))
 
 
-def decode(line: bytes) -> Progress | Done:
+def encode_skip(job_id: int) -> bytes:
+    return orjson.dumps({"t": "skip", "id": job_id}) + b"\n"
+
+
+def decode(line: bytes) -> Progress | Skipped | Done:
     """Parse one worker message; raise :class:`ProtocolError` on anything unexpected."""
     try:
         msg = orjson.loads(line)
@@ -77,6 +90,8 @@ def decode(line: bytes) -> Progress | Done:
         message = msg.get("message")
         return Progress(msg["id"], min(1.0, max(0.0, float(fraction))),
                         message[:500] if isinstance(message, str) else None)
+    if kind == "skipped":
+        return Skipped(msg["id"], msg.get("skipped") is True)
     if kind != "done":
         raise ProtocolError(f"unknown message type {kind!r}")
     output = _str(msg, "output")

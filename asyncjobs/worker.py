@@ -13,8 +13,10 @@ import contextlib
 import importlib
 import os
 import sys
+import threading
 import time
 import traceback
+from collections import deque
 from typing import Any
 
 import orjson
@@ -37,12 +39,14 @@ class Channel:
         self.job_id = 0
         self._last_sent = 0.0
         self._pending: tuple[float, str | None] | None = None
+        self._lock = threading.Lock()  # the inbox thread answers skips on the same channel
 
     def send(self, message: dict[str, Any]) -> None:
         data = memoryview(orjson.dumps(message) + b"\n")
-        while data:
-            written = os.write(self.fd, data)
-            data = data[written:]
+        with self._lock:
+            while data:
+                written = os.write(self.fd, data)
+                data = data[written:]
 
     def progress(self, fraction: float, message: str | None) -> None:
         # Rate-limited so a job reporting in a tight loop cannot flood the host.
@@ -61,6 +65,47 @@ class Channel:
             self._pending = None
             self.send({"t": "progress", "id": self.job_id, "fraction": fraction,
                        "message": message})
+
+
+class Inbox:
+    """Reads the host's messages ahead, on a thread, so queued jobs can be taken back.
+
+    The host sends several jobs ahead to keep a warm worker busy.  A ``skip`` for a job still
+    waiting here removes it and is answered at once (``skipped: true``), so a cancelled job
+    never starts and an idle worker elsewhere can take it; a ``skip`` for a job already
+    started is answered ``skipped: false``.  Every skip gets exactly one answer.
+    """
+
+    def __init__(self, stream: Any, channel: Channel) -> None:
+        self.stream = stream
+        self.channel = channel
+        self.jobs: deque[dict[str, Any]] = deque()
+        self.closed = False
+        self._ready = threading.Condition()
+        threading.Thread(target=self._read, name="asyncjobs-inbox", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            message = orjson.loads(line)
+            with self._ready:
+                if message.get("t") == "skip":
+                    found = next((j for j in self.jobs if j["id"] == message["id"]), None)
+                    if found is not None:
+                        self.jobs.remove(found)
+                    self.channel.send({"t": "skipped", "id": message["id"],
+                                       "skipped": found is not None})
+                else:
+                    self.jobs.append(message)
+                self._ready.notify()
+        with self._ready:
+            self.closed = True
+            self._ready.notify()
+
+    def next_job(self) -> dict[str, Any] | None:
+        with self._ready:
+            while not self.jobs and not self.closed:
+                self._ready.wait()
+            return self.jobs.popleft() if self.jobs else None
 
 
 class Capture:
@@ -156,7 +201,7 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     # The channel is our original stdout; the job's fds 1 and 2 both go to the capture file
     # the host gave us as stderr, and stdin becomes /dev/null so a job cannot read our input.
     channel = Channel(os.dup(1))
-    incoming = os.fdopen(os.dup(0), "rb")
+    inbox = Inbox(os.fdopen(os.dup(0), "rb"), channel)
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -165,8 +210,12 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     capture = Capture(2, output_limit)
     allow = load_allow_list(config_path)
     context.set_reporter(channel.progress)
-    for line in incoming:
-        job = orjson.loads(line)
+    host_pid = os.getppid()
+    while (job := inbox.next_job()) is not None:
+        if os.getppid() != host_pid:
+            # The host died: jobs still queued for us will be rerun by the next host (they
+            # are "running" on disk), so starting them here would only run them twice.
+            break
         channel.job_id = job["id"]
         capture.reset()
         reply = run_job(job, allow, max_result)
