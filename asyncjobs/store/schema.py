@@ -64,4 +64,44 @@ MIGRATIONS: list[str] = [
         last_job_id INTEGER
     );
     """,
+    # 3: counters kept by triggers in the same transactions as the changes they count, so
+    # /api/stats reads a few rows instead of scanning a million jobs or an hour of attempts.
+    """
+    CREATE TABLE job_counts (
+        class TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (class, status)
+    ) WITHOUT ROWID;
+    INSERT INTO job_counts SELECT class, status, COUNT(*) FROM jobs GROUP BY class, status;
+    CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_counts VALUES (NEW.class, NEW.status, 1)
+            ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE class = OLD.class AND status = OLD.status;
+    END;
+    CREATE TRIGGER job_counts_update AFTER UPDATE OF status ON jobs
+    WHEN OLD.status <> NEW.status BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE class = OLD.class AND status = OLD.status;
+        INSERT INTO job_counts VALUES (NEW.class, NEW.status, 1)
+            ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TABLE attempt_minutes (
+        minute INTEGER PRIMARY KEY,        -- epoch seconds of the minute's start
+        completed INTEGER NOT NULL,
+        failed INTEGER NOT NULL            -- every other outcome
+    );
+    INSERT INTO attempt_minutes
+        SELECT CAST(finished_at / 60 AS INTEGER) * 60, SUM(outcome = 'completed'),
+               SUM(outcome <> 'completed')
+        FROM attempts WHERE finished_at IS NOT NULL GROUP BY 1;
+    CREATE TRIGGER attempt_minutes_count AFTER UPDATE OF outcome ON attempts
+    WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL BEGIN
+        INSERT INTO attempt_minutes VALUES (CAST(NEW.finished_at / 60 AS INTEGER) * 60,
+                                            NEW.outcome = 'completed', NEW.outcome <> 'completed')
+            ON CONFLICT (minute) DO UPDATE SET completed = completed + excluded.completed,
+                                               failed = failed + excluded.failed;
+    END;
+    """,
 ]

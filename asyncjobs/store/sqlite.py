@@ -301,20 +301,20 @@ class SqliteStore:
     async def stats(self, now: float) -> Stats:
         counts = {s.value: 0 for s in Status}
         by_class: dict[str, dict[str, int]] = {}
-        for cls, status, n in await self._read(
-                "SELECT class, status, COUNT(*) FROM jobs GROUP BY class, status"):
+        for cls, status, n in await self._read("SELECT class, status, n FROM job_counts"):
             counts[status] += n
             by_class.setdefault(cls, {s.value: 0 for s in Status})[status] = n
         minute = int(now // 60) * 60
         per_minute: dict[int, list[int]] = {minute - 60 * i: [0, 0] for i in range(60)}
-        for bucket, outcome, n in await self._read(
-                "SELECT CAST(finished_at / 60 AS INTEGER) * 60, outcome, COUNT(*) "
-                "FROM attempts WHERE finished_at >= ? GROUP BY 1, 2", (minute - 59 * 60,)):
-            slot = per_minute.get(int(bucket))
-            if slot is not None:
-                slot[0 if outcome == "completed" else 1] += n
-        last_minute = next(iter(await self._read(
-            "SELECT COUNT(*) FROM attempts WHERE finished_at >= ?", (now - 60,))))[0]
+        for start, completed, failed in await self._read(
+                "SELECT minute, completed, failed FROM attempt_minutes WHERE minute >= ?",
+                (minute - 59 * 60,)):
+            if start in per_minute:
+                per_minute[start] = [completed, failed]
+        # "The last minute" is the previous whole minute plus the current one, pro rata.
+        now_part = (now - minute) / 60
+        current, previous = per_minute[minute], per_minute[minute - 60]
+        last_minute = round(sum(current) + sum(previous) * (1 - now_part))
         return Stats(
             counts=counts, by_class=by_class, finished_last_minute=last_minute,
             finished_last_hour=sum(c + f for c, f in per_minute.values()),

@@ -249,4 +249,6 @@ def prune(conn: sqlite3.Connection, before: float, statuses: Sequence[Status],
     ids = [(row[0],) for row in rows]
     conn.executemany("DELETE FROM attempts WHERE job_id = ?", ids)
     conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
+    # Throughput buckets follow the jobs' retention (only the last hour is ever read).
+    conn.execute("DELETE FROM attempt_minutes WHERE minute < ?", (before,))
     return len(ids)
