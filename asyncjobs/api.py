@@ -123,6 +123,9 @@ async def _body(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge(f"request body over {request.app[HOST_KEY].settings.api.max_body_bytes}"
                        " bytes") from None
+    except web.RequestPayloadError:  # e.g. "Content-Encoding: gzip" on a body that is not
+        raise BadRequest("could not read the request body; is its Content-Encoding right?") \
+            from None
     if not data:
         raise BadRequest("the request body is empty; send a JSON object")
     try:

@@ -8,6 +8,7 @@ request whose ``Origin`` is another site (CSRF).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -54,7 +55,15 @@ def is_loopback_host(host_header: str | None, extra: frozenset[str] = frozenset(
     if not host_header:
         return False
     name = host_name(host_header)
-    return name in LOOPBACK_NAMES or name in extra or name.startswith("127.")
+    return name in LOOPBACK_NAMES or name in extra or _is_loopback_address(name)
+
+
+def _is_loopback_address(name: str) -> bool:
+    # A real address only: a prefix test would let "127.0.0.1.evil.example" (DNS rebinding) in.
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def is_same_origin(origin: str | None, host_header: str | None) -> bool:
