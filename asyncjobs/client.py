@@ -1,0 +1,406 @@
+"""The client: :class:`AsyncJobsClient` over the control API, and ``submit_job`` for apps.
+
+Everything a client does goes through the HTTP API (§5), exactly as the CLI does; nothing
+here opens the store.  Errors come back as the same :mod:`errors` classes the host raised,
+mapped from the API's ``error.code``, so ``except JobNotFound`` works across the wire.
+A host that does not answer at all is a :class:`HostUnreachable` naming the URL tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TypedDict, Unpack
+
+import aiohttp
+import orjson
+
+from .auth import read_token
+from .config import find_config, load_settings
+from .errors import (
+    ERRORS_BY_CODE,
+    AsyncJobsError,
+    ConfigError,
+    HostUnreachable,
+    InvalidField,
+    JobNotFound,
+)
+from .models import JSONValue
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+DEFAULT_DATA_DIR = Path(".asyncjobs")
+HOST_FILE = "host.json"
+WAIT_SLICE = 30.0  # seconds per long-poll request; well under any proxy's idle timeout
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+Job = dict[str, JSONValue]
+"""A job in the §6 JSON shape."""
+JobList = list[Job]
+IdList = list[int]
+Lines = list[str]
+Step = Mapping[str, JSONValue] | tuple[str, str] | tuple[str, str, Sequence[JSONValue]]
+"""A chain step: ``{"class", "method", "args", "kwargs"}`` or ``(class, method[, args])``."""
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The optional §5 submit fields, as keyword arguments."""
+
+    kwargs: Mapping[str, JSONValue] | None
+    priority: str | None
+    delay: float | None
+    run_at: str | dt.datetime | None
+    timeout: float | None
+    max_attempts: int | None
+    then: Sequence[Step] | None
+    unique_key: str | None
+
+
+def _read_host_url(data_dir: Path) -> str | None:
+    try:
+        url = orjson.loads((data_dir / HOST_FILE).read_bytes()).get("url")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+    return url if isinstance(url, str) and url else None
+
+
+def discover(config: str | Path | None = None,
+             env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """Find the host's URL and token without contacting it.
+
+    Each comes from the first of: the environment (``ASYNCJOBS_URL``, ``ASYNCJOBS_TOKEN``),
+    then ``<data_dir>/host.json`` and ``<data_dir>/token`` of the configuration (the host
+    writes both at start), then the configured address.  With no config file at all (and
+    none asked for), the defaults are ``http://127.0.0.1:8765`` and ``./.asyncjobs``.
+    """
+    env = os.environ if env is None else env
+    url, token = env.get("ASYNCJOBS_URL") or None, env.get("ASYNCJOBS_TOKEN") or None
+    if url and token:
+        return url.rstrip("/"), token
+    asked = config is not None or bool(env.get("ASYNCJOBS_CONFIG"))
+    if asked or find_config(None, env).exists():
+        settings = load_settings(config, env)
+        data_dir = settings.data_dir
+        name = "127.0.0.1" if settings.api.host in ("0.0.0.0", "", "::") else settings.api.host  # noqa: S104
+        fallback = f"http://{name}:{settings.api.port}"
+    else:
+        data_dir = Path(env.get("ASYNCJOBS_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
+        fallback = DEFAULT_URL
+    url = url or _read_host_url(data_dir) or fallback
+    return url.rstrip("/"), token or read_token(data_dir)
+
+
+def _error(status: int, body: bytes, url: str, job_id: int | None) -> AsyncJobsError:
+    """The :mod:`errors` class for an API error response, carrying its code and message."""
+    try:
+        info = orjson.loads(body)["error"]
+        code, message = str(info["code"]), str(info["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        exc = AsyncJobsError(f"{url} answered HTTP {status} without an asyncjobs error; "
+                             "is it really an asyncjobs host?")
+        exc.code, exc.status = "bad_response", status
+        return exc
+    cls = ERRORS_BY_CODE.get(code, AsyncJobsError)
+    exc = cls.__new__(cls)
+    AsyncJobsError.__init__(exc, message)  # the subclasses' own __init__ builds messages
+    exc.code, exc.status = code, status
+    if isinstance(exc, InvalidField):
+        exc.field = message.partition(":")[0]
+    if isinstance(exc, JobNotFound):
+        exc.job_id = job_id if job_id is not None else 0
+    return exc
+
+
+def _step(step: Step) -> dict[str, JSONValue]:
+    if isinstance(step, tuple):
+        return {"class": step[0], "method": step[1],
+                "args": list(step[2]) if len(step) > 2 else []}
+    return dict(step)
+
+
+def iso_time(moment: dt.datetime) -> str:
+    """A datetime as §6 ISO 8601 UTC with milliseconds and ``Z`` (naive means UTC)."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def submit_body(cls: str, method: str, args: Sequence[JSONValue] | None = None,
+                **options: Unpack[SubmitOptions]) -> dict[str, JSONValue]:
+    """The §5 submit object; options left at ``None`` are left out (the host's defaults)."""
+    body: dict[str, JSONValue] = {"class": cls, "method": method, "args": list(args or [])}
+    body.update({k: v for k, v in options.items() if v is not None})
+    if (kwargs := options.get("kwargs")) is not None:
+        body["kwargs"] = dict(kwargs)
+    if isinstance(run_at := options.get("run_at"), dt.datetime):
+        body["run_at"] = iso_time(run_at)
+    if (then := options.get("then")) is not None:
+        body["then"] = [_step(s) for s in then]
+    return body
+
+
+class EventStream:
+    """``async with client.events() as stream: async for event in stream`` (SSE, §5).
+
+    Entering returns once the host has subscribed this stream, so no state change made
+    after that is missed.  Each event is the decoded ``data`` dict (it has a ``type``).
+    """
+
+    def __init__(self, client: AsyncJobsClient) -> None:
+        self._client = client
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> EventStream:
+        self._response = await self._client._open("GET", "/api/events", read_timeout=None)
+        await self._response.content.readline()  # ": connected": the host has subscribed us
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._response is not None:
+            self._response.close()
+
+    def __aiter__(self) -> AsyncIterator[dict[str, JSONValue]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[dict[str, JSONValue]]:
+        assert self._response is not None, "use 'async with client.events() as stream'"
+        data: list[bytes] = []
+        try:
+            async for raw in self._response.content:
+                line = raw.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    event = orjson.loads(b"\n".join(data))
+                    data = []
+                    if isinstance(event, dict):
+                        yield event
+        except aiohttp.ClientError as exc:
+            raise HostUnreachable(f"lost the event stream of {self._client.url} "
+                                  f"({type(exc).__name__})") from None
+
+
+class AsyncJobsClient:
+    """A client of one host's control API; reuses one HTTP session.
+
+    ``async with AsyncJobsClient() as client: job_id = await client.submit("SampleJob",
+    "process", ["a"])``.  ``url`` and ``token`` default as :func:`discover` says; ``config``
+    is the config file to read them from (default: ``$ASYNCJOBS_CONFIG`` or ./config.json).
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 config: str | Path | None = None, connect_timeout: float = 5.0) -> None:
+        if url is None or token is None:
+            found_url, found_token = discover(config)
+            url, token = url or found_url, token or found_token
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("url", "an http:// or https:// URL of the host", url)
+        self.url = url.rstrip("/")
+        self.token = token
+        self.connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncJobsClient(url={self.url!r})"
+
+    async def __aenter__(self) -> AsyncJobsClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running loop (never in __init__).
+        if self._session is None:
+            headers = {"Accept": "application/json", "User-Agent": "asyncjobs-client"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            self._session = aiohttp.ClientSession(headers=headers)
+        return self._session
+
+    async def _open(self, method: str, path: str, *, body: JSONValue = None,
+                    params: Mapping[str, str] | None = None, read_timeout: float | None = 60.0,
+                    job_id: int | None = None) -> aiohttp.ClientResponse:
+        url = self.url + path
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout,
+                                        sock_read=read_timeout)
+        data = orjson.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            response = await self._http().request(method, url, data=data, params=params,
+                                                  headers=headers, timeout=timeout)
+        except aiohttp.ClientConnectorError as exc:
+            reason = ("connection refused" if isinstance(exc.os_error, ConnectionRefusedError)
+                      else str(exc.os_error.strerror or exc))
+            raise HostUnreachable(f"no asyncjobs host is reachable at {self.url} ({reason}); "
+                                  "start one with 'asyncjobs serve'") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
+                                  f"({type(exc).__name__}); is 'asyncjobs serve' running?") \
+                from None
+        if response.status >= 400:
+            text = await response.read()
+            response.release()
+            raise _error(response.status, text, self.url, job_id)
+        return response
+
+    async def _call(self, method: str, path: str, *, body: JSONValue = None,
+                    params: Mapping[str, str] | None = None, read_timeout: float = 60.0,
+                    job_id: int | None = None) -> JSONValue:
+        response = await self._open(method, path, body=body, params=params,
+                                    read_timeout=read_timeout, job_id=job_id)
+        try:
+            data = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
+                                  f"({type(exc).__name__})") from None
+        finally:
+            response.release()
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise _error(response.status, data, self.url, job_id) from None
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def submit(self, cls: str, method: str, args: Sequence[JSONValue] | None = None,
+                     **options: Unpack[SubmitOptions]) -> int:
+        """Submit one job and return its id (an existing job's, for a live ``unique_key``)."""
+        answer = await self.submit_info(cls, method, args, **options)
+        return int(answer["id"])
+
+    async def submit_info(self, cls: str, method: str, args: Sequence[JSONValue] | None = None,
+                          **options: Unpack[SubmitOptions]) -> dict[str, JSONValue]:
+        """Like :meth:`submit`, but return the API's answer: ``{"id", "status"}``, plus
+        ``"duplicate": true`` when a job with the same ``unique_key`` was already live."""
+        answer = await self._call("POST", "/api/jobs",
+                                  body=submit_body(cls, method, args, **options))
+        assert isinstance(answer, dict)
+        return answer
+
+    async def submit_batch(self, jobs: Sequence[Mapping[str, JSONValue]]) -> IdList:
+        """Submit §5 submit objects in one transaction (all or none); return their ids."""
+        answer = await self._call("POST", "/api/jobs/batch", body={"jobs": [dict(j)
+                                                                            for j in jobs]})
+        return [int(i) for i in answer["ids"]]
+
+    async def get(self, job_id: int) -> Job:
+        """One job with its attempt history (§6)."""
+        job: Job = await self._call("GET", f"/api/jobs/{int(job_id)}", job_id=job_id)
+        return job
+
+    async def cancel(self, job_id: int) -> Job:
+        """Cancel a pending job, or kill a running one; the job afterwards. Finished: 409."""
+        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/cancel", job_id=job_id)
+        return job
+
+    async def retry(self, job_id: int) -> Job:
+        """Put a failed or cancelled job back in the queue with a fresh attempt budget."""
+        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/retry", job_id=job_id)
+        return job
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        """The job once it is finished, or as it is after ``timeout`` seconds (None: forever).
+
+        Long-polls in slices of at most 30 s, so no connection idles for long.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        while True:
+            left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - loop.time())
+            job: Job = await self._call(
+                "GET", f"/api/jobs/{int(job_id)}/wait", params={"timeout": f"{max(0, left):.3f}"},
+                read_timeout=max(0, left) + 30, job_id=job_id)
+            if job["status"] in TERMINAL or (deadline is not None and loop.time() >= deadline):
+                return job
+
+    async def run(self, cls: str, method: str, args: Sequence[JSONValue] | None = None, *,
+                  wait_timeout: float | None = None, **options: Unpack[SubmitOptions]) -> Job:
+        """Submit a job and wait for it (see :meth:`wait`); return the job (§6)."""
+        job_id = await self.submit(cls, method, args, **options)
+        return await self.wait(job_id, wait_timeout)
+
+    async def list(self, status: str | None = None, cls: str | None = None, limit: int = 50,
+                   cursor: str | None = None) -> tuple[JobList, str | None]:
+        """A page of jobs, newest first (without attempt history), and the cursor of the next
+        page (``None`` on the last page)."""
+        params = {"limit": str(limit)}
+        if status:
+            params["status"] = status
+        if cls:
+            params["class"] = cls
+        if cursor:
+            params["cursor"] = str(cursor)
+        page = await self._call("GET", "/api/jobs", params=params)
+        return page["jobs"], page["next_cursor"]
+
+    # -- observation -----------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, JSONValue]:
+        """Counts per status and per class, throughput, running workers, uptime."""
+        stats: dict[str, JSONValue] = await self._call("GET", "/api/stats")
+        return stats
+
+    async def logs(self, job_id: int | None = None, *, errors: bool = False,
+                   lines: int = 100) -> Lines:
+        """The last ``lines`` lines of jobs.log (or jobs_errors.log), optionally of one job."""
+        params = {"file": "errors" if errors else "jobs", "lines": str(lines)}
+        if job_id is not None:
+            params["job"] = str(int(job_id))
+        answer = await self._call("GET", "/api/logs", params=params)
+        lines_: Lines = answer["lines"]
+        return lines_
+
+    async def health(self) -> dict[str, JSONValue]:
+        health: dict[str, JSONValue] = await self._call("GET", "/api/health")
+        return health
+
+    def events(self) -> EventStream:
+        """Server-sent events, one per state change (see :class:`EventStream`)."""
+        return EventStream(self)
+
+    async def login_link(self) -> str:
+        """A one-time dashboard sign-in URL, valid for two minutes."""
+        answer = await self._call("POST", "/api/login-links")
+        return self.url + str(answer["path"])
+
+
+async def submit_job(cls: str, method: str, args: Sequence[JSONValue] | None = None, *,
+                     url: str | None = None, token: str | None = None,
+                     config: str | Path | None = None,
+                     **options: Unpack[SubmitOptions]) -> int:
+    """Submit one job from async code and return its id: ``await submit_job("SampleJob",
+    "process", ["a"], priority="high", delay=5)``.
+
+    Opens one connection per call; to submit many jobs, keep an :class:`AsyncJobsClient`.
+    """
+    async with AsyncJobsClient(url, token, config=config) as client:
+        return await client.submit(cls, method, args, **options)
+
+
+def submit_job_sync(cls: str, method: str, args: Sequence[JSONValue] | None = None, *,
+                    url: str | None = None, token: str | None = None,
+                    config: str | Path | None = None,
+                    **options: Unpack[SubmitOptions]) -> int:
+    """:func:`submit_job` for synchronous code (a script, a Django view, a WSGI app).
+
+    It runs its own event loop with :func:`asyncio.run`, so it must not be called from
+    inside a running event loop (that would block the loop); there, ``await submit_job``.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("submit_job_sync() was called inside a running event loop, which "
+                           "it would block; use 'await submit_job(...)' there instead")
+    return asyncio.run(submit_job(cls, method, args, url=url, token=token, config=config,
+                                  **options))

@@ -1,0 +1,323 @@
+"""The ``asyncjobs`` client commands (§7) against a real host: output, ``--json``, exit codes.
+
+The main flows run the CLI as a subprocess, exactly as a user does; the rest call
+``cli.main(argv)`` in this process (same code, no interpreter start-up per command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from serve_fixture import ServedHost, clean_env, serve
+
+from asyncjobs import cli, display
+from asyncjobs.errors import InvalidField
+
+JOB_KEYS = {"id", "class", "method", "args", "kwargs", "status", "priority", "attempts",
+            "max_attempts", "timeout", "created_at", "run_at", "started_at", "finished_at",
+            "result", "error", "progress", "chain_id", "unique_key", "attempt_history"}
+SUMMARY_KEYS = JOB_KEYS - {"attempt_history"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHost]:
+    with serve(tmp_path_factory.mktemp("cli")) as host:
+        yield host
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def run(served: ServedHost, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``run(*argv)``: ``cli.main`` in this process, finding the host through the config."""
+    for name in [k for k in os.environ if k.startswith("ASYNCJOBS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ASYNCJOBS_CONFIG", str(served.config))
+
+    def call(*argv: str) -> Result:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return call
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# -- as a subprocess ---------------------------------------------------------------------------
+
+def test_submit_wait_prints_the_finished_job(served: ServedHost) -> None:
+    done = served.cli("submit", "SampleJob", "process", "a, b", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^job \d+  SampleJob\.process$", done.stdout, re.M)
+    assert re.search(r"^  status\s+completed$", done.stdout, re.M)
+    assert '{"processed":["a","b"],"joined":"a,b"}' in done.stdout
+
+
+def test_submit_json_then_wait_and_status_json(served: ServedHost) -> None:
+    submitted = served.cli("submit", "SampleJob", "process", "--json", '["x", "y"]', "--json",
+                           "--priority", "low")
+    assert submitted.returncode == 0, submitted.stderr
+    answer = json.loads(submitted.stdout)
+    assert set(answer) == {"id", "status"} and answer["status"] == "pending"
+
+    waited = served.cli("wait", str(answer["id"]), "--timeout", "20", "--json")
+    assert waited.returncode == 0, waited.stderr
+    job = json.loads(waited.stdout)
+    assert set(job) == JOB_KEYS
+    assert (job["status"], job["priority"], job["result"]["joined"]) == ("completed", "low",
+                                                                         "x,y")
+    status = served.cli("status", str(answer["id"]), "--json")
+    assert json.loads(status.stdout) == job
+
+
+def test_a_failed_job_exits_1_and_shows_its_error(served: ServedHost) -> None:
+    failed = served.cli("submit", "UserLoginService", "handle", "--json", '[""]', "--wait",
+                        "--json")
+    assert failed.returncode == 1, failed.stderr
+    job = json.loads(failed.stdout)
+    assert set(job) == JOB_KEYS
+    assert job["status"] == "failed"
+    assert job["attempt_history"][0]["error"]["type"] == "ValueError"
+
+    shown = served.cli("status", str(job["id"]))
+    assert shown.returncode == 0
+    assert re.search(r"^  error\s+ValueError: user must not be empty$", shown.stdout, re.M)
+    assert "attempts:" in shown.stdout and "Traceback" in shown.stdout
+
+
+def test_refused_requests_and_usage_errors_exit_2(served: ServedHost) -> None:
+    refused = served.cli("submit", "os", "system", "id")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("asyncjobs: not_allowed: class 'os' is not in the "
+                                      "allow-list")
+    assert served.cli("status", "987654").returncode == 2
+    usage = served.cli("status", "not-a-number")
+    assert usage.returncode == 2 and "invalid int value" in usage.stderr
+    assert served.cli("frobnicate").returncode == 2
+
+
+def test_no_host_exits_3_with_a_one_line_hint(served: ServedHost) -> None:
+    url = closed_port_url()
+    down = served.cli("stats", env={"ASYNCJOBS_URL": url})
+    assert down.returncode == 3
+    assert down.stdout == ""
+    (line,) = down.stderr.splitlines()
+    assert url in line and "asyncjobs serve" in line
+
+
+# -- in process --------------------------------------------------------------------------------
+
+def test_cancel_retry_and_wait_exit_codes(run: Any) -> None:
+    pending = run("submit", "LessonEndedService", "handle", "later", "--delay", "3600",
+                  "--json")
+    job_id = str(pending.json()["id"])
+    short = run("wait", job_id, "--timeout", "0.2")
+    assert short.code == 1
+    assert f"job {job_id} is still pending" in short.err
+
+    cancelled = run("cancel", job_id)
+    assert (cancelled.code, cancelled.out.strip()) == (0, f"job {job_id} cancelled")
+    again = run("cancel", job_id)
+    assert again.code == 2 and "wrong_state" in again.err
+    assert run("wait", job_id).code == 1, "a cancelled job is not a success"
+
+    retried = run("retry", job_id, "--json")
+    assert retried.code == 0 and retried.json()["status"] == "pending"
+    assert set(retried.json()) == JOB_KEYS
+    assert run("cancel", job_id, "--json").json()["status"] == "cancelled"
+
+
+def test_retry_of_a_failed_job_runs_it_again(run: Any) -> None:
+    failed = run("submit", "UserLoginService", "handle", "--json", '[""]', "--wait", "--json")
+    assert failed.code == 1
+    job_id = str(failed.json()["id"])
+    assert run("retry", job_id).code == 0
+    again = run("wait", job_id, "--timeout", "20", "--json")
+    assert again.code == 1
+    assert [a["outcome"] for a in again.json()["attempt_history"]] == ["failed", "failed"]
+
+
+def test_list_table_json_filters_and_cursor(run: Any) -> None:
+    ids = [run("submit", "LessonStartedService", "handle", f"t{i}", "--delay", "3600",
+               "--json").json()["id"] for i in range(3)]
+    listed = run("list", "--class", "LessonStartedService", "--json")
+    assert listed.code == 0
+    jobs = listed.json()
+    assert isinstance(jobs, list)
+    assert [j["id"] for j in jobs] == ids[::-1]
+    assert all(set(j) == SUMMARY_KEYS for j in jobs)
+
+    page = run("list", "--class", "LessonStartedService", "--limit", "2", "--json")
+    assert [j["id"] for j in page.json()] == ids[:0:-1]
+    match = re.search(r"--cursor (\S+)", page.err)
+    assert match
+    rest = run("list", "--class", "LessonStartedService", "--limit", "2", "--cursor",
+               match.group(1), "--json")
+    assert [j["id"] for j in rest.json()] == ids[:1]
+    assert rest.err == ""
+
+    table = run("list", "--class", "LessonStartedService", "--status", "pending")
+    lines = table.out.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "JOB", "PRIORITY", "ATTEMPTS", "CREATED",
+                                "DETAIL"]
+    assert len(lines) == 4
+    width = len(str(max(ids)))
+    assert all(line[:max(width, 2)].strip().isdigit() for line in lines[1:])
+    assert all("LessonStartedService.handle" in line and "runs in" in line
+               for line in lines[1:])
+    assert run("list", "--class", "LessonStartedService", "--status", "failed").out == \
+        "no jobs\n"
+
+
+def test_list_rejects_an_unknown_status(run: Any) -> None:
+    with pytest.raises(SystemExit) as caught:
+        run("list", "--status", "nonsense")
+    assert caught.value.code == 2
+
+
+def test_chain_and_kwargs_from_the_command_line(run: Any) -> None:
+    done = run("submit", "SampleJob", "process", "one", "--then", "SampleJob:process:two,three",
+               "--wait", "--json")
+    assert done.code == 0, done.err
+    chain_id = done.json()["chain_id"]
+    jobs = run("list", "--class", "SampleJob", "--limit", "50", "--json").json()
+    step = next(j for j in jobs if j["chain_id"] == chain_id and j["id"] != done.json()["id"])
+    step = run("wait", str(step["id"]), "--json").json()
+    assert step["args"] == ["two", "three"]
+    assert step["result"]["previous"]["joined"] == "one"
+
+    slow = run("submit", "SlowJob", "run", "--kw", "seconds=0.2", "--kw", "steps=2",
+               "--timeout", "30", "--max-attempts", "1", "--wait", "--json")
+    assert slow.code == 0, slow.err
+    job = slow.json()
+    assert (job["kwargs"], job["timeout"], job["max_attempts"]) == (
+        {"seconds": 0.2, "steps": 2}, 30.0, 1)
+    assert job["progress"] == {"fraction": 1.0, "message": "step 2 of 2"}
+
+
+def test_unique_key_duplicate_is_reported(run: Any) -> None:
+    first = run("submit", "SampleJob", "process", "--delay", "3600", "--unique-key", "cli-k")
+    assert re.fullmatch(r"submitted job \d+ \(pending\)\n", first.out)
+    second = run("submit", "SampleJob", "process", "--delay", "3600", "--unique-key", "cli-k")
+    assert second.code == 0 and "already pending" in second.out
+    job_id = first.out.split()[2]
+    run("cancel", job_id)
+
+
+def test_logs_stats_and_dashboard(run: Any, served: ServedHost) -> None:
+    done = run("submit", "LessonCreatedService", "handle", "logged", "--wait", "--json")
+    job_id = done.json()["id"]
+    logs = run("logs", str(job_id))
+    assert logs.code == 0
+    assert all(f"job={job_id} " in line for line in logs.out.splitlines())
+    assert "status=completed" in logs.out
+    assert len(run("logs", "--lines", "2").out.splitlines()) == 2
+    as_json = run("logs", str(job_id), "--json").json()
+    assert isinstance(as_json, list) and as_json == logs.out.splitlines()
+    run("submit", "UserLoginService", "handle", "--json", '[""]', "--wait")
+    assert "ValueError" in run("logs", "--errors", "--lines", "200").out
+
+    stats = run("stats")
+    assert stats.code == 0
+    assert stats.out.splitlines()[0].split() == ["pending", "running", "completed", "failed",
+                                                 "cancelled"]
+    assert "LessonCreatedService" in stats.out and "workers:" in stats.out
+    stats_json = run("stats", "--json").json()
+    assert stats_json["workers"]["max"] == 4
+
+    link = run("dashboard").out.strip()
+    assert link.startswith(served.url + "/login?code=")
+    status, _ = served.request("GET", link.removeprefix(served.url),
+                               headers={"Host": served.url.removeprefix("http://")})
+    assert status == 303, "the link signs a browser in (and then redirects to /)"
+    assert run("dashboard", "--json").json()["url"].startswith(served.url + "/login?code=")
+
+
+# -- parsing and formatting (no host) -----------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["submit", "A", "m", "--json", '["x"]'], ["submit", "A", "m", "--args", '["x"]']),
+    (["submit", "A", "m", "--json=[1]", "--json"], ["submit", "A", "m", "--args=[1]",
+                                                    "--json"]),
+    (["submit", "A", "m", "p", "--json"], ["submit", "A", "m", "p", "--json"]),
+    (["--config", "c.json", "submit", "A", "m", "--json", " [1]"],
+     ["--config", "c.json", "submit", "A", "m", "--args", " [1]"]),
+    (["run", "A", "m", "--json", '["x"]'], ["run", "A", "m", "--json", '["x"]']),
+])
+def test_json_flag_means_arguments_only_before_an_array(argv: list[str],
+                                                        expected: list[str]) -> None:
+    assert cli._json_args_flag(argv) == expected
+
+
+def test_parse_step() -> None:
+    assert cli.parse_step("A:m") == {"class": "A", "method": "m", "args": []}
+    assert cli.parse_step("A:m:x,y") == {"class": "A", "method": "m", "args": ["x", "y"]}
+    assert cli.parse_step('A:m:[1, {"k": "a:b"}]') == {"class": "A", "method": "m",
+                                                       "args": [1, {"k": "a:b"}]}
+    with pytest.raises(InvalidField):
+        cli.parse_step("A")
+
+
+def test_bad_kw_and_json_args_exit_2(run: Any) -> None:
+    bad = run("submit", "SampleJob", "process", "--kw", "novalue")
+    assert bad.code == 2 and "--kw" in bad.err
+    assert run("submit", "SampleJob", "process", "--json", "[oops").code == 2
+    assert run("submit", "SampleJob", "process", "--then", "Nope").code == 2
+
+
+def test_display_helpers() -> None:
+    assert display.span(0.25) == "0.25s"
+    assert display.span(42) == "42s"
+    assert display.span(200) == "3m20s"
+    assert display.span(7500) == "2h05m"
+    assert display.ago("2026-01-01T00:00:00.000Z", now=1767225603.0) == "3.0s ago"
+    assert display.ago("2026-01-01T00:05:00.000Z", now=1767225600.0) == "in 5m00s"
+    assert display.ago(None) == "-"
+    text = display.table(["ID", "NAME"], [["7", "a"], ["123", "bbbb"]], right=frozenset({0}))
+    assert text.splitlines() == [" ID  NAME", "  7  a", "123  bbbb"]
+    assert display.progress_text({"fraction": 0.5, "message": "half"}) == (
+        "[##########..........] 50% half")
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for command in ["serve", "run", "submit", "status", "list", "cancel", "retry", "wait",
+                    "logs", "stats", "dashboard"]:
+        assert command in out
+
+
+def test_client_commands_never_load_the_store_or_the_host(served: ServedHost) -> None:
+    code = ("import sys; from asyncjobs import cli; rc = cli.main(['list', '--limit', '1']); "
+            "print(rc, sorted(m for m in sys.modules if m.startswith(('asyncjobs.store', "
+            "'asyncjobs.host', 'aiosqlite', 'sqlite3'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(ASYNCJOBS_CONFIG=str(served.config)), check=False,
+                          timeout=30)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stderr
