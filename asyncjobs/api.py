@@ -84,7 +84,7 @@ def _session_value(token: str, nonce: str) -> str:
 
 
 def _valid_session(token: str, cookie: str | None) -> bool:
-    if not cookie or "." not in cookie:
+    if not cookie or "." not in cookie or not cookie.isascii():
         return False
     nonce = cookie.split(".", 1)[0]
     return hmac.compare_digest(_session_value(token, nonce), cookie)

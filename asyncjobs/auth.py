@@ -40,7 +40,9 @@ def read_token(data_dir: Path) -> str | None:
 
 def token_matches(expected: str, given: str | None) -> bool:
     """Constant-time comparison, so response timing does not leak the token."""
-    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+    # A header may carry any bytes; anything not ASCII cannot be our token (and must not
+    # reach compare_digest, which refuses non-ASCII str).
+    return given is not None and given.isascii() and hmac.compare_digest(expected, given)
 
 
 def host_name(host_header: str) -> str:

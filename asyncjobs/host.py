@@ -9,12 +9,13 @@ start the API) and closes it in reverse: stop intake, let running attempts finis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
@@ -60,7 +61,7 @@ class Host:
         self._housekeeping: list[asyncio.Task[None]] = []
         self.scheduler: Scheduler | None = None
         self.pruner: Pruner | None = None
-        self._api: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
         self._store: SqliteStore | None = None
         self._dispatcher: Dispatcher | None = None
         self._job_log: JobLog | None = None
@@ -88,60 +89,64 @@ class Host:
         self._lock = handle
 
     async def start(self) -> None:
+        """Open everything in order; each step registers its own undo, so a failure part-way
+        (or any later close) unwinds exactly what was opened, in reverse."""
+        stack = self._stack = contextlib.AsyncExitStack()
         self._take_lock()
+        stack.callback(self._release_lock)
         self.token = load_or_create_token(self.data_dir)
-        self._job_log = JobLog(self.data_dir / "logs", self.settings.logs)
-        self._store = SqliteStore(self.data_dir / DB_FILE, durability=self.settings.durability)
-        await self._store.open()
+        job_log = self._job_log = JobLog(self.data_dir / "logs", self.settings.logs)
+        stack.callback(job_log.close)
+        store = self._store = SqliteStore(self.data_dir / DB_FILE,
+                                          durability=self.settings.durability)
+        await store.open()
+        stack.push_async_callback(store.close)
         launcher = self._launcher or SubprocessLauncher(self.settings, self.data_dir / "run")
-        self._launcher = launcher
-        self._dispatcher = Dispatcher(store=self._store, launcher=launcher,
-                                      settings=self.settings, clock=self.clock,
-                                      events=self.events, job_log=self._job_log, rand=self.rand)
-        await self._dispatcher.recover()
-        self.scheduler = Scheduler(settings=self.settings, store=self._store, clock=self.clock,
+        stack.push_async_callback(launcher.aclose)
+        dispatcher = self._dispatcher = Dispatcher(
+            store=store, launcher=launcher, settings=self.settings, clock=self.clock,
+            events=self.events, job_log=job_log, rand=self.rand)
+        await dispatcher.recover()
+        self.scheduler = Scheduler(settings=self.settings, store=store, clock=self.clock,
                                    on_submitted=self._on_scheduled)
         await self.scheduler.start()
-        self.pruner = Pruner(settings=self.settings, store=self._store, clock=self.clock)
-        self.started_at = time.time()
-        self._accepting = True
-        if self._dispatch:
-            self._run_task = asyncio.create_task(self._dispatcher.run(),
-                                                 name="asyncjobs-dispatcher")
-            self._housekeeping = [
-                asyncio.create_task(self.scheduler.run(), name="asyncjobs-scheduler"),
-                asyncio.create_task(self.pruner.run(), name="asyncjobs-pruner")]
+        self.pruner = Pruner(settings=self.settings, store=store, clock=self.clock)
         if self._serve_api:
             from .api import start_api  # noqa: PLC0415 - embedding without aiohttp routes
 
-            self._api, self.url = await start_api(self)
+            runner, self.url = await start_api(self)
+            stack.push_async_callback(runner.cleanup)
             # Lets the client find a host started on port 0, or on a port from the env.
             (self.data_dir / HOST_FILE).write_bytes(orjson.dumps({"url": self.url}))
+        # Registered last, so it runs first at close: the API still answers (503 for
+        # submits, health "stopping") while running jobs get their shutdown grace.
+        stack.push_async_callback(self._stop_dispatching, dispatcher)
+        if self._dispatch:
+            self._run_task = asyncio.create_task(dispatcher.run(), name="asyncjobs-dispatcher")
+            self._housekeeping = [
+                asyncio.create_task(self.scheduler.run(), name="asyncjobs-scheduler"),
+                asyncio.create_task(self.pruner.run(), name="asyncjobs-pruner")]
+        self.started_at = time.time()
+        self._accepting = True
         log.info("host started on %s", self.data_dir)
 
-    async def aclose(self) -> None:
-        self._accepting = False
-        for task in self._housekeeping:
-            task.cancel()
-        await asyncio.gather(*self._housekeeping, return_exceptions=True)
-        self._housekeeping = []
-        if self._dispatcher is not None:
-            await self._stop_dispatching(self._dispatcher)
-        if self._api is not None:
-            await self._api.cleanup()
-            self._api = None
-        if self._launcher is not None:
-            await self._launcher.aclose()
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
-        if self._job_log is not None:
-            self._job_log.close()
+    def _release_lock(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
+    async def aclose(self) -> None:
+        self._accepting = False
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        self._store = None
+
     async def _stop_dispatching(self, dispatcher: Dispatcher) -> None:
+        for task in self._housekeeping:
+            task.cancel()
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        self._housekeeping = []
         dispatcher.begin_stop()
         if self._run_task is None:
             dispatcher.interrupt_all()

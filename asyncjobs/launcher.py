@@ -125,6 +125,9 @@ class WorkerProcess:
         self.sent = 0
         self.broken = False  # killed, crashed or confused: never reused
         self.queue: deque[_Slot] = deque()
+        # Jobs this worker already answered for: a late or forged second answer from one of
+        # them is the job's own doing and is ignored, never blamed on the job behind it.
+        self._answered: deque[int] = deque(maxlen=2 * PIPELINE_DEPTH)
         self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
 
     @classmethod
@@ -270,6 +273,10 @@ class WorkerProcess:
             return self._broken(f"invalid message from the worker: {exc}")
         if isinstance(message, Skipped):
             return self._skipped(message.job_id, message.skipped)
+        if message.job_id in self._answered:
+            log.warning("ignoring a second answer for job %s from worker %s", message.job_id,
+                        self.proc.pid)
+            return True
         if not self.queue or message.job_id != self.queue[0].job.id:
             return self._broken("the worker answered for a job it was not running")
         head = self.queue[0]
@@ -278,6 +285,7 @@ class WorkerProcess:
             return True
         assert isinstance(message, Done)
         self.queue.popleft()
+        self._answered.append(head.job.id)
         if head.timer is not None:
             head.timer.cancel()
         head.observed = message.outcome

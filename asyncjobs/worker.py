@@ -116,6 +116,18 @@ class Capture:
         self.limit = limit
 
     def reset(self) -> None:
+        """Start a job with fds 1 and 2 (and sys.stdout/err) on an empty capture file.
+
+        Repointed before every job: one that closed or redirected them must not break
+        printing for the jobs after it on a warm worker.
+        """
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is None or stream.closed:
+                fd = 1 if name == "stdout" else 2
+                setattr(sys, name, open(fd, "w", buffering=1, closefd=False))  # noqa: SIM115
         os.ftruncate(self.fd, 0)
 
     def tail(self) -> str:
@@ -162,11 +174,24 @@ def call(func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     return result
 
 
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """The message and traceback of ``exc``, even when its ``__str__`` itself raises."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not take the worker down
+        message = f"<{type(exc).__name__} whose str() raised>"
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = f"{type(exc).__name__}: {message}\n(traceback unavailable)"
+    return message, tb
+
+
 def error_message(exc: BaseException, **extra: Any) -> dict[str, Any]:
-    tb = "".join(traceback.format_exception(exc))
+    message, tb = _describe(exc)
     return {"t": "done", "ok": False, **extra, "error": {
         "type": type(exc).__name__,
-        "message": str(exc)[:2000],
+        "message": message[:2000],
         "traceback": tb[-20000:],
         "mro": [c.__name__ for c in type(exc).__mro__],
     }}
@@ -207,7 +232,7 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     os.dup2(devnull, 0)
     os.close(devnull)
     sys.path.insert(0, base_dir)
-    capture = Capture(2, output_limit)
+    capture = Capture(os.dup(2), output_limit)  # a private fd the job cannot close by accident
     allow = load_allow_list(config_path)
     context.set_reporter(channel.progress)
     host_pid = os.getppid()
