@@ -7,6 +7,7 @@ production config is a one-line fix rather than a debugging session.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -132,10 +133,22 @@ def _expect(path: str, value: object, kind: type[T] | tuple[type, ...], what: st
 
 
 def _number(path: str, value: object, *, minimum: float = 0.0, positive: bool = False) -> float:
-    num = float(_expect(path, value, (int, float), "a number"))
+    try:
+        num = float(_expect(path, value, (int, float), "a number"))
+    except OverflowError:  # an integer beyond any float
+        raise ConfigError(path, "a number of sensible size", value) from None
+    if not math.isfinite(num):  # only the environment can say "nan" or "inf"
+        raise ConfigError(path, "a finite number", value)
     if num < minimum or (positive and num <= 0):
         raise ConfigError(path, f"a number {'>' if positive else '>='} {minimum}", value)
     return num
+
+
+def _text(path: str, value: object, what: str) -> str:
+    text = _expect(path, value, str, what)
+    if "\x00" in text:
+        raise ConfigError(path, f"{what} without NUL characters", text)
+    return text
 
 
 def _int(path: str, value: object, *, minimum: int = 0) -> int:
@@ -291,7 +304,7 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
     if port > 65535:
         raise ConfigError("api.port", "a port number 0-65535", port)
     api = ApiSettings(
-        host=_expect("api.host", a.get("host", da.host), str, "a host name or address"),
+        host=_text("api.host", a.get("host", da.host), "a host name or address"),
         port=port,
         max_body_bytes=_int("api.max_body_bytes", a.get("max_body_bytes", da.max_body_bytes),
                             minimum=1024),
@@ -307,7 +320,7 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
     durability = _expect("durability", doc.get("durability", "full"), str, "'full' or 'normal'")
     if durability not in ("full", "normal"):
         raise ConfigError("durability", "'full' or 'normal'", durability)
-    data_dir = Path(_expect("data_dir", doc.get("data_dir", ".asyncjobs"), str, "a path"))
+    data_dir = Path(_text("data_dir", doc.get("data_dir", ".asyncjobs"), "a path"))
     s = Settings()
     return Settings(
         jobs=jobs,
@@ -351,6 +364,8 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         retry = replace(retry, base_delay=_number("$ASYNCJOBS_RETRY_DELAY", f))
     api = settings.api
     if (port := _env_number(env, "ASYNCJOBS_PORT", int)) is not None:
+        if port > 65535:
+            raise ConfigError("$ASYNCJOBS_PORT", "a port number 0-65535", port)
         api = replace(api, port=_int("$ASYNCJOBS_PORT", port))
     if host := env.get("ASYNCJOBS_HOST"):
         api = replace(api, host=host)
