@@ -215,6 +215,9 @@ class WorkerProcess:
         return True
 
     def send(self, slot: _Slot) -> None:
+        # A retry of a job this worker answered for before: its answers are not "second" ones.
+        with contextlib.suppress(ValueError):
+            self._answered.remove(slot.job.id)
         self.queue.append(slot)
         self.sent += 1
         assert self.proc.stdin is not None

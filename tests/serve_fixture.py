@@ -193,9 +193,10 @@ class InProcess:
 
 
 @contextlib.asynccontextmanager
-async def in_process(directory: Path) -> AsyncIterator[InProcess]:
-    """A started in-process host (dispatching to real workers) and a test client for it."""
-    config = make_project(directory / "project")
+async def in_process(directory: Path, **overrides: Any) -> AsyncIterator[InProcess]:
+    """A started in-process host (dispatching to real workers) and a test client for it;
+    ``overrides`` replace top-level config keys."""
+    config = make_project(directory / "project", **overrides)
     settings = load_settings(config, env={})
     async with Host(settings, serve_api=False) as host:
         server = TestServer(build_app(host))

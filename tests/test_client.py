@@ -185,6 +185,21 @@ async def test_api_errors_are_raised_as_the_matching_classes(inprocess: InProces
             await client.list()
 
 
+async def test_manual_retry_on_the_same_warm_worker(tmp_path: Path) -> None:
+    # One pool worker: the retry's attempt lands on the worker that ran the first one.
+    workers = {"max": 1, "isolation": "pool", "max_jobs_per_worker": 1000, "kill_grace": 0.5}
+    async with in_process(tmp_path, workers=workers) as env:
+        url = str(env.http.make_url("")).rstrip("/")
+        async with AsyncJobsClient(url, env.host.token) as client:
+            job_id = await client.submit("UserLoginService", "handle", [""])
+            assert (await client.wait(job_id, 20))["status"] == "failed"
+            await client.retry(job_id)
+            job = await client.wait(job_id, 20)
+    assert job["status"] == "failed"
+    assert [(a["outcome"], a["error"]["type"]) for a in job["attempt_history"]] == [
+        ("failed", "ValueError"), ("failed", "ValueError")]
+
+
 # -- the lifecycle, end to end -------------------------------------------------------------------
 
 async def test_submit_wait_completed_with_result(client: AsyncJobsClient) -> None:
