@@ -10,6 +10,7 @@ Test modules wrap :func:`serve` and :func:`in_process` in fixtures of their own 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import json
@@ -174,11 +175,15 @@ class ServedHost:
 def serve(directory: Path) -> Iterator[ServedHost]:
     """A started real host in ``directory``, stopped (SIGTERM, then SIGKILL) at the end."""
     host = ServedHost(directory)
-    host.start()
+    # Also at interpreter exit: a test run that dies mid-way (say, on a broken stdout pipe)
+    # must not leave an orphaned host behind.
+    atexit.register(host.stop)
     try:
+        host.start()
         yield host
     finally:
         host.stop()
+        atexit.unregister(host.stop)
 
 
 class InProcess:
