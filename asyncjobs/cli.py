@@ -243,6 +243,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    schedules = _with_client(args, lambda c: c.schedules())
+    if args.json:
+        _print_json(schedules)
+    else:
+        print(display.schedule_rows(schedules))
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    pruned = _with_client(args, lambda c: c.prune())
+    if args.json:
+        _print_json(pruned)
+    else:
+        print(f"pruned {pruned.get('completed', 0)} completed and {pruned.get('failed', 0)} "
+              "failed or cancelled job(s)")
+    return EXIT_OK
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     url = _with_client(args, lambda c: c.login_link())
     if args.json:
@@ -314,6 +333,9 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--errors", action="store_true", help="jobs_errors.log instead")
     p.add_argument("--lines", type=int, default=50, metavar="N")
     add("stats", cmd_stats, "counts per status and class, throughput, workers", job_id=None)
+    add("schedules", cmd_schedules, "list recurring schedules with their next run",
+        job_id=None)
+    add("prune", cmd_prune, "delete finished jobs past their retention now", job_id=None)
     add("dashboard", cmd_dashboard, "print a one-time sign-in URL for the dashboard",
         job_id=None)
 

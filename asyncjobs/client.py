@@ -42,6 +42,7 @@ Job = dict[str, JSONValue]
 JobList = list[Job]
 IdList = list[int]
 Lines = list[str]
+Records = list[dict[str, JSONValue]]  # an alias: inside the class, ``list`` is a method
 Step = Mapping[str, JSONValue] | tuple[str, str] | tuple[str, str, Sequence[JSONValue]]
 """A chain step: ``{"class", "method", "args", "kwargs"}`` or ``(class, method[, args])``."""
 
@@ -358,6 +359,18 @@ class AsyncJobsClient:
         answer = await self._call("GET", "/api/logs", params=params)
         lines_: Lines = answer["lines"]
         return lines_
+
+    async def schedules(self) -> Records:
+        """The configured recurring schedules with their next and last runs."""
+        answer = await self._call("GET", "/api/schedules")
+        schedules: Records = answer["schedules"]
+        return schedules
+
+    async def prune(self) -> dict[str, int]:
+        """Apply the retention rules now; how many finished jobs were deleted, per rule."""
+        answer = await self._call("POST", "/api/prune")
+        pruned: dict[str, int] = answer["pruned"]
+        return pruned
 
     async def health(self) -> dict[str, JSONValue]:
         health: dict[str, JSONValue] = await self._call("GET", "/api/health")

@@ -178,5 +178,15 @@ def stats_text(stats: Mapping[str, JSONValue]) -> str:
     return "\n".join(lines)
 
 
+def schedule_rows(schedules: Sequence[Mapping[str, JSONValue]],
+                  now: float | None = None) -> str:
+    if not schedules:
+        return "(no schedules in the config)"
+    rows = [[str(s["name"]), f"{s['class']}.{s['method']}", str(s["expression"]),
+             ago(s["next_run"], now), ago(s["last_run"], now) if s["last_run"] else "never",
+             str(s["last_job_id"] or "")] for s in schedules]
+    return table(["NAME", "JOB", "WHEN", "NEXT RUN", "LAST RUN", "LAST JOB"], rows)
+
+
 def _indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())

@@ -258,6 +258,27 @@ def test_logs_stats_and_dashboard(run: Any, served: ServedHost) -> None:
     assert run("dashboard", "--json").json()["url"].startswith(served.url + "/login?code=")
 
 
+def test_schedules_and_prune(run: Any) -> None:
+    # The served project drops the shipped schedule (see serve_fixture), so: none listed.
+    assert run("schedules").out.strip() == "(no schedules in the config)"
+    assert run("schedules", "--json").json() == []
+    pruned = run("prune")
+    assert pruned.code == 0
+    assert pruned.out.startswith("pruned 0 completed")  # nothing is past its retention
+    assert run("prune", "--json").json() == {"completed": 0, "failed": 0}
+
+
+def test_schedule_table() -> None:
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    listing = [{"name": "hourly-sample", "class": "SampleJob", "method": "process",
+                "expression": "0 * * * *", "next_run": "2027-01-15T09:00:00.000Z",
+                "last_run": None, "last_job_id": None}]
+    header, row = display.schedule_rows(listing, now).splitlines()
+    assert header.split() == ["NAME", "JOB", "WHEN", "NEXT", "RUN", "LAST", "RUN", "LAST", "JOB"]
+    assert row.split() == ["hourly-sample", "SampleJob.process", "0", "*", "*", "*", "*", "in",
+                           "1h00m", "never"]
+
+
 # -- parsing and formatting (no host) -----------------------------------------------------------
 
 @pytest.mark.parametrize(("argv", "expected"), [
