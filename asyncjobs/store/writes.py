@@ -201,6 +201,14 @@ def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     if status not in (Status.FAILED, Status.CANCELLED):
         raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
                          "be retried")
+    # Its unique_key may have gone to a newer job meanwhile; two live jobs may not share one.
+    twin = conn.execute("SELECT other.id FROM jobs AS this JOIN jobs AS other "
+                        "ON other.unique_key = this.unique_key AND other.id != this.id "
+                        "WHERE this.id = ? AND other.status IN ('pending', 'running')",
+                        (job_id,)).fetchone()
+    if twin is not None:
+        raise WrongState(f"job {job_id} cannot be retried while job {twin[0]} with the same "
+                         "unique_key is pending or running")
     conn.execute("UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, "
                  "interruptions = 0, finished_at = NULL, error_type = NULL, "
                  "error_message = NULL, result = NULL WHERE id = ? AND status = ?",

@@ -1,0 +1,120 @@
+"""Factory fixtures for the engine tests: settings on disk, hosts on a fake clock, drains.
+
+Each test gets its own project directory (``tmp_path``) holding a ``config.json`` and a copy
+of the ``jobs_fixture`` package, so the worker child finds the fixture jobs the way it finds a
+user's ``jobs/``: with the config's directory first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fakes import Drain, FakeClock, HostFactory, SettingsFactory, fixed_rand
+
+from asyncjobs.config import Settings, load_settings
+from asyncjobs.host import Host
+
+FIXTURE_PACKAGE = Path(__file__).parent / "jobs_fixture"
+TESTJOBS = "jobs_fixture.testjobs"
+
+DEFAULT_JOBS: dict[str, dict[str, Any]] = {
+    "Ok": {"module": TESTJOBS, "methods": ["run", "arun", "pid", "record", "progress"]},
+    "Flaky": {"module": TESTJOBS, "methods": ["run", "crash_once"]},
+    "Boom": {"module": TESTJOBS, "no_retry_on": ["ValueError"],
+             "methods": ["value_error", "connection_error", "fail", "retry", "exit", "sigkill",
+                         "chatty", "unserialisable", "huge"]},
+    "Sleepy": {"module": TESTJOBS, "methods": ["run", "interval", "hold", "grandchild"]},
+    "Chain": {"module": TESTJOBS, "methods": ["step"]},
+    "Listed": {"module": "jobs_fixture.marker", "methods": ["run"]},
+}
+
+BASE_CONFIG: dict[str, Any] = {
+    "retry": {"max_attempts": 3, "base_delay": 5, "factor": 2, "max_delay": 3600,
+              "jitter": 0.1},
+    "timeout": 10,
+    "workers": {"max": 2, "isolation": "pool", "max_jobs_per_worker": 1000, "kill_grace": 0.2},
+    "data_dir": "data",
+    "shutdown_grace": 0.5,
+    "max_output_bytes": 2000,
+}
+
+
+def write_config(directory: Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` as ``config.json`` next to a fresh copy of the fixture jobs package."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(FIXTURE_PACKAGE, directory / "jobs_fixture", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.marker"))
+    path = directory / "config.json"
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def config_doc(jobs: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """The test config with ``overrides``; an object value is merged into its section."""
+    doc: dict[str, Any] = {key: dict(value) if isinstance(value, dict) else value
+                           for key, value in BASE_CONFIG.items()}
+    doc["jobs"] = DEFAULT_JOBS if jobs is None else jobs
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key].update(value)
+        else:
+            doc[key] = value
+    return doc
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> SettingsFactory:
+    """``make_settings(jobs=None, *, job_overrides=None, **overrides)``: a config.json in
+    tmp_path, loaded for real.  ``jobs`` replaces the fixture allow-list; ``job_overrides``
+    merges fields into its entries, e.g. ``{"Sleepy": {"concurrency": 1}}``."""
+
+    def make(jobs: dict[str, Any] | None = None, *,
+             job_overrides: dict[str, dict[str, Any]] | None = None,
+             **overrides: Any) -> Settings:
+        if job_overrides:
+            jobs = {name: {**entry, **job_overrides.get(name, {})}
+                    for name, entry in (DEFAULT_JOBS if jobs is None else jobs).items()}
+        path = write_config(tmp_path, config_doc(jobs, **overrides))
+        return load_settings(path, env={})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_host(clock: FakeClock) -> HostFactory:
+    """``make_host(settings, **options)``: a Host on the fake clock that dispatches only when
+    a test drains it, with jitter fixed at zero (``rand=0.5``)."""
+
+    def make(settings: Settings, **options: Any) -> Host:
+        options.setdefault("clock", clock)
+        options.setdefault("rand", fixed_rand)
+        options.setdefault("dispatch", False)
+        return Host(settings, **options)
+
+    return make
+
+
+@pytest.fixture
+def drain() -> Drain:
+    """``await drain(host)``: dispatch until nothing is running or due, bounded in time."""
+
+    async def run(host: Host, timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            await host.dispatcher.drain()
+
+    return run

@@ -1,0 +1,1 @@
+"""Fixture jobs for the engine tests; conftest copies this package next to each test's config."""
