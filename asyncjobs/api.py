@@ -241,17 +241,25 @@ async def events(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b": connected\nretry: 2000\n\n")
-    closing = request.app[CLOSING_KEY]
+    closing = asyncio.ensure_future(request.app[CLOSING_KEY].wait())
     with host.events.subscribe() as queue:
-        while not closing.is_set():
-            try:
-                event = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT)
-            except TimeoutError:
-                await response.write(b": heartbeat\n\n")
-                continue
-            kind = event.get("type", "job")
-            await response.write(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event)
-                                 + b"\n\n")
+        try:
+            while True:
+                getting = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getting, closing}, timeout=SSE_HEARTBEAT,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getting not in done:
+                    getting.cancel()
+                    if closing in done:
+                        break  # the host is stopping: end the stream now, not at a heartbeat
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                event = getting.result()
+                kind = event.get("type", "job")
+                await response.write(b"event: " + kind.encode() + b"\ndata: "
+                                     + orjson.dumps(event) + b"\n\n")
+        finally:
+            closing.cancel()
     return response
 
 

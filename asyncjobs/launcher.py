@@ -240,7 +240,7 @@ class WorkerProcess:
         # touching someone else's job.
         self.request_skip(slot)
         if not await slot.turn:
-            return Outcome(ended.kind, error=_NOT_STARTED[ended.kind])
+            return Outcome(ended.kind, error=_NOT_STARTED[ended.kind], started=False)
         if not (self.queue and self.queue[0] is slot):
             if isinstance(slot.observed, Outcome):
                 return slot.observed  # it finished before the stop could act
@@ -433,12 +433,13 @@ class SubprocessLauncher:
         for worker in [w for w in self._pool if not w.accepting and not w.queue]:
             self._pool.remove(worker)
             self._retire(worker)
-        free = self._busy() < self.settings.workers.max
+        if self._busy() < self.settings.workers.max:
+            # A free slot: an idle warm worker, else (None) the caller starts a new worker.
+            # Queueing behind a busy worker comes only when all slots are busy.
+            if isolation is Isolation.POOL:
+                return next((w for w in self._pool if w.accepting and not w.queue), None)
+            return None
         if isolation is Isolation.POOL:
-            if free:
-                idle = next((w for w in self._pool if w.accepting and not w.queue), None)
-                if idle is not None:
-                    return idle
             queued = [w for w in self._pool if w.accepting and 0 < len(w.queue) < PIPELINE_DEPTH]
             if queued:
                 return min(queued, key=lambda w: len(w.queue))
@@ -488,7 +489,7 @@ class SubprocessLauncher:
                 if worker is None:
                     ended = slot.future.result()
                     assert isinstance(ended, _Ended)
-                    return Outcome(ended.kind, error=_NOT_STARTED[ended.kind])
+                    return Outcome(ended.kind, error=_NOT_STARTED[ended.kind], started=False)
                 outcome = await worker.execute(slot)
                 if isinstance(outcome, Outcome):
                     return await self._release(worker, outcome)

@@ -100,6 +100,7 @@ class Outcome:
     retry_delay: float | None = None  # from ``raise Retry(delay=...)``
     retry_requested: bool = False
     fail_now: bool = False  # from ``raise Fail(...)``
+    started: bool = True  # False: taken back before it ran (no execution, no attempt row)
 
 
 @dataclass(frozen=True, slots=True)

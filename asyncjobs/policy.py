@@ -62,7 +62,9 @@ def decide(
     if kind is OutcomeKind.COMPLETED:
         return Transition(Status.COMPLETED, result=outcome.result)
     if kind is OutcomeKind.CANCELLED:
-        return Transition(Status.CANCELLED, error=outcome.error)
+        return Transition(Status.CANCELLED, error=outcome.error, counts=outcome.started)
+    if not outcome.started:  # given back before it ran (at shutdown): nothing to count
+        return Transition(Status.PENDING, run_at=now, counts=False)
     if kind is OutcomeKind.INTERRUPTED:
         # Not the job's fault: it does not use up an attempt, unless it keeps happening.
         if claimed.interruptions + 1 >= max_interruptions:

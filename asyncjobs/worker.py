@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from . import context
+from . import context, procs
 from .errors import Fail, Retry
 
 PROGRESS_INTERVAL = 0.1  # seconds between forwarded progress updates
@@ -81,6 +81,7 @@ class Inbox:
         self.channel = channel
         self.jobs: deque[dict[str, Any]] = deque()
         self.closed = False
+        self.busy = False  # a job is running on the main thread
         self._ready = threading.Condition()
         threading.Thread(target=self._read, name="asyncjobs-inbox", daemon=True).start()
 
@@ -100,12 +101,21 @@ class Inbox:
         with self._ready:
             self.closed = True
             self._ready.notify()
+            if self.busy:
+                # The host closes our input only when we are idle; closed mid-job means the
+                # host died.  The next host runs this job again, so stop it (and whatever it
+                # started) now rather than let two copies run at once.
+                procs.kill_own_group()
 
     def next_job(self) -> dict[str, Any] | None:
         with self._ready:
+            self.busy = False
             while not self.jobs and not self.closed:
                 self._ready.wait()
-            return self.jobs.popleft() if self.jobs else None
+            if not self.jobs:
+                return None
+            self.busy = True
+            return self.jobs.popleft()
 
 
 class Capture:

@@ -8,6 +8,7 @@ part of a chain never touches the chain columns).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +18,8 @@ import orjson
 from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Status
 from . import CancelResult, Finished, Submitted
+
+log = logging.getLogger("asyncjobs.store")
 
 CLAIM_COLUMNS = ("id, class, method, args, kwargs, runs, attempts, max_attempts, timeout, "
                  "interruptions, chain_id")
@@ -105,7 +108,11 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
 
 
 def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
-    """Record attempt ends and their transitions; return chain steps made due."""
+    """Record attempt ends and their transitions; return chain steps made due.
+
+    An attempt given back before it ran (``outcome.started`` false) was no execution: its
+    row goes, and it counts neither as an attempt nor as an interruption.
+    """
     conn.executemany(
         "UPDATE attempts SET outcome = ?, finished_at = ?, exit_code = ?, error_type = ?, "
         "error_message = ?, traceback = ?, output = ? WHERE job_id = ? AND number = ?",
@@ -113,12 +120,20 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
           f.outcome.error.type if f.outcome.error else None,
           f.outcome.error.message if f.outcome.error else None,
           f.outcome.error.traceback if f.outcome.error else None,
-          f.outcome.output, f.claimed.id, f.claimed.attempt) for f in finished])
-    conn.executemany(
+          f.outcome.output, f.claimed.id, f.claimed.attempt)
+         for f in finished if f.outcome.started])
+    conn.executemany("DELETE FROM attempts WHERE job_id = ? AND number = ?",
+                     [(f.claimed.id, f.claimed.attempt) for f in finished
+                      if not f.outcome.started])
+    changed = conn.executemany(
         "UPDATE jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, "
         "result = ?, error_type = ?, error_message = ?, attempts = attempts - ?, "
-        "interruptions = (interruptions + ?) * ? WHERE id = ? AND status = 'running'",
-        [_job_update(f) for f in finished])
+        "runs = runs - ?, interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
+        "WHEN 'keep' THEN interruptions ELSE 0 END WHERE id = ? AND status = 'running'",
+        [_job_update(f) for f in finished]).rowcount
+    if changed != len(finished):  # a compare-and-set missed: someone else moved a job
+        log.error("finish: %d of %d job(s) were no longer running: %s", len(finished) - changed,
+                  len(finished), [f.claimed.id for f in finished])
     advanced: list[int] = []
     for f in finished:
         if f.claimed.chain_id is None:
@@ -132,11 +147,16 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
 
 def _job_update(f: Finished) -> tuple[Any, ...]:
     t = f.transition
-    interrupted = 1 if f.outcome.kind is OutcomeKind.INTERRUPTED else 0
+    if not f.outcome.started:
+        interruptions = "keep"
+    elif f.outcome.kind is OutcomeKind.INTERRUPTED:
+        interruptions = "add"
+    else:
+        interruptions = "reset"
     return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,
             dumps(t.result) if t.status is Status.COMPLETED else None,
             t.error.type if t.error else None, t.error.message if t.error else None,
-            0 if t.counts else 1, interrupted, interrupted, f.claimed.id)
+            0 if t.counts else 1, 0 if f.outcome.started else 1, interruptions, f.claimed.id)
 
 
 def _chain_position(conn: sqlite3.Connection, job_id: int) -> tuple[int, int] | None:
