@@ -199,6 +199,8 @@ class WorkerProcess:
 
     def _skipped(self, job_id: int, skipped: bool) -> bool:
         slot = next((s for s in self.queue if s.job.id == job_id), None)
+        if slot is None and job_id in self._answered:
+            return True  # it finished before the skip reached the worker: nothing to do
         if slot is None or not slot.skip_pending:
             return self._broken("the worker answered a skip that was not asked")
         slot.skip_pending = False

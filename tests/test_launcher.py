@@ -16,6 +16,7 @@ from asyncjobs.errors import NotAllowed
 from asyncjobs.foreground import run_once
 from asyncjobs.launcher import SubprocessLauncher
 from asyncjobs.models import Claimed, Isolation, Outcome, OutcomeKind
+from asyncjobs.protocol import encode_skip
 
 POOL, PROCESS = Isolation.POOL, Isolation.PROCESS
 _ids = iter(range(1, 1_000_000))
@@ -210,6 +211,21 @@ async def test_pool_reuses_a_warm_worker(launcher: SubprocessLauncher) -> None:
     pids = [(await run(launcher, job("Ok", "pid"))).result for _ in range(3)]
 
     assert len(set(pids)) == 1
+
+
+async def test_a_skip_answered_after_its_job_finished_keeps_the_worker(
+        launcher: SubprocessLauncher) -> None:
+    """A skip can cross the job's own answer on the channel (a steal that came too late);
+    the worker's honest "not skipped" must not be taken for a protocol violation."""
+    first = job("Ok", "pid")
+    pid = (await run(launcher, first)).result
+    (worker,) = launcher._pool
+    assert worker.proc.stdin is not None
+    worker.proc.stdin.write(encode_skip(first.id))  # as if a steal had raced its Done
+    for _ in range(50):
+        await asyncio.sleep(0.01)  # let the answer arrive and be read
+    assert worker.alive
+    assert (await run(launcher, job("Ok", "pid"))).result == pid
 
 
 async def test_process_isolation_starts_a_worker_per_attempt(launcher: SubprocessLauncher,
