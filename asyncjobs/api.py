@@ -70,7 +70,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status, "bad_request")
-        return error_response(code, exc.reason or "request refused", exc.status)
+        response = error_response(code, exc.reason or "request refused", exc.status)
+        if "Allow" in exc.headers:  # a 405 says which methods would do
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:
@@ -362,7 +365,8 @@ def build_app(host: Host) -> web.Application:
     r.add_post("/api/jobs", submit)
     r.add_post("/api/jobs/batch", submit_batch)
     r.add_get("/api/jobs", list_jobs)
-    r.add_get("/api/jobs/{job_id}", get_job)
+    # "batch" is not a job id: GET /api/jobs/batch must be a 405, not a bad-id 422.
+    r.add_get(r"/api/jobs/{job_id:(?!batch$)[^/]+}", get_job)
     r.add_post("/api/jobs/{job_id}/cancel", cancel_job)
     r.add_post("/api/jobs/{job_id}/retry", retry_job)
     r.add_get("/api/jobs/{job_id}/wait", wait_job)

@@ -82,8 +82,9 @@ async def _serve(settings: Settings) -> int:
     from .host import Host  # noqa: PLC0415 - the client commands never need the host
 
     stop = asyncio.Event()
+    # Before the host starts: a SIGTERM during start-up then means a clean stop right after.
+    procs.on_stop_signals(asyncio.get_running_loop(), stop.set)
     async with Host(settings, serve_api=True) as host:
-        procs.on_stop_signals(asyncio.get_running_loop(), stop.set)
         print(f"asyncjobs host serving {host.url} (data in {settings.data_dir}); "
               "Ctrl+C to stop", file=sys.stderr, flush=True)
         await stop.wait()
@@ -96,6 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp logs a malformed request with its raw header bytes (a token fragment, say);
+    # the client already got its 400, and the host's log is no place for those bytes.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     settings = _settings(args)
     try:
         return asyncio.run(_serve(settings))

@@ -236,7 +236,12 @@ class Dispatcher:
     async def run(self) -> None:
         """Dispatch until :meth:`stop`: tick, then sleep until due or woken."""
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:
+                # A bug must not stop dispatching for good: say so loudly, then go on.
+                log.exception("dispatcher round failed; trying again in %ss", STORAGE_RETRY)
+                self._storage_ok = False
             if self._stopping and self.idle:
                 return
             timeout = await self._sleep_time()

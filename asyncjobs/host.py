@@ -71,6 +71,11 @@ class Host:
     async def __aenter__(self) -> Host:
         try:
             await self.start()
+        except OSError as exc:
+            await self.aclose()
+            where = exc.filename or self.data_dir
+            raise Unavailable(f"cannot use the data directory {self.data_dir}: "
+                              f"{exc.strerror or exc} ({where})") from None
         except BaseException:
             await self.aclose()
             raise

@@ -9,36 +9,77 @@ stat-and-flush per line was a sixth of the host's time.  Error entries are flush
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from .config import LogSettings
 from .models import ErrorInfo, iso
 
+log = logging.getLogger("asyncjobs.logs")
+
 LOG_FILES = {"jobs": "jobs.log", "errors": "jobs_errors.log"}
 
 
 class RotatingFile:
-    """An append-only text file that rolls over to ``.1`` .. ``.N`` past ``max_bytes``."""
+    """An append-only text file that rolls over to ``.1`` .. ``.N`` past ``max_bytes``.
+
+    It never raises: the logs are for the operator, and a full disk or a read-only log
+    directory must not stop jobs from being dispatched or make a stored job look refused.
+    A failure is reported once on the host's own log and writing resumes when it can.
+    """
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._failing = False
+        self._guard(self._open)
+
+    def _open(self) -> None:
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
         self._size = self._file.tell()
 
+    def _guard(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except OSError as exc:
+            if not self._failing:
+                log.error("cannot write %s: %s; job log lines are dropped until it works",
+                          self.path, exc)
+            self._failing = True
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
+        else:
+            if self._failing:
+                log.warning("writing %s again", self.path)
+            self._failing = False
+
     def write(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
+        self._guard(lambda: self._write(text.encode("utf-8", "replace")))
+
+    def _write(self, data: bytes) -> None:
+        if self._file is None:
+            self._open()
+        assert self._file is not None
         if self._size and self._size + len(data) > self.max_bytes:
             self._rotate()
+            assert self._file is not None
         self._file.write(data)
         self._size += len(data)
 
     def _rotate(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         for n in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
             if older.exists():
@@ -51,15 +92,20 @@ class RotatingFile:
         self._size = 0
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._file is not None:
+            self._guard(self._file.flush)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
 
 class JobLog:
     def __init__(self, directory: Path, settings: LogSettings) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # RotatingFile reports what it cannot write
+            directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._events = RotatingFile(directory / LOG_FILES["jobs"], settings.max_bytes,
                                     settings.backups)
@@ -97,7 +143,7 @@ class JobLog:
         try:
             with path.open("r", encoding="utf-8", errors="replace") as f:
                 return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
-        except FileNotFoundError:
+        except OSError:
             return []
 
     def close(self) -> None:

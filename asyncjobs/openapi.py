@@ -66,13 +66,14 @@ _STEP = {"type": "object", "required": ["class", "method"], "additionalPropertie
                         "args": {"type": "array"}, "kwargs": {"type": "object"}}}
 _SUBMIT = {
     "type": "object", "required": ["class", "method"], "additionalProperties": False,
+    "not": {"required": ["delay", "run_at"]},  # one or the other
     "properties": {
         "class": {"type": "string"}, "method": {"type": "string"},
         "args": {"type": "array"}, "kwargs": {"type": "object"},
         "priority": {"type": "string", "enum": ["high", "medium", "low"]},
-        "delay": {"type": "number", "minimum": 0},
+        "delay": {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400},
         "run_at": {"type": "string", "format": "date-time"},
-        "timeout": {"type": "number", "exclusiveMinimum": 0},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 30 * 86400},
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
         "then": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
         "unique_key": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -120,7 +121,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 _ID = {"name": "job_id", "in": "path", "required": True,
-       "schema": {"type": "integer", "minimum": 1}}
+       "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -155,7 +156,8 @@ OPENAPI: dict[str, Any] = {
                         {"name": "class", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                        {"name": "cursor", "in": "query",
+                         "schema": {"type": "string", "pattern": "^([1-9][0-9]{0,18})?$"}}],
                     "responses": {"200": _json({
                         "type": "object", "required": ["jobs", "next_cursor"],
                         "properties": {"jobs": {"type": "array", "items": _ref("JobSummary")},
@@ -166,7 +168,9 @@ OPENAPI: dict[str, Any] = {
             "post": {"summary": "Submit many jobs in one transaction", "operationId": "batch",
                      "requestBody": {"required": True, "content": {"application/json": {
                          "schema": {"type": "object", "required": ["jobs"],
-                                    "properties": {"jobs": {"type": "array",
+                                    "additionalProperties": False,
+                                    "properties": {"jobs": {"type": "array", "minItems": 1,
+                                                            "maxItems": 10000,
                                                             "items": _ref("Submit")}}}}}},
                      "responses": {"201": _json({
                          "type": "object", "required": ["ids", "duplicates"],

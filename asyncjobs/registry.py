@@ -21,7 +21,8 @@ SUBMIT_FIELDS = frozenset({"class", "method", "args", "kwargs", "priority", "del
                            "timeout", "max_attempts", "then", "unique_key"})
 STEP_FIELDS = frozenset({"class", "method", "args", "kwargs"})
 MAX_CHAIN = 100
-MAX_DELAY = 10 * 365 * 86400.0
+MAX_DELAY = 10 * 365 * 86400.0  # a delay or run_at further out is surely a mistake
+MAX_TIMEOUT = 30 * 86400.0  # an attempt may run a month; beyond that timers overflow
 
 
 def check_allowed(settings: Settings, cls: object, method: object) -> JobClass:
@@ -97,6 +98,39 @@ def _run_at(body: Mapping[str, object], now: float) -> float:
     return now
 
 
+def _priority(value: object, default: Priority) -> Priority:
+    if value is None:
+        return default
+    if isinstance(value, str) and value in {p.value for p in Priority}:
+        return Priority(value)
+    raise InvalidField("priority", "must be 'high', 'medium' or 'low'")
+
+
+def _timeout(value: object, default: float) -> float:
+    if value is None:
+        return default
+    timeout = _number("timeout", value, positive=True)
+    if timeout > MAX_TIMEOUT:
+        raise InvalidField("timeout", f"must be at most {MAX_TIMEOUT:g} seconds (30 days)")
+    return timeout
+
+
+def _max_attempts(value: object, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 3.0 is the integer 3
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise InvalidField("max_attempts", "must be an integer from 1 to 1000")
+    return value
+
+
+def _unique_key(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
+        raise InvalidField("unique_key", "must be a string of 1 to 200 characters")
+    return value
+
+
 def parse_submit(settings: Settings, body: object, now: float) -> JobSpec:
     """Validate one submit body (§5) against the allow-list and resolve its defaults."""
     if not isinstance(body, dict):
@@ -105,31 +139,17 @@ def parse_submit(settings: Settings, body: object, now: float) -> JobSpec:
     if "class" not in body or "method" not in body:
         raise InvalidField("class" if "class" not in body else "method", "is required")
     entry = check_allowed(settings, body["class"], body["method"])
-    priority = entry.priority
-    if body.get("priority") is not None:
-        try:
-            priority = Priority(body["priority"])
-        except (ValueError, TypeError):
-            raise InvalidField("priority", "must be 'high', 'medium' or 'low'") from None
-    timeout = entry.timeout or settings.timeout
-    if body.get("timeout") is not None:
-        timeout = _number("timeout", body["timeout"], positive=True)
-    max_attempts = entry.max_attempts or settings.retry.max_attempts
-    if body.get("max_attempts") is not None:
-        value = body["max_attempts"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-            raise InvalidField("max_attempts", "must be an integer from 1 to 1000")
-        max_attempts = value
     then = body.get("then") or []
     if not isinstance(then, list) or len(then) > MAX_CHAIN:
         raise InvalidField("then", f"must be a list of at most {MAX_CHAIN} steps")
-    unique_key = body.get("unique_key")
-    if unique_key is not None and (not isinstance(unique_key, str) or not 0 < len(unique_key)
-                                   <= 200):
-        raise InvalidField("unique_key", "must be a string of 1 to 200 characters")
     return JobSpec(
         cls=body["class"], method=body["method"], args=_args("args", body.get("args")),
-        kwargs=_kwargs("kwargs", body.get("kwargs")), priority=priority,
-        run_at=_run_at(body, now), timeout=timeout, max_attempts=max_attempts,
-        then=[_step(settings, i, step) for i, step in enumerate(then)], unique_key=unique_key,
+        kwargs=_kwargs("kwargs", body.get("kwargs")),
+        priority=_priority(body.get("priority"), entry.priority),
+        run_at=_run_at(body, now),
+        timeout=_timeout(body.get("timeout"), entry.timeout or settings.timeout),
+        max_attempts=_max_attempts(body.get("max_attempts"),
+                                   entry.max_attempts or settings.retry.max_attempts),
+        then=[_step(settings, i, step) for i, step in enumerate(then)],
+        unique_key=_unique_key(body.get("unique_key")),
     )

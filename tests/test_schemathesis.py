@@ -11,9 +11,8 @@ Two runs, each bounded (``--max-examples``, ``--request-timeout``, a subprocess 
 
 The contract checks (no 5xx, status codes, content types and bodies as documented, schema-
 invalid input refused, auth enforced) must pass.  Two further checks, about the document's
-own accuracy, run too but are not asserted here yet: a request the document calls valid must
-not be refused (``positive_data_acceptance``), and a 405 must carry ``Allow``
-(``unsupported_method``); both fail today (see docs/reliability.md).
+own accuracy, are reported by a separate test: a request the document calls valid must not be
+refused (``positive_data_acceptance``), and a 405 must carry ``Allow`` (``unsupported_method``).
 
 ``/api/events`` is excluded from the runs (an endless event stream: every call would run into
 the request timeout) and tested here by hand instead.
@@ -93,9 +92,9 @@ def hinted_document(document: dict[str, Any]) -> dict[str, Any]:
     step = doc["components"]["schemas"]["Step"]["properties"]
     step["class"] = {"type": "string", "enum": ["Faults"]}
     step["method"] = {"type": "string", "enum": ["ok"]}
-    for parameter in doc["paths"]["/api/jobs/{job_id}/wait"]["get"]["parameters"]:
-        if parameter["name"] == "timeout":
-            parameter["schema"]["maximum"] = 1
+    # Real jobs here may be delayed for years, and a wait on one without a timeout takes
+    # the default 30 s, past the run's request timeout: the served run covers /wait.
+    del doc["paths"]["/api/jobs/{job_id}/wait"]
     return doc
 
 
@@ -148,6 +147,14 @@ def test_the_hinted_run_reached_real_jobs(reports: dict[str, dict[str, Any]]) ->
     assert "POST /api/jobs" not in report["warnings"]["missing_test_data"]
     accepted = report["valid_rates"].get("POST /api/jobs", {})
     assert sum(phase.get("accepted", 0) for phase in accepted.values()) > 0, accepted
+
+
+@pytest.mark.parametrize("run", ["served", "hinted"])
+def test_the_document_accepts_what_it_promises_and_405s_carry_allow(
+        reports: dict[str, dict[str, Any]], run: str) -> None:
+    report = reports[run]
+    failures = _summary(report, ACCURACY, set())
+    assert failures == [], report["console"]
 
 
 async def test_the_event_stream_serves_events_and_refuses_without_token(

@@ -1,8 +1,8 @@
-"""Storage faults under a live ``asyncjobs serve``: the database made read-only, and writes
-past a file-size limit (the disk-full fault without a mount).
+"""Storage faults under a live ``asyncjobs serve``: the database made read-only, the disk full,
+the job log unwritable, and a data directory that is read-only at start-up.
 
 While the fault lasts, submits get a 503 with a clear message, nothing acknowledged is lost,
-and jobs that were running when the fault began are not lost either; once the fault is cleared
+and a job that was running when the fault began is not lost either; once the fault is cleared
 the host recovers by itself: submits succeed again and every job reaches a final state.
 
 How each fault is made, as root (chmod does not stop root from writing, and does not affect a
@@ -12,24 +12,27 @@ file SQLite already holds open anyway):
   through the host's open descriptors then fail with EPERM, as on a file system gone
   read-only.  (Not on ``-shm``: SQLite maps it into memory, and a write to an immutable
   mapped page is a SIGBUS that kills any process, which no host can survive.)
+* disk full: the data directory on a small tmpfs (``mount -t tmpfs -o size=...``), filled
+  with a filler file until ENOSPC; clearing the fault deletes the filler.
 * file-size limit: ``RLIMIT_FSIZE`` lowered on the running serve process (``prlimit``) with
   SIGXFSZ ignored, so writes past the limit fail with EFBIG; works without any mount.
+* read-only at start-up: the tmpfs remounted read-only while no host runs.
 
-A mechanism the machine does not allow (no ``chattr``) skips its test with the reason.
-Tests of a full tmpfs, an unwritable job log and a read-only data directory at start-up wait
-for fixes (docs/reliability.md, "Defects these tests found").
+A mechanism the machine does not allow (no ``chattr``, no mount privilege) skips its test with
+the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,18 @@ def _chattr_works(directory: Path) -> str | None:
     _run("chattr", "-i", str(probe))
     probe.unlink()
     return None
+
+
+@contextmanager
+def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    done = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mountpoint))
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        _run("umount", "-l", str(mountpoint))
 
 
 async def post_job(session: aiohttp.ClientSession, serve: LiveServe,
@@ -173,6 +188,29 @@ async def test_a_read_only_database_refuses_submits_and_recovers(tmp_path: Path)
             _run("chattr", "-i", *files)
 
 
+async def test_a_full_disk_refuses_submits_and_recovers(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "mnt", "16m") as mnt:
+        config = write_project(tmp_path / "project", fault_classes("Faults"),
+                               data_dir=str(mnt / "data"))
+        serve = LiveServe(config)
+        serve.data = mnt / "data"
+        filler = mnt / "filler"
+
+        def fill() -> None:
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 16))
+                        f.flush()
+                except OSError:
+                    pass
+
+        with serve:
+            await fault_scenario(serve, tmp_path, inject=fill,
+                                 clear=lambda: filler.unlink(missing_ok=True),
+                                 words=("database or disk is full",))
+
+
 async def test_a_file_size_limit_refuses_submits_and_recovers(tmp_path: Path) -> None:
     """RLIMIT_FSIZE on the serve process: the disk-full fault without a mount."""
     config = write_project(tmp_path / "project", fault_classes("Faults"))
@@ -190,3 +228,58 @@ async def test_a_file_size_limit_refuses_submits_and_recovers(tmp_path: Path) ->
                              clear=lambda: resource.prlimit(serve.pid, resource.RLIMIT_FSIZE,
                                                             unlimited),
                              words=("database or disk is full", "disk I/O error"))
+
+
+async def test_an_unwritable_job_log_does_not_stop_the_host(tmp_path: Path) -> None:
+    """The operator logs are not the store: when they cannot be written (here immutable),
+    jobs are still accepted with 201, run, and are recorded."""
+    reason = _chattr_works(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    config = write_project(tmp_path / "project", fault_classes("Faults"))
+    serve = LiveServe(config)
+    logs = [str(serve.data / "logs" / "jobs.log"), str(serve.data / "logs" / "jobs_errors.log")]
+    with serve, _immutable(logs):
+        async with aiohttp.ClientSession() as session:
+            ids = []
+            for i in range(120):  # well past one write buffer of log lines
+                status, body = await post_job(session, serve, {
+                    "class": "Faults", "method": "exits" if i % 10 == 0 else "ok"})
+                assert status == 201, body
+                ids.append(body["id"])
+            for job_id in ids:
+                job = await wait_job(session, serve, job_id, timeout=20)
+                assert job["status"] in ("completed", "failed"), job
+        assert serve.proc is not None and serve.proc.poll() is None, "the host died"
+
+
+@contextmanager
+def _immutable(paths: list[str]) -> Iterator[None]:
+    _run("chattr", "+i", *paths).check_returncode()
+    try:
+        yield
+    finally:
+        _run("chattr", "-i", *paths)
+
+
+def test_serve_on_a_read_only_data_dir_exits_with_a_clear_message(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "mnt", "4m") as mnt:
+        config = write_project(tmp_path / "project", fault_classes("Faults"),
+                               data_dir=str(mnt / "data"))
+        first = LiveServe(config)
+        first.data = mnt / "data"
+        first.start()
+        first.stop()
+        done = _run("mount", "-o", "remount,ro", str(mnt))
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {done.stderr.strip()}")
+        env = {**os.environ, "ASYNCJOBS_PORT": "0"}
+        result = subprocess.run([sys.executable, "-m", "asyncjobs", "serve", "--config",
+                                 str(config)], capture_output=True, text=True, timeout=30,
+                                env=env, check=False)
+        _run("mount", "-o", "remount,rw", str(mnt))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "read-only" in result.stderr.lower() or "read only" in result.stderr.lower(), \
+        result.stderr
+    assert str(mnt / "data") in result.stderr
