@@ -126,6 +126,22 @@ async def test_claim_takes_only_due_jobs_up_to_the_limit(store: SqliteStore) -> 
     assert [c.id for c in await store.claim(NOW + 60, 10, {})] == [later]
 
 
+async def test_future_jobs_of_a_higher_priority_do_not_hide_due_ones(store: SqliteStore,
+                                                                     tmp_path: Path) -> None:
+    # Many high-priority jobs scheduled for later, then due medium and low ones: the claim
+    # must find the due ones through the index, not by walking the future ones.
+    await store.submit([spec("Later", priority=Priority.HIGH, run_at=NOW + 3600 + i)
+                        for i in range(2000)], NOW)
+    medium, low = await ids(store, spec("Due"), spec("Due", priority=Priority.LOW))
+
+    assert [c.id for c in await store.claim(NOW, 5, {})] == [medium, low]
+    with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status = 'pending' AND priority = 1"
+            " AND run_at <= 0 ORDER BY run_at, id LIMIT 5").fetchall()
+    assert "USING INDEX jobs_due (priority=? AND run_at<?)" in plan[0][3]
+
+
 async def test_claim_marks_running_and_opens_an_attempt(store: SqliteStore) -> None:
     (job_id,) = await ids(store, spec())
 

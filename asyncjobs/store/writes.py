@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ..errors import JobNotFound, WrongState
-from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Status
+from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Priority, Status
 from . import CancelResult, Finished, Submitted
 
 log = logging.getLogger("asyncjobs.store")
@@ -81,11 +81,8 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
     claimed: list[Claimed] = []
     while len(claimed) < limit:
         full = [cls for cls, left in capacity.items() if left <= 0]
-        exclude = f"AND class NOT IN ({','.join('?' * len(full))})" if full else ""
         want = limit - len(claimed)
-        rows = conn.execute(
-            f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'pending' AND run_at <= ? "  # noqa: S608
-            f"{exclude} ORDER BY priority, run_at, id LIMIT ?", (now, *full, want)).fetchall()
+        rows = _due(conn, now, want, full)
         capped = False
         for row in rows:
             left = capacity.get(row[1])
@@ -105,6 +102,26 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
         conn.executemany("INSERT INTO attempts (job_id, number, started_at) VALUES (?, ?, ?)",
                          [(c.id, c.attempt, now) for c in claimed])
     return claimed
+
+
+def _due(conn: sqlite3.Connection, now: float, want: int, full: list[str]) -> list[Any]:
+    """Up to ``want`` due jobs, best first, skipping the classes in ``full``.
+
+    One query per priority level: each is then a tight range of the (priority, run_at, id)
+    index.  A single ``ORDER BY priority, run_at, id`` query would walk every not-yet-due
+    job of a higher priority before reaching the due ones of the next: with a million jobs
+    scheduled for later that made a claim take 200 ms instead of one.
+    """
+    exclude = f"AND class NOT IN ({','.join('?' * len(full))})" if full else ""
+    rows: list[Any] = []
+    for rank in sorted(p.rank for p in Priority):
+        if len(rows) >= want:
+            break
+        rows += conn.execute(
+            f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'pending' AND priority = ? "  # noqa: S608
+            f"AND run_at <= ? {exclude} ORDER BY run_at, id LIMIT ?",
+            (rank, now, *full, want - len(rows))).fetchall()
+    return rows
 
 
 def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
