@@ -189,6 +189,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise InvalidField("status", f"must be one of {[s.value for s in Status]}")
     page = await request.app[HOST_KEY].list_jobs(
         status=Status(status) if status else None, cls=request.query.get("class") or None,
+        chain=_int_param(request, "chain", None, 1, 2**63 - 1),
         limit=_int_param(request, "limit", 50, 1, 500) or 50,
         cursor=_int_param(request, "cursor", None, 1, 2**63 - 1))
     return json_response({"jobs": [j.to_json(with_history=False) for j in page.jobs],

@@ -194,7 +194,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     jobs, cursor = _with_client(args, lambda c: c.list(args.status, args.cls, args.limit,
-                                                       args.cursor))
+                                                       args.cursor, chain=args.chain))
     if args.json:
         _print_json(jobs)
     else:
@@ -326,6 +326,7 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--status", choices=["pending", "running", "completed", "failed",
                                         "cancelled"])
     p.add_argument("--class", dest="cls", metavar="CLASS")
+    p.add_argument("--chain", type=int, metavar="ID", help="the steps of the chain with this id")
     p.add_argument("--limit", type=int, default=50, metavar="N")
     p.add_argument("--cursor", metavar="C", help="the page after the one that printed C")
     add("cancel", cmd_cancel, "cancel a pending or running job")

@@ -330,10 +330,13 @@ class AsyncJobsClient:
         return await self.wait(job_id, wait_timeout)
 
     async def list(self, status: str | None = None, cls: str | None = None, limit: int = 50,
-                   cursor: str | None = None) -> tuple[JobList, str | None]:
+                   cursor: str | None = None, *, chain: int | None = None,
+                   ) -> tuple[JobList, str | None]:
         """A page of jobs, newest first (without attempt history), and the cursor of the next
-        page (``None`` on the last page)."""
+        page (``None`` on the last page); ``chain`` lists the steps of one chain."""
         params = {"limit": str(limit)}
+        if chain is not None:
+            params["chain"] = str(int(chain))
         if status:
             params["status"] = status
         if cls:

@@ -234,8 +234,11 @@ class Host:
         return job
 
     async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
-                   limit: int = 50, cursor: int | None = None) -> Page:
-        return await self.store.list_jobs(status=status, cls=cls, limit=limit, cursor=cursor)
+                        chain: int | None = None, limit: int = 50,
+                        cursor: int | None = None) -> Page:
+        """A page of job records, newest first; ``chain`` gives the steps of one chain."""
+        return await self.store.list_jobs(status=status, cls=cls, chain=chain, limit=limit,
+                                          cursor=cursor)
 
     async def cancel(self, job_id: int) -> JobRecord:
         """Cancel a pending job at once, or kill a running one and wait until it is recorded."""

@@ -154,6 +154,9 @@ OPENAPI: dict[str, Any] = {
                     "parameters": [
                         {"name": "status", "in": "query", "schema": _STATUS},
                         {"name": "class", "in": "query", "schema": {"type": "string"}},
+                        {"name": "chain", "in": "query", "description":
+                         "only the steps of the chain with this chain_id",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                         {"name": "cursor", "in": "query",

@@ -220,6 +220,17 @@ def test_chain_and_kwargs_from_the_command_line(run: Any) -> None:
     assert job["progress"] == {"fraction": 1.0, "message": "step 2 of 2"}
 
 
+def test_list_a_whole_chain(run: Any) -> None:
+    first = run("submit", "SampleJob", "process", "a", "--then", "SampleJob:process:b",
+                "--then", "SampleJob:process:c", "--json").json()["id"]
+    run("wait", str(first + 2))
+    steps = run("list", "--chain", str(first), "--json").json()
+    assert sorted(j["id"] for j in steps) == [first, first + 1, first + 2]
+    assert {j["chain_id"] for j in steps} == {first}
+    assert {j["status"] for j in steps} == {"completed"}
+    assert run("list", "--chain", str(first + 1000), "--json").json() == []
+
+
 def test_unique_key_duplicate_is_reported(run: Any) -> None:
     first = run("submit", "SampleJob", "process", "--delay", "3600", "--unique-key", "cli-k")
     assert re.fullmatch(r"submitted job \d+ \(pending\)\n", first.out)

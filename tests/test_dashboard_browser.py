@@ -295,6 +295,29 @@ def test_job_page_shows_traceback_and_attempt_timeline(page: Any, server: Server
     expect(view.get_by_role("button", name=f"Retry job {job_id}")).to_be_visible()
 
 
+def test_job_page_shows_the_whole_chain(page: Any, server: Server) -> None:
+    expect = _expect()
+    # The third step cannot take the keyword argument `previous` every later step gets, so
+    # it fails (one attempt: steps share the chain's max_attempts) and the chain ends there.
+    first = server.submit("SampleJob", "process", ["one"], max_attempts=1, then=[
+        {"class": "SampleJob", "method": "process", "args": ["two"]},
+        {"class": "UserLogoutService", "method": "handle", "args": ["three"]},
+        {"class": "SampleJob", "method": "process", "args": ["four"]}])
+    assert server.wait(first + 2)["error"]["type"] == "TypeError"
+
+    page.goto(f"{server.url}/#/jobs/{first + 1}")
+
+    steps = page.locator("#job-chain .chain-step")
+    expect(steps).to_have_count(4)
+    expect(steps.nth(0)).to_contain_text("completed")
+    expect(steps.nth(1)).to_contain_text("completed")
+    expect(steps.nth(1).locator("strong")).to_have_text("SampleJob.process")  # this page
+    expect(steps.nth(2)).to_contain_text("failed")
+    expect(steps.nth(3)).to_contain_text("cancelled")
+    steps.nth(3).get_by_role("link").click()
+    expect(page.locator("#view-job h1")).to_contain_text(f"Job {first + 3}")
+
+
 def test_job_page_progress_bar_moves_live(page: Any, server: Server) -> None:
     expect = _expect()
     job_id = server.submit("SlowJob", "run", [2.0, 10])

@@ -175,8 +175,9 @@
         error.message || response.statusText || "request failed");
     },
     stats: () => api.request("GET", "/api/stats"),
-    jobs({status, cls, cursor}) {
+    jobs({status, cls, cursor, chain}) {
       const query = new URLSearchParams({limit: String(PAGE_SIZE)});
+      if (chain) query.set("chain", String(chain));
       if (status) query.set("status", status);
       if (cls) query.set("class", cls);
       if (cursor) query.set("cursor", cursor);
@@ -197,6 +198,7 @@
     classes: new Set(), // every class seen in stats, for the class filter
     list: {key: "", cursors: [null], page: 0, jobs: [], next: null, missing: null},
     job: null, // the job page's record, with attempt_history
+    chain: [], // the steps of the job page's chain, first step first
     jobMissing: null, // the job page's error, if the job could not be loaded
     logs: {file: "jobs", lines: 200, text: []},
     progress: new Map(), // job id -> live {fraction, message} from progress events
@@ -411,6 +413,7 @@
       factsStrip(job),
       job.status === "running" ? el("section", {class: "panel", id: "job-progress"}, progressContent(job)) : null,
       errorPanel(job),
+      chainPanel(job),
       el("div", {class: "job-grid"}, timelinePanel(job), dataPanel(job)),
       outputPanel(job));
     for (const details of view.querySelectorAll("details")) {
@@ -461,6 +464,21 @@
     const date = new Date(iso);
     return date.toDateString() === new Date().toDateString()
       ? date.toLocaleTimeString() : date.toLocaleString();
+  }
+
+  /** The whole chain, step by step, when this job is part of one. */
+  function chainPanel(job) {
+    if (job.chain_id === null || state.chain.length === 0) return null;
+    const steps = state.chain.map((step, i) => el("li", {class: "chain-step"},
+      el("span", {class: "num"}, `${i + 1}.`),
+      step.id === job.id
+        ? el("strong", null, `${step.class}.${step.method}`)
+        : el("a", {href: `#/jobs/${step.id}`}, `${step.class}.${step.method}`),
+      el("span", {class: "muted"}, ` job ${step.id} `),
+      statusBadge(step.status)));
+    return el("section", {class: "panel", id: "job-chain"},
+      el("h2", null, "Chain ", el("span", {class: "muted"}, `(${state.chain.length} steps)`)),
+      el("ol", {class: "chain-steps"}, steps));
   }
 
   function chainLink(job) {
@@ -640,8 +658,10 @@
     const id = state.route.id;
     try {
       const job = await api.job(id);
+      const chain = job.chain_id === null ? [] : (await api.jobs({chain: job.chain_id})).jobs;
       if (!current()) return;
       state.job = job;
+      state.chain = chain.sort((a, b) => a.id - b.id);
       state.jobMissing = null;
     } catch (err) {
       if (err.status !== 404 || !current()) throw err;
@@ -681,7 +701,7 @@
     if (view === "overview") {
       refetch.stats();
       if (!id || Number(id) === event.id) refetch.list();
-    } else if (view === "job" && id === event.id) {
+    } else if (view === "job" && (id === event.id || state.chain.some((s) => s.id === event.id))) {
       refetch.job();
     } else if (view === "logs" && $("#log-follow").checked) {
       refetch.logs();

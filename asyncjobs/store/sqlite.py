@@ -278,9 +278,13 @@ class SqliteStore:
         return _job(rows[0], [_attempt(a) for a in attempts])
 
     async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
-                        limit: int = 50, cursor: int | None = None) -> Page:
+                        chain: int | None = None, limit: int = 50,
+                        cursor: int | None = None) -> Page:
         where: list[str] = []
         params: list[object] = []
+        if chain is not None:
+            where.append("chain_id = ?")
+            params.append(chain)
         if status is not None:
             where.append("status = ?")
             params.append(status.value)
