@@ -262,10 +262,12 @@ class SqliteStore:
         return [writes.claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
 
     async def next_due(self, after: float) -> float | None:
-        rows = await self._read(
-            "SELECT MIN(run_at) FROM jobs WHERE status = 'pending' AND run_at > ?", (after,))
-        value: float | None = next(iter(rows))[0]
-        return value
+        # Pinned to the partial run_at index: left to itself SQLite picks jobs_status and
+        # scans every pending job (236 ms per call with a million of them).
+        rows = list(await self._read(
+            "SELECT run_at FROM jobs INDEXED BY jobs_pending_run_at WHERE status = 'pending' "
+            "AND run_at > ? ORDER BY run_at LIMIT 1", (after,)))
+        return float(rows[0][0]) if rows else None
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = list(await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)))  # noqa: S608

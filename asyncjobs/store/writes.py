@@ -289,8 +289,12 @@ def fire_schedule(conn: sqlite3.Connection, name: str, *, expression: str, spec:
 def prune(conn: sqlite3.Connection, before: float, statuses: Sequence[Status],
           limit: int) -> int:
     marks = ",".join("?" * len(statuses))
-    rows = conn.execute(f"SELECT id FROM jobs WHERE finished_at < ? AND status IN ({marks}) "  # noqa: S608
-                        "LIMIT ?", (before, *(s.value for s in statuses), limit)).fetchall()
+    # Pinned to the finished_at index: by status, a prune that finds nothing old would walk
+    # every finished job, inside the writer, every ten minutes.
+    rows = conn.execute(
+        "SELECT id FROM jobs INDEXED BY jobs_finished WHERE finished_at < ? "  # noqa: S608
+        f"AND status IN ({marks}) LIMIT ?", (before, *(s.value for s in statuses), limit),
+    ).fetchall()
     ids = [(row[0],) for row in rows]
     conn.executemany("DELETE FROM attempts WHERE job_id = ?", ids)
     conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
