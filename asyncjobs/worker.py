@@ -107,9 +107,13 @@ class Inbox:
                 # started) now rather than let two copies run at once.
                 procs.kill_own_group()
 
-    def next_job(self) -> dict[str, Any] | None:
+    def job_done(self) -> None:
+        """The job's answer is sent: from now on a closed input is a normal end."""
         with self._ready:
             self.busy = False
+
+    def next_job(self) -> dict[str, Any] | None:
+        with self._ready:
             while not self.jobs and not self.closed:
                 self._ready.wait()
             if not self.jobs:
@@ -254,6 +258,7 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
         channel.job_id = job["id"]
         capture.reset()
         reply = run_job(job, allow, max_result)
+        inbox.job_done()  # the job's code has returned: nothing left to stop if input closes
         channel.flush_progress()
         reply["id"] = job["id"]
         reply["output"] = capture.tail()

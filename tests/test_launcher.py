@@ -228,6 +228,13 @@ async def test_a_skip_answered_after_its_job_finished_keeps_the_worker(
     assert (await run(launcher, job("Ok", "pid"))).result == pid
 
 
+async def test_a_fresh_worker_exits_cleanly_after_its_job(launcher: SubprocessLauncher) -> None:
+    """Closing a finished worker's input is a normal end, never taken for a dead host (which
+    makes the child kill its own group): every attempt here must exit 0, not -9."""
+    outcomes = [await run(launcher, job("Ok", "run", i), PROCESS) for i in range(12)]
+    assert [o.exit_code for o in outcomes] == [0] * 12
+
+
 async def test_process_isolation_starts_a_worker_per_attempt(launcher: SubprocessLauncher,
                                                              ) -> None:
     pids = [(await run(launcher, job("Ok", "pid"), PROCESS)).result for _ in range(3)]
