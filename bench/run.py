@@ -497,10 +497,15 @@ def repetition(args: argparse.Namespace, sizes: Sizes, tmp: Path,
     """Run every selected section once; return flat figures for this repetition."""
     f: dict[str, float] = {}
     loads: list[float] = []
+    others: list[float] = []
+    meter = CpuMeter()
 
     def step(label: str) -> None:
         loads.append(loadavg())
-        print(f"  {label} ... (load {loads[-1]:.2f})", flush=True)
+        if (busy := meter.others()) is not None:
+            others.append(busy)
+        print(f"  {label} ... (load {loads[-1]:.2f}; others used "
+              f"{others[-1] if others else 0:.2f} cores in the previous step)", flush=True)
 
     def drain(isolation: str, durability: str, n: int) -> None:
         step(f"drain {isolation} {durability} N={n}")
@@ -588,10 +593,41 @@ def repetition(args: argparse.Namespace, sizes: Sizes, tmp: Path,
             if size > 0:
                 guard(scale, label, size)
     loads.append(loadavg())
+    if (busy := meter.others()) is not None:
+        others.append(busy)
     f["load.mean"] = sum(loads) / len(loads)
     f["load.max"] = max(loads)
+    if others:
+        f["load.others_mean"] = sum(others) / len(others)
+        f["load.others_max"] = max(others)
     add_ratios(f)
     return f
+
+
+class CpuMeter:
+    """CPU used by *other* people's processes: the machine's busy time (/proc/stat) minus
+    this benchmark's own (this process plus every descendant it has reaped, which includes
+    the hosts' reaped workers), per step."""
+
+    def __init__(self) -> None:
+        self.last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float]:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ticks = [int(x) for x in fields]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+
+    def others(self) -> float | None:
+        """Cores used by others since the last call (None if too short to say)."""
+        now = self._read()
+        wall = now[0] - self.last[0]
+        busy, mine = now[1] - self.last[1], now[2] - self.last[2]
+        self.last = now
+        return max(0.0, (busy - mine) / wall) if wall > 1.0 else None
 
 
 def loadavg() -> float:
@@ -737,9 +773,10 @@ def rows(sizes: Sizes) -> list[tuple[str, list[Row]]]:
             Row("ceiling.c1", "concurrency 1", "spawns/s"),
             Row("ceiling.c2", "concurrency 2", "spawns/s"),
         ]),
-        ("Machine load (1-min load average sampled before each step; 2 cores)", [
-            Row("load.mean", "mean over the run", "", "{:.2f}"),
-            Row("load.max", "max", "", "{:.2f}"),
+        ("Machine load: CPU used by other people's processes during each step (2 cores)", [
+            Row("load.others_mean", "others' CPU, mean over the steps", "cores", "{:.2f}"),
+            Row("load.others_max", "others' CPU, busiest step", "cores", "{:.2f}"),
+            Row("load.mean", "  1-min load average (includes this benchmark)", "", "{:.2f}"),
         ]),
         ("Ratios (within each repetition)", [
             Row("ratio.pool_normal_vs_huey_normal", "pool+normal / huey NORMAL-5ms", "x",
@@ -1031,6 +1068,8 @@ def summarize_raw(raw: Path, top: int = 25, rate: int = 0, wall: float = 0.0) ->
 # -- main ------------------------------------------------------------------------------------
 
 def main() -> int:
+    # SIGTERM unwinds like Ctrl+C, so the hosts and consumers we started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 run by default")
     parser.add_argument("--runs", type=int, help="repetitions (default 3; --quick: 1)")
