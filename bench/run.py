@@ -900,6 +900,13 @@ def profile_drain(args: argparse.Namespace, out: Path) -> None:
                            profile="pyinstrument", profile_out=str(target))
             print(f"drain: {r['rate']:,.0f} jobs/s under the profiler")
             print(store_ops_text(r))
+            report = target.with_suffix(".txt")
+            report.write_text(
+                f"asyncjobs: {args.code_desc}\npyinstrument (main thread, wall clock) of the "
+                f"host during a pool drain of {n:,} no-op jobs, workers.max=2, durability "
+                f"{args.durability}: {r['rate']:,.0f} jobs/s under the profiler, host CPU "
+                f"{r['host_cpu_s'] / r['seconds']:.2f} cores.\n" + store_ops_text(r) + "\n"
+                + report.read_text())
             print(f"report: {target.with_suffix('.txt')} and .html")
             print(target.with_suffix(".txt").read_text()[:6000])
             return
