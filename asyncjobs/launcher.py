@@ -2,9 +2,13 @@
 
 Two isolation modes share one child entry point (:mod:`asyncjobs.worker`): ``pool`` keeps
 warm workers and feeds them jobs over their stdin, recycling each after
-``max_jobs_per_worker`` jobs or after any kill; ``process`` starts a fresh worker per
-attempt.  Timeouts and cancels never rely on the job cooperating: the worker's whole process
-group gets SIGTERM, then SIGKILL after ``kill_grace``, and the process is always reaped.
+``max_jobs_per_worker`` jobs or after any kill; ``process`` gives each attempt a fresh
+process.  On POSIX that process is forked by the fork server (:mod:`asyncjobs.forkserver`,
+one warm server started on first use: a fork costs a millisecond where an interpreter
+start-up costs ~50), as a :class:`ForkedJob`; elsewhere, or with ``fork=False``, it is a
+``once`` :class:`WorkerProcess` spawned per attempt.  Both give the same :class:`Outcome`.
+Timeouts and cancels never rely on the job cooperating: the worker's whole process group
+gets SIGTERM, then SIGKILL after ``kill_grace``, and the process is always reaped.
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ import itertools
 import logging
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import orjson
 
+from . import procs
 from .config import Settings
+from .forkserver import ForkServerProcess
 from .models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from .procs import describe_exit, new_group_options, signal_group
 from .protocol import Done, Progress, ProtocolError, Skipped, decode, encode_job, encode_skip
+from .worker import message_limit
 
 log = logging.getLogger("asyncjobs.launcher")
 
@@ -136,7 +143,7 @@ class WorkerProcess:
         path = run_dir / f"worker-{number}.out"
         output = open(path, "a+b")  # noqa: SIM115 - lives as long as the worker
         # The result line may carry a result up to the cap, plus traceback and output.
-        limit = settings.max_result_bytes * 2 + settings.max_output_bytes * 6 + (1 << 20)
+        limit = message_limit(settings.max_result_bytes, settings.max_output_bytes)
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "asyncjobs.worker", str(run_dir / ALLOW_LIST),
@@ -154,6 +161,10 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.proc.returncode is None and not self.broken
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
 
     @property
     def accepting(self) -> bool:
@@ -362,11 +373,164 @@ class WorkerProcess:
         self.path.unlink(missing_ok=True)
 
 
+class ForkedJob:
+    """One ``process``-isolation attempt run by a child of the fork server.
+
+    The twin of a ``once`` :class:`WorkerProcess`, and it must end every attempt the same
+    way: the child's lines are decoded here as strictly (anything invalid crashes this
+    attempt with a ``ProtocolError``, never the server or the host); a child that exits
+    without an answer is ``crashed`` with its exit status and output tail; a timeout or stop
+    SIGTERMs its group, SIGKILLs it after the grace, and waits for the reap.  The server does
+    the signalling and the reaping (it alone knows whether the pid is still its child) and
+    reports ``exited`` only after forwarding all the child wrote.
+    """
+
+    once = True
+
+    def __init__(self, server: ForkServerProcess, path: Path, *, settings: Settings) -> None:
+        self.server = server
+        self.path = path
+        self.grace = settings.workers.kill_grace
+        self.output_limit = settings.max_output_bytes
+        self.queue: deque[_Slot] = deque()  # its one attempt, from execute() on
+        self.key = 0
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self._exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._answered = False  # a done line came: later ones are the job's own doing
+        self._broken = False
+
+    async def execute(self, slot: _Slot) -> Outcome:
+        self.queue.append(slot)
+        loop = asyncio.get_running_loop()
+        slot.began = loop.time()
+        slot.timer = loop.call_later(slot.job.timeout, _settle, slot.future, _TIMED_OUT)
+        slot.turn.set_result(True)
+        self.key = self.server.fork(slot.job, self.path, self)
+        ended = await slot.future
+        slot.timer.cancel()
+        if isinstance(ended, Outcome):
+            return ended
+        if isinstance(slot.observed, Outcome):
+            return slot.observed  # it finished before the stop could act
+        if ended.kind is OutcomeKind.CRASHED:
+            return await self._crashed(ended)
+        if slot.observed is not None:
+            return await self._crashed(slot.observed)  # it died before the stop could act
+        await self.kill()
+        if ended.kind is OutcomeKind.TIMEOUT:
+            error = ErrorInfo("Timeout", f"exceeded its timeout of {slot.job.timeout:g}s; "
+                              "worker killed")
+        else:
+            error = _STOP_ERRORS[ended.kind]
+        return Outcome(ended.kind, error=error, exit_code=self.returncode,
+                       output=self.output_tail())
+
+    # -- what the server's reader tells us (ForkedHandle) ----------------------------------
+
+    def on_started(self, pid: int) -> None:
+        self.pid = pid
+
+    def on_line(self, line: bytes) -> None:
+        if self._broken or not self.queue:
+            return
+        slot = self.queue[0]
+        try:
+            message = decode(line)
+        except ProtocolError as exc:
+            return self._protocol_error(f"invalid message from the worker: {exc}")
+        if isinstance(message, Skipped):
+            return self._protocol_error("the worker answered a skip that was not asked")
+        if message.job_id != slot.job.id:
+            return self._protocol_error("the worker answered for a job it was not running")
+        if self._answered:
+            log.warning("ignoring a second answer for job %s from forked worker %s",
+                        message.job_id, self.pid)
+        elif isinstance(message, Progress):
+            slot.on_progress(slot.job.id, message.fraction, message.message)
+        else:
+            assert isinstance(message, Done)
+            self._answered = True
+            slot.observed = message.outcome
+            _settle(slot.future, message.outcome)
+
+    def on_broken(self, why: str) -> None:
+        self._protocol_error(why)  # the server has SIGKILLed the group already
+
+    def on_exited(self, code: int | None, why: str | None) -> None:
+        self.returncode = code
+        if self.queue and not self._answered:
+            slot = self.queue[0]
+            if slot.observed is None:
+                slot.observed = _Ended(OutcomeKind.CRASHED, why)
+            _settle(slot.future, slot.observed)
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    def _protocol_error(self, why: str) -> None:
+        self._broken = True
+        if self.queue and not self._answered:
+            slot = self.queue[0]
+            slot.observed = _Ended(OutcomeKind.CRASHED, why, "ProtocolError")
+            _settle(slot.future, slot.observed)
+        self.server.kill(self.key, force=True)
+
+    # -- ending ----------------------------------------------------------------------------
+
+    async def wait(self) -> int | None:
+        """Until the server has reaped the child (or itself went away): its exit status."""
+        return await asyncio.shield(self._exited)
+
+    async def kill(self) -> None:
+        """SIGTERM to the group, SIGKILL after the grace, and always reaped (by the server)."""
+        if self._exited.done():
+            return
+        self.server.kill(self.key, force=False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), self.grace)
+        # The server SIGKILLs the group when it reaps a child it was asked to kill, so
+        # grandchildren that ignored SIGTERM end with it.
+        self.server.kill(self.key, force=True)
+        await self.wait()
+
+    async def _crashed(self, ended: _Ended) -> Outcome:
+        if ended.error_type == "ProtocolError":
+            await self.kill()
+        code = await self.wait()
+        message = ended.why or f"the worker {describe_exit(code)} before reporting a result"
+        return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(ended.error_type, message),
+                       exit_code=code, output=self.output_tail())
+
+    def output_tail(self) -> str:
+        """What the job printed, read by the host when the child cannot tell us itself."""
+        try:
+            with open(self.path, "rb") as output:
+                output.seek(0, 2)
+                size = output.tell()
+                output.seek(max(0, size - self.output_limit))
+                return output.read(self.output_limit).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    async def close(self) -> None:
+        """Let the child exit by itself (it has answered), or kill it; remove its file."""
+        if not self._exited.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited), self.grace)
+            except TimeoutError:
+                await self.kill()
+        self.path.unlink(missing_ok=True)
+
+
+Worker = WorkerProcess | ForkedJob
+
+
 def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
     """Write the allow-list snapshot the workers re-check, and clear a dead host's files."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob("worker-*.out"):
-        stale.unlink(missing_ok=True)
+    for pattern in ("worker-*.out", "forkserver-*.err"):
+        for stale in run_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
     jobs = {name: {"module": job.module, "methods": list(job.methods)}
             for name, job in settings.jobs.items()}
     (run_dir / ALLOW_LIST).write_bytes(orjson.dumps({"jobs": jobs}))
@@ -376,18 +540,24 @@ class SubprocessLauncher:
     """The real :class:`Launcher`: worker subprocesses, warm or fresh.
 
     At most ``workers.max`` workers are busy at once (a pool worker with a non-empty queue,
-    or a ``process`` worker), which is the §4 limit on concurrent attempts.  Attempts beyond
+    or a ``process`` attempt), which is the §4 limit on concurrent attempts.  Attempts beyond
     what can run wait here — already ``running`` on disk, as claimed — either in a warm
     worker's queue or for a free worker.
+
+    ``fork``: run ``process`` attempts through the fork server (the default where the OS
+    can fork, :data:`asyncjobs.procs.CAN_FORK`), or spawn an interpreter per attempt.
     """
 
-    def __init__(self, settings: Settings, run_dir: Path) -> None:
+    def __init__(self, settings: Settings, run_dir: Path, *, fork: bool | None = None) -> None:
         self.settings = settings
         self.run_dir = run_dir
         prepare_run_dir(settings, run_dir)
         self.capacity = settings.workers.max * PIPELINE_DEPTH
+        self.fork = procs.CAN_FORK if fork is None else fork
         self._pool: list[WorkerProcess] = []
-        self._fresh: set[WorkerProcess] = set()  # process-isolation workers, one job each
+        self._fresh: set[Worker] = set()  # process-isolation attempts, one each
+        self._server: ForkServerProcess | None = None
+        self._server_lock = asyncio.Lock()
         self._spawning = 0
         self._attempts: dict[int, _Slot] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -447,7 +617,7 @@ class SubprocessLauncher:
                 return min(queued, key=lambda w: len(w.queue))
         return None
 
-    async def _assign(self, isolation: Isolation, slot: _Slot) -> WorkerProcess | None:
+    async def _assign(self, isolation: Isolation, slot: _Slot) -> Worker | None:
         """Find or start a worker for ``slot``; None if it was stopped while waiting."""
         while not slot.future.done():
             worker = self._pick(isolation)
@@ -460,9 +630,15 @@ class SubprocessLauncher:
             await waiter
         return None
 
-    async def _spawn(self, isolation: Isolation) -> WorkerProcess:
+    async def _spawn(self, isolation: Isolation) -> Worker:
         self._spawning += 1
         try:
+            if isolation is Isolation.PROCESS and self.fork:
+                server = await self._fork_server()
+                forked = ForkedJob(server, self.run_dir / f"worker-f{next(self._numbers)}.out",
+                                   settings=self.settings)
+                self._fresh.add(forked)
+                return forked
             worker = await WorkerProcess.spawn(
                 self.settings, self.run_dir, once=isolation is Isolation.PROCESS,
                 number=next(self._numbers), on_room=self._room_changed)
@@ -471,8 +647,25 @@ class SubprocessLauncher:
         (self._fresh.add if worker.once else self._pool.append)(worker)
         return worker
 
+    async def _fork_server(self) -> ForkServerProcess:
+        """The running fork server; started on first use, and again after one died."""
+        async with self._server_lock:
+            server = self._server
+            if server is not None and server.alive:
+                return server
+            if server is not None:
+                self._track(server.close())
+            self._server = None
+            self._server = await ForkServerProcess.start(
+                self.settings, self.run_dir / ALLOW_LIST,
+                self.run_dir / f"forkserver-{next(self._numbers)}.err")
+            return self._server
+
     def _retire(self, worker: WorkerProcess) -> None:
-        task = asyncio.ensure_future(worker.close())
+        self._track(worker.close())
+
+    def _track(self, closing: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(closing)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -500,12 +693,13 @@ class SubprocessLauncher:
             self._attempts.pop(job.id, None)
             self._room_changed()
 
-    async def _release(self, worker: WorkerProcess, outcome: Outcome) -> Outcome:
+    async def _release(self, worker: Worker, outcome: Outcome) -> Outcome:
         if worker.once:
             # A fresh worker exits by itself after its one job; reap it to get its code.
             self._fresh.discard(worker)
             await worker.close()
-            return _with_exit_code(outcome, worker.proc.returncode)
+            return _with_exit_code(outcome, worker.returncode)
+        assert isinstance(worker, WorkerProcess)
         if not worker.accepting and not worker.queue and worker in self._pool:
             self._pool.remove(worker)
             self._retire(worker)
@@ -532,9 +726,13 @@ class SubprocessLauncher:
     async def aclose(self) -> None:
         if self._steal_timer is not None:
             self._steal_timer.cancel()
-        workers = [*self._pool, *self._fresh]
+        workers: list[Worker] = [*self._pool, *self._fresh]
         self._pool, self._fresh = [], set()
-        await asyncio.gather(*(w.close() for w in workers), *self._closing)
+        # The fork server's end of input makes it kill, reap and report every child it
+        # still runs (as a ``once`` worker does when its input closes mid-job).
+        server, self._server = self._server, None
+        closing = [server.close()] if server is not None else []
+        await asyncio.gather(*(w.close() for w in workers), *closing, *self._closing)
 
 
 def _with_exit_code(outcome: Outcome, code: int | None) -> Outcome:

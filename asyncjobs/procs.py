@@ -8,6 +8,7 @@ module too, so it imports nothing heavy at the top (``subprocess`` alone costs ~
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     import asyncio
 
 WINDOWS = sys.platform == "win32"
+CAN_FORK = hasattr(os, "fork") and not WINDOWS
+"""Whether ``process`` isolation can use the fork server; elsewhere it spawns per attempt."""
 
 
 def new_group_options() -> dict[str, Any]:
@@ -47,6 +50,25 @@ def signal_group(pid: int, *, force: bool) -> None:
         else:
             os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
+        pass
+
+
+def signal_forked(pid: int, *, force: bool, reaped: bool = False) -> None:
+    """Signal a fork server's child and its group (POSIX only: there is no fork elsewhere).
+
+    The child makes its own session first thing after ``fork()``; a kill that arrives
+    before that finds no group yet, so it goes to the child itself -- unless the child was
+    ``reaped`` already: then its pid is free for anyone and only its group (which keeps the
+    id from being reused while any member lives) may be signalled.
+    """
+    sig = signal.SIGKILL if force else signal.SIGTERM
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        if not reaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    except PermissionError:
         pass
 
 

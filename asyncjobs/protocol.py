@@ -9,6 +9,14 @@ and ``{"t": "done", "id", "ok", "result" | "error", "retry", "delay", "fail", "o
 
 The host treats anything else on the channel as a protocol violation by the job and ends the
 attempt as ``crashed``: a job can be malicious, the host must not be.
+
+The fork server (``process`` isolation on POSIX) has a channel of its own.  Host -> server:
+``{"t": "fork", "n", "output", "job": {...as above}}`` and ``{"t": "kill", "n", "force"}``,
+where ``n`` is a key the host picks per attempt.  Server -> host: each line a forked child
+wrote, verbatim behind its key (``b"<n> " + line``), decoded with :func:`decode` like any
+worker's; and the server's own ``{"t": "started", "n", "pid"}``, ``{"t": "broken", "n",
+"why"}`` and ``{"t": "exited", "n", "code", "why"?}``.  The key comes from the server, never
+from the child, so a job cannot answer for another.
 """
 
 from __future__ import annotations
@@ -47,9 +55,79 @@ class Done:
     outcome: Outcome
 
 
+def _job(job: Claimed) -> dict[str, object]:
+    return {"t": "job", "id": job.id, "attempt": job.attempt, "class": job.cls,
+            "method": job.method, "args": job.args, "kwargs": job.kwargs}
+
+
 def encode_job(job: Claimed) -> bytes:
-    return orjson.dumps({"t": "job", "id": job.id, "attempt": job.attempt, "class": job.cls,
-                         "method": job.method, "args": job.args, "kwargs": job.kwargs}) + b"\n"
+    return orjson.dumps(_job(job)) + b"\n"
+
+
+def encode_fork(key: int, output: str, job: Claimed) -> bytes:
+    """Ask the fork server for a child running ``job``, its output captured in ``output``."""
+    return orjson.dumps({"t": "fork", "n": key, "output": output, "job": _job(job)}) + b"\n"
+
+
+def encode_kill(key: int, *, force: bool) -> bytes:
+    return orjson.dumps({"t": "kill", "n": key, "force": force}) + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A line a forked child wrote, to be decoded (strictly) by its attempt."""
+
+    key: int
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    key: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """The server gave up on a child's pipe (a line over the limit) and killed it."""
+
+    key: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """The server reaped a child (``code`` as ``Popen.returncode``) or could not fork it."""
+
+    key: int
+    code: int | None
+    why: str | None
+
+
+def decode_server(line: bytes) -> Forwarded | Started | Broken | Exited:
+    """Parse one line from the fork server; :class:`ProtocolError` if it is not one."""
+    if not line.startswith(b"{"):
+        head, sep, rest = line.partition(b" ")
+        if not sep or not head.isdigit():
+            raise ProtocolError("a forwarded line without its key")
+        return Forwarded(int(head), rest)
+    try:
+        msg = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(key := msg.get("n"), int):
+        raise ProtocolError("fork server message without a key")
+    kind = msg.get("t")
+    if kind == "started" and isinstance(pid := msg.get("pid"), int):
+        return Started(key, pid)
+    if kind == "broken":
+        return Broken(key, _str(msg, "why", "the worker broke the protocol"))
+    if kind == "exited":
+        code = msg.get("code")
+        why = msg.get("why")
+        return Exited(key, code if isinstance(code, int) else None,
+                      why if isinstance(why, str) else None)
+    raise ProtocolError(f"unknown fork server message {kind!r}")
 
 
 def _str(obj: dict[str, JSONValue], key: str, default: str = "") -> str:

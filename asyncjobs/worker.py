@@ -2,9 +2,15 @@
 
 It re-checks the allow-list against ``config.json`` itself, imports the job's module only
 then, calls the method (sync, or async through ``asyncio.run``), and answers on a private
-channel.  Imports are kept to the minimum because every ``process``-mode attempt pays for
-them; ``asyncio`` is imported only when a job is a coroutine.  It never imports the store,
-the API or aiohttp: dependencies point from the host to the worker, never back.
+channel.  Imports are kept to the minimum because every worker pays for them; ``asyncio`` is
+imported only when a job is a coroutine.  It never imports the store, the API or aiohttp:
+dependencies point from the host to the worker, never back.
+
+Three modes: ``pool`` (a warm worker running the jobs fed on its stdin), ``once`` (one job,
+then exit: ``process`` isolation where there is no ``fork``), and ``forkserver`` (POSIX
+``process`` isolation): a long-lived, single-threaded server that has imported this module
+and nothing of any job, and ``fork()``s one child per attempt, so an attempt pays for a fork
+instead of an interpreter start-up.  See :class:`ForkServer`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -235,6 +242,21 @@ class ResultError(Exception):
     """The job returned something the host cannot store."""
 
 
+def send_reply(job: dict[str, Any], reply: dict[str, Any], channel: Channel,
+               capture: Capture) -> None:
+    """The job's answer: the last progress update, then its result with its output tail."""
+    channel.flush_progress()
+    reply["id"] = job["id"]
+    reply["output"] = capture.tail()
+    channel.send(reply)
+
+
+def message_limit(max_result: int, output_limit: int) -> int:
+    """The longest line the host reads from a worker: a result up to its cap (JSON escaping
+    may double it), plus a traceback and the output tail (escaped), plus headroom."""
+    return max_result * 2 + output_limit * 6 + (1 << 20)
+
+
 def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
           once: bool) -> None:
     # The channel is our original stdout; the job's fds 1 and 2 both go to the capture file
@@ -259,17 +281,317 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
         capture.reset()
         reply = run_job(job, allow, max_result)
         inbox.job_done()  # the job's code has returned: nothing left to stop if input closes
-        channel.flush_progress()
-        reply["id"] = job["id"]
-        reply["output"] = capture.tail()
-        channel.send(reply)
+        send_reply(job, reply, channel, capture)
         if once:
             break
+
+
+READ_SIZE = 1 << 16
+
+
+@dataclass(slots=True, eq=False)
+class _Forked:
+    """One child of the fork server: its pipe, what it has written so far, how it ended."""
+
+    key: int
+    pid: int
+    fd: int | None  # read end of its pipe; None once at end of file (or given up on)
+    buffer: bytearray
+    code: int | None = None  # its exit status (like Popen.returncode) once reaped
+    killed: bool = False  # a kill was asked: its group is SIGKILLed when it is reaped
+    broken: bool = False  # it broke the protocol: nothing more of it is forwarded
+
+
+class ForkServer:
+    """``process`` isolation by ``fork()``: one child per attempt from a warm parent.
+
+    Why this shape:
+
+    * **Single-threaded, no asyncio.**  ``fork()`` copies only the calling thread; a lock
+      held by another thread would stay locked forever in the child.  So the server is one
+      ``poll()`` loop over its stdin (requests from the host), its children's pipes and a
+      self-pipe that SIGCHLD wakes (``signal.set_wakeup_fd``), plus a 1 s tick.
+    * **Nothing of any job is imported here.**  The child imports the job's module after it
+      re-checks the allow-list, exactly as a spawned worker does, so no job state is ever
+      inherited and two attempts share nothing but this module's code.
+    * **One writer on the host's channel.**  Each child writes its own pipe; the server
+      forwards every complete line as ``<key> <line>`` (the key is assigned by the host, so
+      a job cannot speak for another), never interleaved.  A line over ``limit`` is a
+      protocol violation: the child's group is SIGKILLed and the host told ``broken``.
+    * **Kills go through the server**, which alone knows whether a pid is still its
+      unreaped child, so it never signals a recycled pid.  ``exited`` is reported only after
+      everything the child wrote has been forwarded, so the host sees the answer first.
+    * **The host's death ends everything**: end of input (or a new parent) means the host
+      is gone; the next host reruns these attempts (they are ``running`` on disk), so every
+      child's group is SIGKILLed rather than let two copies run.
+
+    Messages to the host, besides forwarded lines: ``{"t": "started", "n", "pid"}``,
+    ``{"t": "broken", "n", "why"}`` and ``{"t": "exited", "n", "code", "why"?}``.
+    """
+
+    def __init__(self, allow: dict[str, Any], max_result: int, output_limit: int) -> None:
+        import select  # noqa: PLC0415 - only the fork server needs these
+        import signal  # noqa: PLC0415
+
+        self.allow = allow
+        self.max_result = max_result
+        self.output_limit = output_limit
+        self.limit = message_limit(max_result, output_limit)
+        self.host_pid = os.getppid()
+        self.children: dict[int, _Forked] = {}  # by key
+        self.by_pid: dict[int, _Forked] = {}
+        self.by_fd: dict[int, _Forked] = {}
+        self.requests = bytearray()
+        self.closed = False
+        self.open_max = _open_max()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup byte is what we want
+        self.poll = select.poll()
+        self.poll.register(0, select.POLLIN)
+        self.poll.register(self.wake_r, select.POLLIN)
+        self._pollin = select.POLLIN
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.closed:
+            for fd, _ in self.poll.poll(1000):
+                if fd == 0:
+                    self._read_requests()
+                elif fd == self.wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.wake_r, 512):
+                            pass
+                elif (child := self.by_fd.get(fd)) is not None:
+                    self._read_child(child)
+            self._reap()
+            if os.getppid() != self.host_pid:
+                self.closed = True  # the host died without closing our input
+        self._shutdown()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._write(orjson.dumps(message) + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(1, view):]
+        except OSError:
+            self.closed = True  # nobody reads us any more: the host is gone
+
+    # -- requests from the host ------------------------------------------------------------
+
+    def _read_requests(self) -> None:
+        try:
+            data = os.read(0, READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        self.requests += data
+        end = self.requests.rfind(b"\n")
+        if end < 0:
+            return
+        lines = bytes(self.requests[:end])
+        del self.requests[:end + 1]
+        for line in lines.split(b"\n"):
+            message = orjson.loads(line)
+            if message["t"] == "fork":
+                self._fork(message["n"], message["output"], message["job"])
+            elif message["t"] == "kill":
+                self._kill(message["n"], force=message["force"])
+
+    def _kill(self, key: int, *, force: bool) -> None:
+        child = self.children.get(key)
+        if child is None or child.code is not None:
+            return  # already reaped (and reported): its pid may belong to someone else now
+        child.killed = True
+        procs.signal_forked(child.pid, force=force)
+
+    # -- children --------------------------------------------------------------------------
+
+    def _fork(self, key: int, output: str, job: dict[str, Any]) -> None:
+        if os.getppid() != self.host_pid:
+            self.closed = True  # the host is gone: this attempt will be rerun by the next one
+            return
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            self._send({"t": "exited", "n": key, "code": None, "why": f"could not fork: {exc}"})
+            return
+        if pid == 0:
+            self._child(job, output, read_fd, write_fd)  # never returns
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        child = _Forked(key, pid, read_fd, bytearray())
+        self.children[key] = child
+        self.by_pid[pid] = child
+        self.by_fd[read_fd] = child
+        self.poll.register(read_fd, self._pollin)
+        self._send({"t": "started", "n": key, "pid": pid})
+
+    def _child(self, job: dict[str, Any], output: str, read_fd: int, write_fd: int) -> None:
+        """The forked child: a fresh session, only its own descriptors, then the job."""
+        import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
+
+        code = 1
+        try:
+            os.setsid()  # its own group, so a kill reaches whatever the job starts
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(read_fd)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
+            capture_fd = os.open(output, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                 0o600)
+            # Keep only the pipe and the capture file: not the host's channel (fd 1 until
+            # Capture.reset), not the other children's pipes, not the server's self-pipe.
+            low, high = sorted((write_fd, capture_fd))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, self.open_max)
+            capture = Capture(capture_fd, self.output_limit)
+            capture.reset()
+            channel = Channel(write_fd)
+            channel.job_id = job["id"]
+            context.set_reporter(channel.progress)
+            reply = run_job(job, self.allow, self.max_result)
+            send_reply(job, reply, channel, capture)
+            code = 0
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+                sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+    def _read_child(self, child: _Forked, *, final: bool = False) -> None:
+        """Forward the complete lines ``child`` has written; at its end, the rest too.
+
+        ``final``: it has been reaped, so all it wrote is in the pipe now; read that much
+        and stop, even if a grandchild still holds the pipe open.
+        """
+        budget = self.limit + READ_SIZE
+        while child.fd is not None:
+            try:
+                data = os.read(child.fd, READ_SIZE)
+            except BlockingIOError:
+                if not final:
+                    return
+                data = b""
+            except OSError:
+                data = b""
+            if not data:
+                if child.buffer and not child.broken:
+                    child.buffer += b"\n"  # a last partial line: the host judges it
+                    self._forward(child)
+                self._close_pipe(child)
+                return
+            child.buffer += data
+            self._forward(child)
+            budget -= len(data)
+            if not final or budget <= 0:
+                if final:
+                    self._close_pipe(child)
+                return
+
+    def _forward(self, child: _Forked) -> None:
+        if child.broken:
+            child.buffer.clear()
+            return
+        end = child.buffer.rfind(b"\n")
+        lines = bytes(child.buffer[:end + 1]) if end >= 0 else b""
+        if end >= 0:
+            del child.buffer[:end + 1]
+        prefix = b"%d " % child.key
+        out = []
+        for line in lines.splitlines(keepends=True):
+            if len(line) > self.limit:
+                return self._broken(child)
+            out.append(prefix + line)
+        if out:
+            self._write(b"".join(out))
+        if len(child.buffer) > self.limit:
+            self._broken(child)
+
+    def _broken(self, child: _Forked) -> None:
+        child.broken = True
+        child.buffer.clear()
+        child.killed = True
+        procs.signal_forked(child.pid, force=True)
+        self._send({"t": "broken", "n": child.key,
+                    "why": "the worker sent a message larger than allowed"})
+
+    def _close_pipe(self, child: _Forked) -> None:
+        if child.fd is not None:
+            self.poll.unregister(child.fd)
+            del self.by_fd[child.fd]
+            os.close(child.fd)
+            child.fd = None
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.by_pid.pop(pid, None)
+            if child is not None:
+                self._ended(child, os.waitstatus_to_exitcode(status))
+
+    def _ended(self, child: _Forked, code: int) -> None:
+        child.code = code
+        self._read_child(child, final=True)
+        if child.killed:
+            # Right after the reap, before any other fork: the group id cannot have been
+            # reused.  Whatever ignored the SIGTERM (grandchildren included) ends now.
+            procs.signal_forked(child.pid, force=True, reaped=True)
+        del self.children[child.key]
+        self._send({"t": "exited", "n": child.key, "code": code})
+
+    def _shutdown(self) -> None:
+        """The host is gone or closed our input: kill every child's group, reap, report."""
+        for child in self.children.values():
+            child.killed = True
+            procs.signal_forked(child.pid, force=True)
+        for child in list(self.children.values()):
+            try:
+                _, status = os.waitpid(child.pid, 0)
+            except ChildProcessError:
+                continue
+            self.by_pid.pop(child.pid, None)
+            self._ended(child, os.waitstatus_to_exitcode(status))
+
+
+def _open_max() -> int:
+    try:
+        return max(256, min(os.sysconf("SC_OPEN_MAX"), 1 << 20))
+    except (OSError, ValueError):
+        return 65536
+
+
+def fork_serve(config_path: str, base_dir: str, max_result: int, output_limit: int) -> None:
+    # fd 0: requests from the host; fd 1: our channel to it; fd 2: our own error log.
+    sys.path.insert(0, base_dir)
+    ForkServer(load_allow_list(config_path), max_result, output_limit).run()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     config_path, base_dir, max_result, output_limit, mode = args
+    if mode == "forkserver":
+        fork_serve(config_path, base_dir, int(max_result), int(output_limit))
+        return
     serve(config_path, base_dir, int(max_result), int(output_limit), mode == "once")
 
 

@@ -1,0 +1,188 @@
+"""The host's side of the fork server: start it, ask it for children, route what it says.
+
+``process`` isolation on POSIX forks each attempt from one warm, single-threaded server
+child (:class:`asyncjobs.worker.ForkServer`) instead of starting an interpreter per attempt.
+This module owns that server process: it starts it lazily, writes ``fork`` and ``kill``
+requests, and reads one channel on which the server forwards every line its children write
+(behind the key of the attempt it belongs to) and says when a child started, broke the
+protocol or was reaped.  Each attempt is a :class:`ForkedHandle` (the launcher's
+``ForkedJob``): this module only routes, the attempt judges (strictly) what its child said.
+
+If the server dies, every attempt it ran ends as crashed and their process groups are
+killed from here (the server can no longer do it); the launcher starts a new server for the
+next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import sys
+from pathlib import Path
+from typing import IO, Protocol
+
+from .config import Settings
+from .models import Claimed
+from .procs import describe_exit, new_group_options, signal_group
+from .protocol import (
+    Broken,
+    Exited,
+    Forwarded,
+    ProtocolError,
+    Started,
+    decode_server,
+    encode_fork,
+    encode_kill,
+)
+from .worker import message_limit
+
+log = logging.getLogger("asyncjobs.forkserver")
+
+
+class ForkedHandle(Protocol):
+    """What the server's reader tells one attempt about its child."""
+
+    def on_started(self, pid: int) -> None: ...
+
+    def on_line(self, line: bytes) -> None: ...
+
+    def on_broken(self, why: str) -> None: ...
+
+    def on_exited(self, code: int | None, why: str | None) -> None: ...
+
+
+class ForkServerProcess:
+    """One running fork server and the attempts it has children for."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, errors: IO[bytes], path: Path,
+                 grace: float) -> None:
+        self.proc = proc
+        self.errors = errors
+        self.path = path
+        self.grace = grace
+        self.handles: dict[int, ForkedHandle] = {}
+        self.pids: dict[int, int] = {}  # key -> pid, to clean up if the server dies
+        self._keys = itertools.count(1)
+        self.dead = False
+        self._reader = asyncio.create_task(self._read_loop(), name=f"forkserver-{proc.pid}")
+
+    @classmethod
+    async def start(cls, settings: Settings, allow_list: Path, path: Path) -> ForkServerProcess:
+        """Start the server in its own session; its stderr (its own faults only) to ``path``."""
+        errors = open(path, "a+b")  # noqa: SIM115 - lives as long as the server
+        limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + 64
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "asyncjobs.worker", str(allow_list),
+                str(settings.base_dir), str(settings.max_result_bytes),
+                str(settings.max_output_bytes), "forkserver",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors,
+                limit=limit, **new_group_options(),
+            )
+        except BaseException:
+            errors.close()
+            path.unlink(missing_ok=True)
+            raise
+        return cls(proc, errors, path, settings.workers.kill_grace)
+
+    @property
+    def alive(self) -> bool:
+        return not self.dead and self.proc.returncode is None
+
+    def fork(self, job: Claimed, output: Path, handle: ForkedHandle) -> int:
+        """Ask for a child running ``job``; its messages go to ``handle``.  Returns its key."""
+        key = next(self._keys)
+        if self.dead:  # it went away after the launcher picked it: fail like the others
+            asyncio.get_running_loop().call_soon(
+                handle.on_exited, None, "the fork server went away before this attempt ran")
+            return key
+        self.handles[key] = handle
+        self._write(encode_fork(key, str(output), job))
+        return key
+
+    def kill(self, key: int, *, force: bool) -> None:
+        """SIGTERM (or SIGKILL) the child's group, if the server has not reaped it yet."""
+        if key in self.handles:
+            self._write(encode_kill(key, force=force))
+
+    def _write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        # On a broken pipe the reader sees the channel end and fails the attempts.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.write(data)
+
+    async def _read_loop(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while line := await self.proc.stdout.readline():
+                self._dispatch(line)
+        except (ValueError, ProtocolError) as exc:  # a bug in the server, not in a job
+            log.error("fork server %s broke its protocol: %s", self.proc.pid, exc)
+            signal_group(self.proc.pid, force=True)
+        finally:
+            await self._lost()
+
+    def _dispatch(self, line: bytes) -> None:
+        message = decode_server(line)
+        if isinstance(message, Forwarded):
+            handle = self.handles.get(message.key)
+            if handle is not None:
+                handle.on_line(message.line)
+        elif isinstance(message, Started):
+            if (handle := self.handles.get(message.key)) is not None:
+                self.pids[message.key] = message.pid
+                handle.on_started(message.pid)
+        elif isinstance(message, Broken):
+            if (handle := self.handles.get(message.key)) is not None:
+                handle.on_broken(message.why)
+        else:
+            assert isinstance(message, Exited)
+            self.pids.pop(message.key, None)
+            if (handle := self.handles.pop(message.key, None)) is not None:
+                handle.on_exited(message.code, message.why)
+
+    async def _lost(self) -> None:
+        """The server's channel ended: each child it still had is killed and crashed."""
+        self.dead = True
+        handles, self.handles = self.handles, {}
+        pids, self.pids = self.pids, {}
+        for pid in pids.values():
+            # Orphaned by the server: nobody else will stop them.  Their groups outlive a
+            # reap by init only while a member lives, so a stale id is a tiny, brief risk.
+            signal_group(pid, force=True)
+        if not handles:
+            return
+        code: int | None = None
+        with contextlib.suppress(TimeoutError):
+            code = await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
+        why = (f"the fork server {describe_exit(code)} while this attempt ran"
+               if code is not None else "the fork server went away while this attempt ran")
+        log.error("fork server %s: %s (%d attempts)", self.proc.pid, why, len(handles))
+        for handle in handles.values():
+            handle.on_exited(None, why)
+
+    def error_tail(self, limit: int = 4000) -> str:
+        """What the server itself wrote to stderr (a traceback if it failed)."""
+        try:
+            self.errors.seek(0, 2)
+            size = self.errors.tell()
+            self.errors.seek(max(0, size - limit))
+            return self.errors.read(limit).decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    async def close(self) -> None:
+        """End of input: the server kills and reaps what it still runs, reports, and exits;
+        one that does not within the grace is killed.  Then its error file is removed."""
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), self.grace + 1.0)
+            except TimeoutError:
+                signal_group(self.proc.pid, force=True)
+                await self.proc.wait()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        self.errors.close()
+        self.path.unlink(missing_ok=True)
