@@ -1,0 +1,398 @@
+"""``process`` isolation through the fork server, on real processes (POSIX only).
+
+Each attempt must be a fresh process sharing no module state with any other, and must end
+exactly as a spawned ``once`` worker's would: timeouts and cancels kill the job's whole
+group, a child that dies is ``crashed`` with its exit status, garbage on its pipe is a
+``ProtocolError`` for that attempt alone.  Around that: the server's own death, the host's
+death, a clean close, the ``workers.max`` bound, and the spawn fallback kept for Windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DEFAULT_JOBS
+from fakes import SettingsFactory, process_gone, wait_gone
+
+from asyncjobs import procs
+from asyncjobs.config import Settings
+from asyncjobs.launcher import ForkedJob, SubprocessLauncher
+from asyncjobs.models import Claimed, Isolation, Outcome, OutcomeKind
+from asyncjobs.protocol import (
+    Broken,
+    Exited,
+    Forwarded,
+    ProtocolError,
+    Started,
+    decode_server,
+)
+
+pytestmark = pytest.mark.skipif(not procs.CAN_FORK, reason="the fork server needs fork()")
+
+PROCESS = Isolation.PROCESS
+FAULTJOBS = Path(__file__).parent / "faultjobs"
+_ids = iter(range(1, 1_000_000))
+
+STATE_JOBS = '''
+import os
+
+calls = []  # module state: a second job in the same process would see the first one's call
+
+
+class State:
+    def touch(self):
+        calls.append(os.getpid())
+        return {"pid": os.getpid(), "calls": len(calls)}
+'''
+
+
+def job(cls: str, method: str, *args: Any, timeout: float = 10.0) -> Claimed:
+    return Claimed(id=next(_ids), cls=cls, method=method, args=list(args), kwargs={},
+                   attempt=1, attempts=1, max_attempts=1, timeout=timeout, interruptions=0)
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
+    (tmp_path / "statejobs.py").write_text(textwrap.dedent(STATE_JOBS))
+    shutil.copytree(FAULTJOBS, tmp_path / "faultjobs",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return make_settings({
+        **DEFAULT_JOBS,
+        "State": {"module": "statejobs", "methods": ["touch"]},
+        "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
+    })
+
+
+@pytest.fixture
+async def launcher(settings: Settings, tmp_path: Path) -> AsyncIterator[SubprocessLauncher]:
+    launcher = SubprocessLauncher(settings, tmp_path / "run")
+    assert launcher.fork, "process isolation should default to the fork server here"
+    yield launcher
+    await launcher.aclose()
+
+
+async def run(launcher: SubprocessLauncher, claimed: Claimed,
+              progress: list[tuple[int, float, str | None]] | None = None) -> Outcome:
+    def on_progress(job_id: int, fraction: float, message: str | None) -> None:
+        if progress is not None:
+            progress.append((job_id, fraction, message))
+
+    async with asyncio.timeout(10):
+        return await launcher.run(claimed, PROCESS, on_progress)
+
+
+def server_pid(launcher: SubprocessLauncher) -> int:
+    assert launcher._server is not None
+    return launcher._server.proc.pid
+
+
+async def until_published(path: Path) -> str:
+    async with asyncio.timeout(5):
+        while not path.exists() or not path.read_text():
+            await asyncio.sleep(0.01)
+    return path.read_text()
+
+
+# -- isolation ---------------------------------------------------------------------------
+
+async def test_each_attempt_is_a_fresh_child_sharing_no_module_state(
+        launcher: SubprocessLauncher) -> None:
+    outcomes = [await run(launcher, job("State", "touch")) for _ in range(3)]
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.COMPLETED] * 3
+    assert [o.exit_code for o in outcomes] == [0, 0, 0]
+    results = [o.result for o in outcomes]
+    assert all(isinstance(r, dict) and r["calls"] == 1 for r in results), results
+    pids = {r["pid"] for r in results if isinstance(r, dict)}
+    assert len(pids) == 3
+    assert server_pid(launcher) not in pids
+    assert all(process_gone(pid) for pid in pids)  # exited and reaped by the server
+
+
+async def test_one_server_serves_every_attempt_and_imports_no_job(
+        launcher: SubprocessLauncher, tmp_path: Path) -> None:
+    outcomes = [await run(launcher, job("Listed", "run"))]
+    first = server_pid(launcher)
+    outcomes += [await run(launcher, job("Listed", "run")) for _ in range(2)]
+
+    assert [o.result for o in outcomes] == ["listed"] * 3
+    assert server_pid(launcher) == first
+    # The module leaves a line per import: each child imported it afresh, nothing was
+    # inherited from the server or from a sibling.
+    marker = tmp_path / "jobs_fixture" / "imported.marker"
+    assert marker.read_text().splitlines() == ["imported"] * 3
+
+
+async def test_the_allow_list_is_rechecked_in_the_child(launcher: SubprocessLauncher,
+                                                        tmp_path: Path) -> None:
+    outcome = await run(launcher, job("Unlisted", "run"))
+
+    assert outcome.kind is OutcomeKind.FAILED and outcome.fail_now
+    assert outcome.error is not None and outcome.error.type == "NotAllowedError"
+    assert not (tmp_path / "jobs_fixture" / "imported.marker").exists()
+
+
+# -- what a job says -------------------------------------------------------------------------
+
+async def test_output_and_progress_reach_the_host(launcher: SubprocessLauncher,
+                                                  settings: Settings) -> None:
+    seen: list[tuple[int, float, str | None]] = []
+    claimed = job("Ok", "progress")
+    progress = await run(launcher, claimed, seen)
+    chatty = await run(launcher, job("Boom", "chatty", 20_000))
+
+    assert (progress.kind, progress.result) == (OutcomeKind.COMPLETED, "done")
+    assert seen == [(claimed.id, 0.5, "half")]
+    assert chatty.kind is OutcomeKind.COMPLETED
+    assert len(chatty.output.encode()) <= settings.max_output_bytes
+    assert chatty.output.endswith("line 19999\n")
+
+
+async def test_failures_keep_type_message_traceback_and_mro(launcher: SubprocessLauncher,
+                                                            tmp_path: Path) -> None:
+    failed = await run(launcher, job("Boom", "connection_error"))
+    retry = await run(launcher, job("Boom", "retry", 2.5))
+
+    assert failed.kind is OutcomeKind.FAILED and failed.error is not None
+    assert (failed.error.type, failed.error.message) == ("ConnectionRefusedError",
+                                                         "connection refused")
+    assert "OSError" in failed.error.mro and "testjobs.py" in (failed.error.traceback or "")
+    assert failed.exit_code == 0
+    assert retry.retry_requested and retry.retry_delay == 2.5
+
+
+async def test_a_big_result_line_is_forwarded_whole(make_settings: SettingsFactory,
+                                                    tmp_path: Path) -> None:
+    launcher = SubprocessLauncher(make_settings(max_result_bytes=3_000_000), tmp_path / "run")
+    try:
+        outcome = await run(launcher, job("Boom", "huge", 2_500_000))
+    finally:
+        await launcher.aclose()
+
+    assert outcome.kind is OutcomeKind.COMPLETED
+    assert outcome.result == "x" * 2_500_000
+
+
+# -- deaths and kills ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("method", "args", "code", "words"), [
+    ("exit", [3], 3, "exited with code 3"),
+    ("sigkill", [], -9, "killed by signal SIGKILL"),
+])
+async def test_a_child_that_dies_is_crashed_with_its_status(
+        launcher: SubprocessLauncher, method: str, args: list[Any], code: int,
+        words: str) -> None:
+    outcome = await run(launcher, job("Boom", method, *args))
+
+    assert outcome.kind is OutcomeKind.CRASHED
+    assert outcome.exit_code == code
+    assert outcome.error is not None and outcome.error.type == "WorkerCrashed"
+    assert f"the worker {words} before reporting a result" == outcome.error.message
+    if method == "exit":
+        assert "exiting now" in outcome.output  # read from the capture file by the host
+
+
+@pytest.mark.parametrize("stubborn", [False, True], ids=["plain", "ignores-sigterm"])
+async def test_a_timeout_kills_the_child_and_its_grandchild(
+        launcher: SubprocessLauncher, tmp_path: Path, stubborn: bool) -> None:
+    pidfile = tmp_path / "pids"
+    started = time.monotonic()
+
+    outcome = await run(launcher, job("Sleepy", "grandchild", str(pidfile), stubborn,
+                                      timeout=0.4))
+
+    elapsed = time.monotonic() - started
+    assert outcome.kind is OutcomeKind.TIMEOUT
+    assert outcome.error is not None and "exceeded its timeout of 0.4s" in outcome.error.message
+    child, grandchild = map(int, pidfile.read_text().split())
+    await wait_gone(grandchild)
+    assert process_gone(child)
+    assert outcome.exit_code == (-9 if stubborn else -15)
+    if stubborn:
+        assert elapsed >= 0.4 + 0.2  # only the SIGKILL after kill_grace ended it
+    assert elapsed < 3
+
+
+async def test_a_running_forked_job_can_be_cancelled(launcher: SubprocessLauncher,
+                                                     tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    claimed = job("Sleepy", "run", 30, str(pidfile))
+    task = asyncio.create_task(run(launcher, claimed))
+    pid = int(await until_published(pidfile))
+
+    assert launcher.stop(claimed.id, OutcomeKind.CANCELLED)
+    outcome = await task
+
+    assert outcome.kind is OutcomeKind.CANCELLED
+    assert outcome.error is not None and outcome.error.type == "Cancelled"
+    assert outcome.exit_code == -15
+    await wait_gone(pid)
+    assert not launcher.stop(claimed.id, OutcomeKind.CANCELLED)
+
+
+@pytest.mark.parametrize(("kind", "size", "words"), [
+    ("random", 0, "not JSON"),
+    ("partial", 0, "not JSON"),
+    ("other_id", 0, "answered for a job it was not running"),
+    ("forged_skip", 0, "answered a skip that was not asked"),
+    ("gigantic", 8 << 20, "larger than allowed"),
+])
+async def test_garbage_from_a_child_crashes_only_its_attempt(
+        launcher: SubprocessLauncher, kind: str, size: int, words: str) -> None:
+    await run(launcher, job("Ok", "run"))
+    server = server_pid(launcher)
+
+    outcome = await run(launcher, job("Channel", "write", kind, size))
+
+    assert outcome.kind is OutcomeKind.CRASHED
+    assert outcome.error is not None and outcome.error.type == "ProtocolError"
+    assert words in outcome.error.message
+    after = await run(launcher, job("Ok", "run", "after"))
+    assert after.kind is OutcomeKind.COMPLETED
+    assert server_pid(launcher) == server  # the server was never the victim
+
+
+async def test_a_killed_fork_server_crashes_its_attempts_and_is_replaced(
+        launcher: SubprocessLauncher, tmp_path: Path) -> None:
+    pidfiles = [tmp_path / "a", tmp_path / "b"]
+    tasks = [asyncio.create_task(run(launcher, job("Sleepy", "run", 30, str(p))))
+             for p in pidfiles]
+    children = [int(await until_published(p)) for p in pidfiles]
+    old = server_pid(launcher)
+
+    os.kill(old, signal.SIGKILL)
+    outcomes = await asyncio.gather(*tasks)
+
+    for outcome in outcomes:
+        assert outcome.kind is OutcomeKind.CRASHED
+        assert outcome.error is not None and outcome.error.type == "WorkerCrashed"
+        assert outcome.error.message \
+            == "the fork server killed by signal SIGKILL while this attempt ran"
+    for pid in children:
+        await wait_gone(pid)  # orphans are not left running
+    after = await run(launcher, job("Ok", "pid"))
+    assert after.kind is OutcomeKind.COMPLETED
+    assert server_pid(launcher) != old
+
+
+async def test_closing_the_launcher_leaves_no_process(settings: Settings,
+                                                      tmp_path: Path) -> None:
+    launcher = SubprocessLauncher(settings, tmp_path / "run")
+    pidfile = tmp_path / "pids"
+    done = await run(launcher, job("Ok", "pid"))
+    running = asyncio.create_task(run(launcher, job("Sleepy", "grandchild", str(pidfile))))
+    child, grandchild = map(int, (await until_published(pidfile)).split())
+    server = server_pid(launcher)
+
+    await launcher.aclose()
+    outcome = await running
+
+    assert outcome.kind is OutcomeKind.CRASHED
+    for pid in (server, child, grandchild, int(str(done.result))):
+        await wait_gone(pid)
+    assert not list((tmp_path / "run").glob("*.out"))
+    assert not list((tmp_path / "run").glob("*.err"))
+
+
+HOST_THAT_DIES = '''
+import asyncio, os, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from asyncjobs.config import load_settings
+from asyncjobs.launcher import SubprocessLauncher
+from asyncjobs.models import Claimed, Isolation
+
+async def main():
+    launcher = SubprocessLauncher(load_settings(Path({config!r}), env={{}}), Path({run!r}))
+    claimed = Claimed(id=1, cls="Sleepy", method="grandchild", args=[{pidfile!r}], kwargs={{}},
+                      attempt=1, attempts=1, max_attempts=1, timeout=30, interruptions=0)
+    task = asyncio.create_task(launcher.run(claimed, Isolation.PROCESS, lambda *a: None))
+    while not os.path.exists({pidfile!r}):
+        await asyncio.sleep(0.01)
+    print(launcher._server.proc.pid, flush=True)
+    os._exit(0)  # the host dies without closing anything
+
+asyncio.run(main())
+'''
+
+
+async def test_the_hosts_death_ends_the_server_and_its_children(settings: Settings,
+                                                                tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    script = HOST_THAT_DIES.format(tests=str(Path(__file__).parent),
+                                   config=str(tmp_path / "config.json"),
+                                   run=str(tmp_path / "run"), pidfile=str(pidfile))
+    host = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(host.communicate(), 10)
+    server = int(out)
+    child, grandchild = map(int, pidfile.read_text().split())
+
+    for pid in (server, child, grandchild):
+        await wait_gone(pid)
+
+
+# -- limits --------------------------------------------------------------------------------
+
+async def test_workers_max_bounds_forked_attempts(make_settings: SettingsFactory,
+                                                  tmp_path: Path) -> None:
+    launcher = SubprocessLauncher(make_settings(workers={"max": 2}), tmp_path / "run")
+    record = tmp_path / "intervals"
+    try:
+        outcomes = await asyncio.gather(*(
+            run(launcher, job("Sleepy", "interval", str(record), 0.15)) for _ in range(5)))
+    finally:
+        await launcher.aclose()
+
+    assert [o.kind for o in outcomes] == [OutcomeKind.COMPLETED] * 5
+    spans = [tuple(map(float, line.split())) for line in record.read_text().splitlines()]
+    for start, _ in spans:
+        assert sum(1 for s, e in spans if s <= start < e) <= 2
+
+
+# -- the spawn fallback (Windows), kept working and tested here -------------------------------
+
+async def test_the_spawn_fallback_still_runs_process_attempts(settings: Settings,
+                                                              tmp_path: Path) -> None:
+    launcher = SubprocessLauncher(settings, tmp_path / "run", fork=False)
+    pidfile = tmp_path / "pids"
+    try:
+        fresh = [await run(launcher, job("State", "touch")) for _ in range(2)]
+        crashed = await run(launcher, job("Boom", "exit", 3))
+        timeout = await run(launcher, job("Sleepy", "grandchild", str(pidfile), timeout=0.4))
+        assert launcher._server is None  # never started
+        assert not any(isinstance(w, ForkedJob) for w in launcher._fresh)
+    finally:
+        await launcher.aclose()
+
+    results = [o.result for o in fresh]
+    assert all(isinstance(r, dict) and r["calls"] == 1 for r in results)
+    assert len({r["pid"] for r in results if isinstance(r, dict)}) == 2
+    assert [o.exit_code for o in fresh] == [0, 0]
+    assert crashed.exit_code == 3 and crashed.error is not None
+    assert "exited with code 3" in crashed.error.message
+    assert timeout.kind is OutcomeKind.TIMEOUT
+    await wait_gone(int(pidfile.read_text().split()[1]))
+
+
+# -- the server's messages, parsed strictly ------------------------------------------------
+
+def test_server_messages_decode_strictly() -> None:
+    assert decode_server(b'12 {"t": "done"}\n') == Forwarded(12, b'{"t": "done"}\n')
+    assert decode_server(b'{"t": "started", "n": 3, "pid": 99}\n') == Started(3, 99)
+    assert decode_server(b'{"t": "broken", "n": 3, "why": "big"}\n') == Broken(3, "big")
+    assert decode_server(b'{"t": "exited", "n": 3, "code": -9}\n') == Exited(3, -9, None)
+    for bad in (b"x {}\n", b"12\n", b'{"t": "exited"}\n', b'{"t": "what", "n": 1}\n',
+                b"{nope\n", b"[1]\n"):
+        with pytest.raises(ProtocolError):
+            decode_server(bad)
