@@ -7,14 +7,16 @@ for the store between two jobs) and launch them.  The price, documented for user
 start behind a few others claimed before it, whatever their priority.  Both writes are
 queued together, so the store's group commit applies them in a single transaction.
 ``run()`` ticks, then sleeps until the earliest future ``run_at`` or until woken by new work
-or a finished attempt: a timer, not a polling loop.  ``drain()`` ticks until nothing is due
-or running, which makes tests deterministic with an injected clock.
+or a finished attempt: a timer, not a polling loop.  That earliest ``run_at`` is read in the
+round's own transaction, and a submit wakes the dispatcher only when its job is due before
+the timer would fire, so a job submitted for later costs the dispatcher nothing.
+``drain()`` ticks until nothing is due or running, which makes tests deterministic with an
+injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import Counter
@@ -23,7 +25,6 @@ from dataclasses import dataclass
 from . import policy
 from .clock import Clock
 from .config import Settings
-from .errors import AsyncJobsError
 from .events import EventBus
 from .launcher import Launcher
 from .logs import JobLog
@@ -61,7 +62,9 @@ class Dispatcher:
         self._unwritten: list[Finished] = []
         self._dirty_progress: dict[int, tuple[float, str | None]] = {}
         self._last_progress_flush = 0.0
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._next_due: float | None = None  # earliest future run_at, as of the last round
         self._stopping = False
         self._storage_ok = True
 
@@ -69,13 +72,39 @@ class Dispatcher:
 
     def wake(self) -> None:
         """New work may be due: tick soon instead of sleeping out the timer."""
-        self._wake.set()
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def due_at(self, run_at: float) -> None:
+        """A job was stored to run at ``run_at``: wake only if that is before the timer."""
+        if run_at <= self.clock.now() or self._next_due is None or run_at < self._next_due:
+            self._next_due = run_at
+            self.wake()
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Sleep until :meth:`wake` or ``timeout`` seconds, whichever comes first.
+
+        A bare future and a timer handle: cheaper than ``wait_for`` on an Event, which
+        makes a task per sleep, and the dispatcher sleeps once per round.
+        """
+        if self._woken:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = (loop.call_later(timeout, _resolve, waiter) if timeout is not None else None)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     # -- one round ---------------------------------------------------------------------------
 
     async def tick(self) -> int:
         """Record ended attempts, then claim and launch due jobs; return how many launched."""
-        self._wake.clear()
+        self._woken = False
         now = self.clock.now()
         finished = self._unwritten + [self._decide(*ended) for ended in self._ended]
         self._ended = []
@@ -86,16 +115,23 @@ class Dispatcher:
         if progress:
             writes.append(asyncio.ensure_future(self.store.set_progress(progress)))
         finish = asyncio.ensure_future(self.store.finish(finished)) if finished else None
-        claim = (asyncio.ensure_future(self.store.claim(now, free, self._capacity()))
-                 if free > 0 else None)
-        await asyncio.gather(*writes, *(f for f in (finish, claim) if f),
+        claim = due = None
+        if free > 0:
+            claim = asyncio.ensure_future(self.store.claim(now, free, self._capacity()))
+            # Queued with the claim, so it is read in the same transaction: no extra hop.
+            due = asyncio.ensure_future(self.store.next_due(now))
+        await asyncio.gather(*writes, *(f for f in (finish, claim, due) if f),
                              return_exceptions=True)
         self.job_log.flush()
         self._storage_ok = True
         if finish is not None:
             self._after_finish(finished, finish)
-        if claim is None:
+        if claim is None or due is None:
             return 0
+        if due.exception() is not None:
+            self._storage_error("read the next due time", due.exception())
+        else:
+            self._next_due = due.result()
         if claim.exception() is not None:
             self._storage_error("claim", claim.exception())
             return 0
@@ -189,7 +225,7 @@ class Dispatcher:
         self._per_class[claimed.cls] -= 1
         duration = self.clock.monotonic() - running.started
         self._ended.append((claimed, outcome, self.clock.now(), duration))
-        self._wake.set()
+        self.wake()
 
     def _on_progress(self, job_id: int, fraction: float, message: str | None) -> None:
         self.progress[job_id] = self._dirty_progress[job_id] = (fraction, message)
@@ -211,11 +247,11 @@ class Dispatcher:
         while True:
             launched = await self.tick()
             if self.running:
-                await self._wake.wait()
+                await self._wait(None)
             elif not launched and self.idle and self._storage_ok:
                 return
 
-    async def _sleep_time(self) -> float | None:
+    def _sleep_time(self) -> float | None:
         if not self._storage_ok:
             return STORAGE_RETRY
         timeout: float | None = None
@@ -224,11 +260,7 @@ class Dispatcher:
         if self._stopping or len(self.running) >= self.launcher.capacity:
             return timeout
         now = self.clock.now()
-        try:
-            due = await self.store.next_due(now)
-        except AsyncJobsError as exc:
-            self._storage_error("read the next due time", exc)
-            return STORAGE_RETRY
+        due = self._next_due
         if due is not None:
             timeout = min(timeout or due - now, max(0.0, due - now))
         return timeout
@@ -244,9 +276,7 @@ class Dispatcher:
                 self._storage_ok = False
             if self._stopping and self.idle:
                 return
-            timeout = await self._sleep_time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await self._wait(self._sleep_time())
 
     async def recover(self) -> int:
         """Record attempts a dead host left running as interrupted; requeue their jobs."""
@@ -265,8 +295,13 @@ class Dispatcher:
         """Claim nothing more; give back what has not started; running attempts go on."""
         self._stopping = True
         self.launcher.release_waiting(OutcomeKind.INTERRUPTED)
-        self._wake.set()
+        self.wake()
 
     def interrupt_all(self) -> None:
         for job_id in list(self.running):
             self.launcher.stop(job_id, OutcomeKind.INTERRUPTED)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -202,12 +202,15 @@ class Host:
         now = self.clock.now()
         specs = [registry.parse_submit(self.settings, body, now) for body in bodies]
         submitted = await self.store.submit(specs, now)
+        earliest: float | None = None
         for spec, s in zip(specs, submitted, strict=True):
             if not s.duplicate:
                 self.job_log.event(now, s.id, cls=spec.cls, method=spec.method, attempt=None,
                                    status="pending", note=f"run_at={iso(spec.run_at)}")
                 self.events.publish({"type": "job", "id": s.id, "status": "pending"})
-        self.dispatcher.wake()
+                earliest = spec.run_at if earliest is None else min(earliest, spec.run_at)
+        if earliest is not None:
+            self.dispatcher.due_at(earliest)
         return submitted
 
     def _on_scheduled(self, job_id: int) -> None:

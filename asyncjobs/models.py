@@ -9,6 +9,7 @@ compare-and-set so that a race surfaces as an error instead of corrupted state.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -237,10 +238,28 @@ class Transition:
 
 
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds and a ``Z``."""
+    """Epoch seconds as ISO 8601 UTC with milliseconds and a ``Z``.
+
+    Called for every log line and every job in an API listing, so the part down to the
+    second is formatted once per second and kept (a datetime per call was ~3 % of the
+    host's time in a drain).  Rounds to the microsecond first, as ``datetime`` does.
+    """
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    fraction, whole = math.modf(ts)
+    second, micro = int(whole), round(fraction * 1_000_000)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    prefix = _ISO_SECONDS.get(second)
+    if prefix is None:
+        if len(_ISO_SECONDS) >= 256:
+            _ISO_SECONDS.clear()
+        prefix = _ISO_SECONDS[second] = dt.datetime.fromtimestamp(
+            second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{prefix}.{micro // 1000:03d}Z"
+
+
+_ISO_SECONDS: dict[int, str] = {}
 
 
 def parse_iso(text: str) -> float:

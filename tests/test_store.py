@@ -394,3 +394,27 @@ async def test_progress_is_stored(store: SqliteStore) -> None:
     await store.set_progress({job_id: (0.25, "a quarter")})
 
     assert (await store.get(job_id)).progress == (0.25, "a quarter")  # type: ignore[union-attr]
+
+
+async def test_normal_durability_commits_inline_and_keeps_the_wal_bounded(
+        tmp_path: Path) -> None:
+    # At "normal" small commits run on the event loop with SQLite's auto-checkpoint off;
+    # the store's own checkpoints (on its thread) must keep the WAL from growing for ever.
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(path, durability="normal")
+    await store.open()
+    try:
+        for i in range(2000):
+            await store.submit([spec("A", "x" * 2000, i)], NOW)
+            await asyncio.sleep(0)  # let a finished checkpoint clear its flag
+        wal = (tmp_path / "jobs.db-wal").stat().st_size
+    finally:
+        await store.close()
+    # ~2,000 commits of a few pages each would be far beyond this without checkpoints.
+    assert wal < 12 << 20
+    reopened = SqliteStore(path, durability="normal")
+    await reopened.open()
+    try:
+        assert (await reopened.stats(NOW)).counts["pending"] == 2000
+    finally:
+        await reopened.close()

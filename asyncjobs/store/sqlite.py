@@ -10,6 +10,13 @@ costs) would cap the host near a thousand state changes a second.  Each op runs 
 savepoint when it shares its transaction, so one op's error (a wrong state, say) does not
 undo its neighbours'.  Reads go through an aiosqlite connection; WAL lets them proceed while
 the writer writes.
+
+At ``durability: normal`` a commit only appends to the WAL (no fsync), which takes tens of
+microseconds: less than the hop to a thread and back.  There, small transactions run on
+the event loop itself, and only ``heavy`` ones (bulk submits, pruning) and checkpoints (the
+one step that does fsync: SQLite's automatic one is switched off, and the store runs it on
+the thread between two batches, so it cannot block the loop) go to the writer thread.
+``full`` keeps every commit on the thread, because its fsync may take milliseconds.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +45,10 @@ log = logging.getLogger("asyncjobs.store")
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
+
+HEAVY_SUBMIT = 50  # jobs in one submit beyond which it is written on the thread
+CHECKPOINT_EVERY = 200  # inline commits between two looks at the WAL's size
+CHECKPOINT_BYTES = 4 << 20  # WAL size that starts a checkpoint (SQLite's own default)
 
 JOB_COLUMNS = (
     "id, class, method, args, kwargs, status, priority, attempts, max_attempts, timeout, "
@@ -102,6 +114,10 @@ def _transaction(conn: sqlite3.Connection, ops: Sequence[Op]
     return results
 
 
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 class SqliteStore:
     """The :class:`~asyncjobs.store.Store` on a SQLite file in WAL mode."""
 
@@ -109,9 +125,12 @@ class SqliteStore:
         self.path = path
         self.durability = durability
         self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # used on the writer thread only
+        # Used by one transaction at a time: on the writer thread, or inline (see above).
+        self._conn: sqlite3.Connection | None = None
+        self._inline = durability == "normal"
+        self._commits = 0
         self._reader: aiosqlite.Connection | None = None
-        self._queue: deque[tuple[Op, asyncio.Future[Any]]] = deque()
+        self._queue: deque[tuple[Op, asyncio.Future[Any], bool]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -131,6 +150,8 @@ class SqliteStore:
         for pragma in ("journal_mode=WAL", f"synchronous={sync}", "busy_timeout=5000",
                        "temp_store=MEMORY", "cache_size=-16000"):
             conn.execute(f"PRAGMA {pragma}")
+        if self._inline:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
@@ -159,11 +180,11 @@ class SqliteStore:
 
     # -- the group-commit writer -----------------------------------------------------------
 
-    async def _write(self, op: Op) -> Any:
+    async def _write(self, op: Op, *, heavy: bool = False) -> Any:
         if self._task is None or self._task.done():
             raise Unavailable("the store is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
+        self._queue.append((op, future, heavy))
         self._wake.set()
         return await future
 
@@ -176,21 +197,48 @@ class SqliteStore:
             if batch:
                 await self._apply(batch)
 
-    async def _apply(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+    async def _apply(self, batch: list[tuple[Op, asyncio.Future[Any], bool]]) -> None:
         conn = self._conn
         assert conn is not None
+        ops = [op for op, _, _ in batch]
+        inline = self._inline and not any(heavy for _, _, heavy in batch)
         try:
-            results = await self._on_writer(partial(_transaction, conn, [op for op, _ in batch]))
+            if inline:
+                results = _transaction(conn, ops)
+            else:
+                results = await self._on_writer(partial(_transaction, conn, ops))
         except sqlite3.Error as exc:
             log.error("store write failed, %d operation(s) not applied: %s", len(batch), exc)
             results = [(None, _storage_error(exc))] * len(batch)
-        for (_, future), (value, error) in zip(batch, results, strict=True):
+        for (_, future, _), (value, error) in zip(batch, results, strict=True):
             if future.done():
                 continue  # the caller gave up waiting
             if error is not None:
                 future.set_exception(error)
             else:
                 future.set_result(value)
+        if inline and self._wal_is_large():
+            await self._checkpoint(conn)
+
+    def _wal_is_large(self) -> bool:
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY:
+            return False
+        try:
+            return os.stat(f"{self.path}-wal").st_size >= CHECKPOINT_BYTES
+        except OSError:
+            return False
+
+    async def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL back into the database, on the thread; writes queue meanwhile.
+
+        Nothing else writes while it runs, so it copies everything (readers permitting) and
+        the next transaction starts the WAL over instead of growing it.
+        """
+        try:
+            await self._on_writer(partial(_checkpoint, conn))
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed (tried again later): %s", exc)
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> Iterable[Any]:
         if self._reader is None:
@@ -203,8 +251,8 @@ class SqliteStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def submit(self, specs: Sequence[JobSpec], now: float) -> list[Submitted]:
-        result: list[Submitted] = await self._write(partial(writes.submit, specs=specs,
-                                                            now=now))
+        result: list[Submitted] = await self._write(
+            partial(writes.submit, specs=specs, now=now), heavy=len(specs) > HEAVY_SUBMIT)
         return result
 
     async def claim(self, now: float, limit: int, capacity: Mapping[str, int]) -> list[Claimed]:
@@ -235,7 +283,7 @@ class SqliteStore:
 
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
         result: int = await self._write(partial(writes.prune, before=before, statuses=statuses,
-                                                limit=limit))
+                                                limit=limit), heavy=True)
         return result
 
     async def save_schedule(self, name: str, *, expression: str, next_run: float) -> None:
@@ -262,12 +310,10 @@ class SqliteStore:
         return [writes.claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
 
     async def next_due(self, after: float) -> float | None:
-        # Pinned to the partial run_at index: left to itself SQLite picks jobs_status and
-        # scans every pending job (236 ms per call with a million of them).
-        rows = list(await self._read(
-            "SELECT run_at FROM jobs INDEXED BY jobs_pending_run_at WHERE status = 'pending' "
-            "AND run_at > ? ORDER BY run_at LIMIT 1", (after,)))
-        return float(rows[0][0]) if rows else None
+        # Through the writer, not the reader: the dispatcher queues it beside its claim, so
+        # it is answered in the same transaction without a hop of its own.
+        result: float | None = await self._write(partial(writes.next_due, after=after))
+        return result
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = list(await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)))  # noqa: S608
