@@ -508,18 +508,16 @@ class ForkServer:
             child.buffer.clear()
             return
         end = child.buffer.rfind(b"\n")
-        lines = bytes(child.buffer[:end + 1]) if end >= 0 else b""
         if end >= 0:
+            # Split on b"\n" only (not splitlines, which also splits on b"\r"): the host's
+            # framing is b"\n", so each forwarded line is exactly one line the child wrote.
+            lines = bytes(child.buffer[:end]).split(b"\n")
             del child.buffer[:end + 1]
-        prefix = b"%d " % child.key
-        out = []
-        for line in lines.splitlines(keepends=True):
-            if len(line) > self.limit:
+            if any(len(line) >= self.limit for line in lines):
                 return self._broken(child)
-            out.append(prefix + line)
-        if out:
-            self._write(b"".join(out))
-        if len(child.buffer) > self.limit:
+            prefix = b"%d " % child.key
+            self._write(b"".join(prefix + line + b"\n" for line in lines))
+        if len(child.buffer) >= self.limit:
             self._broken(child)
 
     def _broken(self, child: _Forked) -> None:
