@@ -418,3 +418,23 @@ async def test_normal_durability_commits_inline_and_keeps_the_wal_bounded(
         assert (await reopened.stats(NOW)).counts["pending"] == 2000
     finally:
         await reopened.close()
+
+
+async def test_job_counts_match_the_jobs_after_every_kind_of_insert(
+        store: SqliteStore, tmp_path: Path) -> None:
+    steps = [StepSpec(cls="C", method="run", args=[], kwargs={})] * 2
+    await ids(store, *[spec("A", i) for i in range(5)], *[spec("B", i) for i in range(3)])
+    await ids(store, spec("A", then=steps), spec("B", unique_key="k"))
+    await ids(store, spec("B", unique_key="k"))  # a duplicate: no new job, no count
+    await store.fire_schedule("s", expression="* * * * *", spec=spec("C"), next_run=NOW + 60,
+                              now=NOW)
+    (c,) = (await store.claim(NOW, 1, {"B": 0, "C": 0}))
+    await store.finish([done(c)])
+
+    counted = (await store.stats(NOW)).by_class
+    with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
+        rows = conn.execute("SELECT class, status, COUNT(*) FROM jobs GROUP BY 1, 2").fetchall()
+    actual = {(cls, status): n for cls, status, n in rows}
+    assert actual == {(cls, status): n for cls, by_status in counted.items()
+                      for status, n in by_status.items() if n}
+    assert actual[("A", "completed")] == 1 and actual[("C", "pending")] == 3

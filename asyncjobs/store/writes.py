@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,20 @@ INSERT_JOB = ("INSERT INTO jobs (class, method, args, kwargs, status, priority, 
               "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
+def insert_jobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert pending jobs (rows for ``INSERT_JOB``) and count them; return the last id.
+
+    Every insert into ``jobs`` goes through here: ``job_counts`` is kept by triggers for
+    updates and deletes, but by this bulk upsert for inserts (schema migration 4).
+    """
+    conn.executemany(INSERT_JOB, rows)
+    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+    per_class = Counter(row[0] for row in rows)
+    conn.executemany("INSERT INTO job_counts VALUES (?, 'pending', ?) ON CONFLICT (class, status) "
+                     "DO UPDATE SET n = n + excluded.n", per_class.items())
+    return last
+
+
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -43,8 +58,7 @@ def submit(conn: sqlite3.Connection, specs: Sequence[JobSpec], now: float) -> li
     if len(plain) == len(specs):
         # The common bulk case: one statement for the lot.  Ids come out consecutive
         # because this connection is the only writer (and AUTOINCREMENT never reuses one).
-        conn.executemany(INSERT_JOB, [_job_row(s, now) for s in specs])
-        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        last = insert_jobs(conn, [_job_row(s, now) for s in specs])
         return [Submitted(last - len(specs) + 1 + i, Status.PENDING) for i in range(len(specs))]
     return [_insert_one(conn, spec, now) for spec in specs]
 
@@ -62,13 +76,12 @@ def _insert_one(conn: sqlite3.Connection, spec: JobSpec, now: float) -> Submitte
                            "('pending', 'running')", (spec.unique_key,)).fetchone()
         if row is not None:
             return Submitted(row[0], Status(row[1]), duplicate=True)
-    job_id = conn.execute(INSERT_JOB, _job_row(spec, now)).lastrowid
-    assert job_id is not None
+    job_id = insert_jobs(conn, [_job_row(spec, now)])
     if spec.then:
         conn.execute("UPDATE jobs SET chain_id = ?, chain_pos = 0 WHERE id = ?",
                      (job_id, job_id))
         # Later steps wait with run_at NULL (never due) until their predecessor completes.
-        conn.executemany(INSERT_JOB, [
+        insert_jobs(conn, [
             (step.cls, step.method, dumps(list(step.args)), dumps(dict(step.kwargs)),
              spec.priority.rank, None, spec.timeout, spec.max_attempts, now, job_id, pos, None)
             for pos, step in enumerate(spec.then, start=1)])
