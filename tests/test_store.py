@@ -420,21 +420,66 @@ async def test_normal_durability_commits_inline_and_keeps_the_wal_bounded(
         await reopened.close()
 
 
-async def test_job_counts_match_the_jobs_after_every_kind_of_insert(
+def _counts_on_disk(path: Path, *, minutes_too: bool) -> dict[tuple[str, str], int]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT class, status, COUNT(*) FROM jobs GROUP BY 1, 2").fetchall()
+        minutes = conn.execute("SELECT SUM(completed), SUM(failed) FROM attempt_minutes").fetchone()
+        ended = conn.execute("SELECT SUM(outcome = 'completed'), SUM(outcome <> 'completed') "
+                             "FROM attempts WHERE outcome IS NOT NULL").fetchone()
+    if minutes_too:  # the per-minute throughput counts every ended attempt once (until pruned)
+        assert minutes == ended
+    return {(cls, status): n for cls, status, n in rows}
+
+
+async def _assert_counts_match(store: SqliteStore, path: Path, *, minutes_too: bool = True,
+                               ) -> dict[tuple[str, str], int]:
+    counted = (await store.stats(NOW)).by_class
+    actual = _counts_on_disk(path, minutes_too=minutes_too)
+    assert actual == {(cls, status): n for cls, by_status in counted.items()
+                      for status, n in by_status.items() if n}
+    return actual
+
+
+async def test_job_counts_match_the_jobs_through_every_transition(
         store: SqliteStore, tmp_path: Path) -> None:
+    # job_counts and attempt_minutes are kept partly by triggers, partly by bulk writes
+    # (inserts, claims, finishes): whatever path a job takes, they must equal a recount.
+    db = tmp_path / "jobs.db"
     steps = [StepSpec(cls="C", method="run", args=[], kwargs={})] * 2
     await ids(store, *[spec("A", i) for i in range(5)], *[spec("B", i) for i in range(3)])
-    await ids(store, spec("A", then=steps), spec("B", unique_key="k"))
+    (chain,) = await ids(store, spec("A", then=steps))
+    await ids(store, spec("B", unique_key="k"))
     await ids(store, spec("B", unique_key="k"))  # a duplicate: no new job, no count
     await store.fire_schedule("s", expression="* * * * *", spec=spec("C"), next_run=NOW + 60,
                               now=NOW)
-    (c,) = (await store.claim(NOW, 1, {"B": 0, "C": 0}))
-    await store.finish([done(c)])
+    await _assert_counts_match(store, db)
 
-    counted = (await store.stats(NOW)).by_class
+    a1, a2, a3, a4 = await store.claim(NOW, 4, {})
+    not_started = Finished(a4, Outcome(OutcomeKind.INTERRUPTED, started=False),
+                           Transition(Status.PENDING, counts=False), NOW + 1)
+    await store.finish([done(a1), failed(a2), failed(a3, Status.PENDING, NOW + 5), not_started])
+    await _assert_counts_match(store, db)
+
+    await store.retry(a2.id, NOW + 2)  # failed -> pending (trigger)
+    pending_b = (await store.list_jobs(status=Status.PENDING, cls="B")).jobs[0].id
+    await store.cancel(pending_b, NOW + 2, "no")  # pending -> cancelled (trigger)
+    claimed = await store.claim(NOW + 10, 20, {})
+    head = next(c for c in claimed if c.id == chain)
+    rest = [c for c in claimed if c.id != chain]
+    await store.finish([failed(head)] + [done(c) for c in rest])  # breaks the chain (trigger)
+    await _assert_counts_match(store, db)
+    assert await store.prune(NOW + 100, [Status.COMPLETED], 3) == 3  # delete (trigger)
+    actual = await _assert_counts_match(store, db, minutes_too=False)
+    assert actual[("C", "cancelled")] == 2 and ("A", "running") not in actual
+
+
+async def test_a_finish_that_misses_a_job_recounts_its_class(store: SqliteStore,
+                                                              tmp_path: Path) -> None:
+    await ids(store, spec("A"), spec("A"))
+    c1, c2 = await store.claim(NOW, 2, {})
+
     with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
-        rows = conn.execute("SELECT class, status, COUNT(*) FROM jobs GROUP BY 1, 2").fetchall()
-    actual = {(cls, status): n for cls, status, n in rows}
-    assert actual == {(cls, status): n for cls, by_status in counted.items()
-                      for status, n in by_status.items() if n}
-    assert actual[("A", "completed")] == 1 and actual[("C", "pending")] == 3
+        conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (c2.id,))
+        conn.commit()
+    await store.finish([done(c1), done(c2)])  # c2 is no longer running: a missed CAS
+    await _assert_counts_match(store, tmp_path / "jobs.db")

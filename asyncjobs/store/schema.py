@@ -109,4 +109,18 @@ MIGRATIONS: list[str] = [
     """
     DROP TRIGGER job_counts_insert;
     """,
+    # 5: the two hot transitions (pending -> running in a claim, running -> anything in a
+    # finish) and the per-minute attempt counts are counted by those writes in bulk
+    # (writes.move_counts, writes.count_minutes); the trigger keeps the rare ones.
+    """
+    DROP TRIGGER attempt_minutes_count;
+    DROP TRIGGER job_counts_update;
+    CREATE TRIGGER job_counts_update AFTER UPDATE OF status ON jobs
+    WHEN OLD.status <> NEW.status AND OLD.status <> 'running' AND NEW.status <> 'running'
+    BEGIN
+        UPDATE job_counts SET n = n - 1 WHERE class = OLD.class AND status = OLD.status;
+        INSERT INTO job_counts VALUES (NEW.class, NEW.status, 1)
+            ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
+    END;
+    """,
 ]

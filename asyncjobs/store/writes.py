@@ -32,15 +32,33 @@ INSERT_JOB = ("INSERT INTO jobs (class, method, args, kwargs, status, priority, 
 def insert_jobs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
     """Insert pending jobs (rows for ``INSERT_JOB``) and count them; return the last id.
 
-    Every insert into ``jobs`` goes through here: ``job_counts`` is kept by triggers for
-    updates and deletes, but by this bulk upsert for inserts (schema migration 4).
+    Every insert into ``jobs`` goes through here (see :func:`adjust_counts`).
     """
     conn.executemany(INSERT_JOB, rows)
     last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-    per_class = Counter(row[0] for row in rows)
-    conn.executemany("INSERT INTO job_counts VALUES (?, 'pending', ?) ON CONFLICT (class, status) "
-                     "DO UPDATE SET n = n + excluded.n", per_class.items())
+    adjust_counts(conn, Counter((row[0], "pending") for row in rows))
     return last
+
+
+def adjust_counts(conn: sqlite3.Connection, deltas: Mapping[tuple[str, str], int]) -> None:
+    """Add ``deltas`` to ``job_counts``, one statement for the lot.
+
+    The counts of inserts, claims (pending -> running) and finishes (running -> anything)
+    are kept here, in bulk: a trigger firing per row was a third of those writes' cost.
+    A trigger still keeps the rare changes (cancel, retry, a broken chain, prune): see
+    schema migrations 4 and 5.
+    """
+    conn.executemany("INSERT INTO job_counts VALUES (?, ?, ?) ON CONFLICT (class, status) "
+                     "DO UPDATE SET n = n + excluded.n",
+                     [(cls, status, n) for (cls, status), n in deltas.items() if n])
+
+
+def _moves(moved: Counter[tuple[str, str, str]]) -> Counter[tuple[str, str]]:
+    deltas: Counter[tuple[str, str]] = Counter()
+    for (cls, old, new), n in moved.items():
+        deltas[cls, old] -= n
+        deltas[cls, new] += n
+    return deltas
 
 
 def dumps(value: Any) -> str:
@@ -114,6 +132,7 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
             [(now, c.id) for c in claimed])
         conn.executemany("INSERT INTO attempts (job_id, number, started_at) VALUES (?, ?, ?)",
                          [(c.id, c.attempt, now) for c in claimed])
+        adjust_counts(conn, _moves(Counter((c.cls, "pending", "running") for c in claimed)))
     return claimed
 
 
@@ -171,9 +190,14 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
         "runs = runs - ?, interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
         "WHEN 'keep' THEN interruptions ELSE 0 END WHERE id = ? AND status = 'running'",
         [_job_update(f) for f in finished]).rowcount
-    if changed != len(finished):  # a compare-and-set missed: someone else moved a job
+    if changed == len(finished):
+        adjust_counts(conn, _moves(Counter((f.claimed.cls, "running", f.transition.status.value)
+                                           for f in finished)))
+    else:  # a compare-and-set missed: someone else moved a job; which ones is unknown
         log.error("finish: %d of %d job(s) were no longer running: %s", len(finished) - changed,
                   len(finished), [f.claimed.id for f in finished])
+        recount(conn, {f.claimed.cls for f in finished})
+    _count_minutes(conn, finished)
     advanced: list[int] = []
     for f in finished:
         if f.claimed.chain_id is None:
@@ -183,6 +207,27 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
         elif f.transition.status in TERMINAL:
             break_chain(conn, f.claimed.id, f.transition.status, f.at)
     return advanced
+
+
+def recount(conn: sqlite3.Connection, classes: set[str]) -> None:
+    """Count the jobs of ``classes`` afresh (a scan: only when the bulk counts cannot tell)."""
+    for cls in classes:
+        conn.execute("DELETE FROM job_counts WHERE class = ?", (cls,))
+        conn.execute("INSERT INTO job_counts SELECT class, status, COUNT(*) FROM jobs "
+                     "WHERE class = ? GROUP BY status", (cls,))
+
+
+def _count_minutes(conn: sqlite3.Connection, finished: Sequence[Finished]) -> None:
+    """Add the ended attempts to ``attempt_minutes`` (the dashboard's throughput)."""
+    per_minute: dict[int, list[int]] = {}
+    for f in finished:
+        if f.outcome.started:
+            counts = per_minute.setdefault(int(f.at // 60) * 60, [0, 0])
+            counts[f.outcome.kind is not OutcomeKind.COMPLETED] += 1
+    conn.executemany("INSERT INTO attempt_minutes VALUES (?, ?, ?) ON CONFLICT (minute) DO "
+                     "UPDATE SET completed = completed + excluded.completed, "
+                     "failed = failed + excluded.failed",
+                     [(minute, c, f) for minute, (c, f) in per_minute.items()])
 
 
 def _job_update(f: Finished) -> tuple[Any, ...]:
