@@ -157,8 +157,9 @@ class ForkServerProcess:
         code: int | None = None
         with contextlib.suppress(TimeoutError):
             code = await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
-        why = (f"the fork server {describe_exit(code)} while this attempt ran"
-               if code is not None else "the fork server went away while this attempt ran")
+        why = ("the fork server went away"
+               + (f" ({describe_exit(code)})" if code is not None else "")
+               + " while this attempt ran")
         log.error("fork server %s: %s (%d attempts)", self.proc.pid, why, len(handles))
         for handle in handles.values():
             handle.on_exited(None, why)

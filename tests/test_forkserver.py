@@ -53,6 +53,13 @@ class State:
     def touch(self):
         calls.append(os.getpid())
         return {"pid": os.getpid(), "calls": len(calls)}
+
+    def inherited(self):
+        """What the child had loaded before its job's module (which imports only os)."""
+        import sys
+        return sorted(name for name in sys.modules
+                      if name.startswith(("asyncio", "jobs_fixture", "faultjobs", "aiohttp",
+                                          "aiosqlite", "sqlite3")))
 '''
 
 
@@ -68,7 +75,7 @@ def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
                     ignore=shutil.ignore_patterns("__pycache__"))
     return make_settings({
         **DEFAULT_JOBS,
-        "State": {"module": "statejobs", "methods": ["touch"]},
+        "State": {"module": "statejobs", "methods": ["touch", "inherited"]},
         "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
     })
 
@@ -131,6 +138,13 @@ async def test_one_server_serves_every_attempt_and_imports_no_job(
     # inherited from the server or from a sibling.
     marker = tmp_path / "jobs_fixture" / "imported.marker"
     assert marker.read_text().splitlines() == ["imported"] * 3
+
+
+async def test_the_server_never_loaded_asyncio_or_any_job(launcher: SubprocessLauncher) -> None:
+    await run(launcher, job("Ok", "run"))  # another job module, imported by its child only
+    outcome = await run(launcher, job("State", "inherited"))
+
+    assert (outcome.kind, outcome.result) == (OutcomeKind.COMPLETED, [])
 
 
 async def test_the_allow_list_is_rechecked_in_the_child(launcher: SubprocessLauncher,
@@ -277,7 +291,7 @@ async def test_a_killed_fork_server_crashes_its_attempts_and_is_replaced(
         assert outcome.kind is OutcomeKind.CRASHED
         assert outcome.error is not None and outcome.error.type == "WorkerCrashed"
         assert outcome.error.message \
-            == "the fork server killed by signal SIGKILL while this attempt ran"
+            == "the fork server went away (killed by signal SIGKILL) while this attempt ran"
     for pid in children:
         await wait_gone(pid)  # orphans are not left running
     after = await run(launcher, job("Ok", "pid"))
