@@ -20,9 +20,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from asyncjobs.testing import ServeProcess
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,54 +73,7 @@ def write_config(workdir: Path) -> Path:
     return path
 
 
-class Server:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.data = config.parent / "data"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.token = ""
-
-    async def start(self) -> None:
-        (self.data / "host.json").unlink(missing_ok=True)
-        env = {**os.environ, "ASYNCJOBS_PORT": "0"}
-        log = open(self.config.parent / "serve.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncjobs", "serve", "--config", str(self.config)],
-            env=env, stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}; see serve.log")
-            try:
-                self.url = json.loads((self.data / "host.json").read_text())["url"]
-                self.token = (self.data / "token").read_text().strip()
-                return
-            except (OSError, ValueError, KeyError):
-                await asyncio.sleep(0.02)
-        raise RuntimeError("serve did not start within 20 s")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-async def submit_stream(server: Server, session: aiohttp.ClientSession, record: Path,
+async def submit_stream(server: ServeProcess, session: aiohttp.ClientSession, record: Path,
                         acked: dict[str, int], counter: list[int], rng: random.Random,
                         stop: asyncio.Event, report: Report) -> None:
     """Submit jobs one by one until ``stop``; remember each key acknowledged with 201."""
@@ -135,7 +88,7 @@ async def submit_stream(server: Server, session: aiohttp.ClientSession, record: 
             body["delay"] = rng.choice([0.05, 0.2])
         try:
             async with session.post(f"{server.url}/api/jobs", json=body,
-                                    headers=server.headers) as resp:
+                                    headers=server.auth_headers) as resp:
                 if resp.status == 201:
                     acked[key] = (await resp.json())["id"]
                 else:
@@ -145,10 +98,11 @@ async def submit_stream(server: Server, session: aiohttp.ClientSession, record: 
             await asyncio.sleep(0.01)
 
 
-async def wait_settled(server: Server, session: aiohttp.ClientSession, timeout: float) -> None:
+async def wait_settled(server: ServeProcess, session: aiohttp.ClientSession,
+                       timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        async with session.get(f"{server.url}/api/stats", headers=server.headers) as resp:
+        async with session.get(f"{server.url}/api/stats", headers=server.auth_headers) as resp:
             counts = (await resp.json())["counts"]
         if counts["pending"] == 0 and counts["running"] == 0:
             return
@@ -156,12 +110,12 @@ async def wait_settled(server: Server, session: aiohttp.ClientSession, timeout: 
     raise RuntimeError(f"jobs did not settle within {timeout} s: {counts}")
 
 
-async def fetch_jobs(server: Server, session: aiohttp.ClientSession,
+async def fetch_jobs(server: ServeProcess, session: aiohttp.ClientSession,
                      ids: list[int]) -> dict[int, Any]:
     jobs: dict[int, Any] = {}
     for job_id in ids:
         async with session.get(f"{server.url}/api/jobs/{job_id}",
-                               headers=server.headers) as resp:
+                               headers=server.auth_headers) as resp:
             if resp.status == 200:
                 jobs[job_id] = await resp.json()
     return jobs
@@ -195,13 +149,13 @@ async def crash_test(workdir: Path, *, kills: int, seed: int = 1,
     report = Report()
     config = write_config(workdir)
     record = workdir / "record.txt"
-    server = Server(config)
+    server = ServeProcess(config)  # its output: workdir/serve.log
     acked: dict[str, int] = {}
     counter = [0]
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(kills):
-                await server.start()
+                await asyncio.to_thread(server.start)
                 stop = asyncio.Event()
                 stream = asyncio.create_task(submit_stream(server, session, record, acked,
                                                            counter, rng, stop, report))
@@ -210,7 +164,7 @@ async def crash_test(workdir: Path, *, kills: int, seed: int = 1,
                 report.kills += 1
                 stop.set()
                 await stream
-            await server.start()
+            await asyncio.to_thread(server.start)
             await wait_settled(server, session, timeout=120)
             jobs = await fetch_jobs(server, session, sorted(acked.values()))
     finally:
