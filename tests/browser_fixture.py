@@ -9,18 +9,15 @@ one-second shutdown grace (so stopping the host does not wait for SlowJobs).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from asyncjobs.testing import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,16 +32,18 @@ class ApiFailure(Exception):
         self.body = body
 
 
-@dataclass
-class Server:
-    """A running host: its URL, bearer token and process."""
+class Server(ServeProcess):
+    """A host on a copy of the shipped project in ``project`` (made on first use): its URL,
+    bearer token and process, and the API calls the browser tests make."""
 
-    url: str
-    token: str
-    project: Path
-    data_dir: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    def __init__(self, project: Path, *, port: int = 0) -> None:
+        if not (project / "config.json").exists():
+            make_project(project)
+        (project / "tmp").mkdir(exist_ok=True)
+        # TMPDIR: FlakyJob keeps its failure count there.
+        super().__init__(project / "config.json", env={"TMPDIR": str(project / "tmp")},
+                         port=port, start_timeout=START_TIMEOUT, stop_timeout=8.0)
+        self.project = project
 
     def request(self, method: str, path: str, body: Any = None, *,
                 timeout: float = 10.0) -> Any:
@@ -89,23 +88,12 @@ class Server:
 
     def crash(self) -> None:
         """SIGKILL the host, as a power cut would."""
-        self.process.kill()
-        self.process.wait()
+        self.kill()
 
     def restart(self) -> None:
         """Start the host again on the same port and data (after :meth:`crash`)."""
-        again = start_server(self.project, port=urlsplit(self.url).port or 0)
-        self.process, self.url, self.token = again.process, again.url, again.token
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if the host has not gone within a few seconds."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        self.port = urlsplit(self.url).port or 0
+        self.start()
 
 
 def make_project(directory: Path) -> Path:
@@ -124,42 +112,7 @@ def make_project(directory: Path) -> Path:
 def start_server(directory: Path, *, port: int = 0) -> Server:
     """``asyncjobs serve`` in a copy of the shipped project (made on first use), on ``port``
     (0: a free one).  Starting again on the same directory restarts on the same data."""
-    config = directory / "config.json"
-    if not config.exists():
-        make_project(directory)
-    settings = json.loads(config.read_text())
-    data_dir = directory / settings.get("data_dir", ".asyncjobs")
-    (data_dir / "host.json").unlink(missing_ok=True)  # so we wait for this run's URL
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
-    env["ASYNCJOBS_PORT"] = str(port)
-    env["TMPDIR"] = str(directory / "tmp")  # FlakyJob keeps its failure count there
-    (directory / "tmp").mkdir(exist_ok=True)
-    log_path = directory / "serve.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "asyncjobs", "serve", "--config", str(config)],
-            cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = _wait_for_url(process, data_dir / "host.json", log_path)
-    token = (data_dir / "token").read_text().strip()
-    return Server(url=url, token=token, project=directory, data_dir=data_dir, process=process,
-                  log_path=log_path)
-
-
-def _wait_for_url(process: subprocess.Popen[bytes], host_file: Path, log_path: Path) -> str:
-    """The URL from ``host.json`` once the host has written it (whole)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            url: str = json.loads(host_file.read_text())["url"]
-            return url
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            raise RuntimeError(f"asyncjobs serve did not start:\n{log_path.read_text()}")
-        time.sleep(0.05)
+    return Server(directory, port=port).start()
 
 
 def launch_chromium(playwright: Any) -> Any:

@@ -10,16 +10,12 @@ Test modules wrap :func:`serve` and :func:`in_process` in fixtures of their own 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import http.client
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,9 +23,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from asyncjobs.api import build_app
-from asyncjobs.client import AsyncJobsClient
 from asyncjobs.config import load_settings
 from asyncjobs.host import Host
+from asyncjobs.testing import ServeProcess, clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,65 +84,17 @@ def make_project(directory: Path, **overrides: Any) -> Path:
     return path
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any ASYNCJOBS_* the developer may have set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
-    env.update(extra)
-    return env
-
-
-class ServedHost:
-    """``asyncjobs serve`` in a subprocess on a free port; stopped by PID."""
+class ServedHost(ServeProcess):
+    """:class:`ServeProcess` on a fresh test project in ``directory``, with the plain-HTTP
+    and CLI helpers the tests use."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.config = make_project(directory)
-        self.data_dir = directory / ".asyncjobs"
-        self.url = ""
-        self.token = ""
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 20.0) -> None:
-        log = (self.directory / "serve.log").open("ab")
         # TMPDIR: the shipped FlakyJob keeps its counters there.
-        env = clean_env(ASYNCJOBS_PORT="0", TMPDIR=str(self.directory))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncjobs", "serve", "--config", str(self.config)],
-            cwd=self.directory, env=env, stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
-            host_file = self.data_dir / "host.json"
-            if host_file.exists():
-                self.url = json.loads(host_file.read_text())["url"]
-                self.token = (self.data_dir / "token").read_text().strip()
-                if self.request("GET", "/api/health")[0] == 200:
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"serve did not come up in {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def log(self) -> str:
-        path = self.directory / "serve.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def client(self) -> AsyncJobsClient:
-        return AsyncJobsClient(self.url, self.token)
+        super().__init__(make_project(directory), env={"TMPDIR": str(directory)},
+                         stop_timeout=10.0)
 
     def headers(self, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}", **extra}
+        return {**self.auth_headers, **extra}
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None,
@@ -173,17 +121,10 @@ class ServedHost:
 
 @contextlib.contextmanager
 def serve(directory: Path) -> Iterator[ServedHost]:
-    """A started real host in ``directory``, stopped (SIGTERM, then SIGKILL) at the end."""
-    host = ServedHost(directory)
-    # Also at interpreter exit: a test run that dies mid-way (say, on a broken stdout pipe)
-    # must not leave an orphaned host behind.
-    atexit.register(host.stop)
-    try:
-        host.start()
+    """A started real host in ``directory``, stopped (SIGTERM, then SIGKILL) at the end;
+    also at interpreter exit, should the test run die mid-way."""
+    with ServedHost(directory) as host:
         yield host
-    finally:
-        host.stop()
-        atexit.unregister(host.stop)
 
 
 class InProcess:

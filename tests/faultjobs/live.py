@@ -1,21 +1,20 @@
 """A real ``asyncjobs serve`` subprocess on a loopback port, for end-to-end fault tests.
 
-Every wait here is bounded.  The server is only ever stopped by its own PID.
+The process itself is :class:`asyncjobs.testing.ServeProcess` (every wait bounded, stopped
+only by its own PID); this module adds the hostile-jobs project and a few API helpers.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from asyncjobs.testing import ServeProcess
 
 HERE = Path(__file__).resolve().parent
 HOSTILE = "faultjobs.hostile"
@@ -58,80 +57,33 @@ def fault_classes(*names: str, **extra: Any) -> dict[str, Any]:
     return jobs
 
 
-class LiveServe:
-    """``asyncjobs serve --config <config>`` with ``ASYNCJOBS_PORT=0``; URL from host.json."""
+class LiveServe(ServeProcess):
+    """:class:`ServeProcess` with an optional Python prelude run in the serve process itself
+    (say, ignore SIGXFSZ) before ``serve``."""
 
     def __init__(self, config: Path, *, env: dict[str, str] | None = None,
                  python_prelude: str | None = None) -> None:
-        self.config = config
-        self.data = config.parent / "data"
-        self.env = env or {}
+        super().__init__(config, env=env)
         self.prelude = python_prelude
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.token = ""
-        self.log_path = config.parent / "serve.log"
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def data(self) -> Path:
+        return self.data_dir
+
+    @data.setter
+    def data(self, path: Path) -> None:
+        self.data_dir = path
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return self.auth_headers
 
     def command(self) -> list[str]:
         if self.prelude is None:
-            return [sys.executable, "-m", "asyncjobs", "serve", "--config", str(self.config)]
-        # Runs the prelude (say, ignore SIGXFSZ) in the serve process itself, then serve.
+            return super().command()
         code = (f"{self.prelude}\nimport sys\nfrom asyncjobs.cli import main\n"
                 f"sys.exit(main(['serve', '--config', {str(self.config)!r}]))")
         return [sys.executable, "-c", code]
-
-    def start(self, timeout: float = 20.0) -> LiveServe:
-        (self.data / "host.json").unlink(missing_ok=True)
-        env = {**os.environ, "ASYNCJOBS_PORT": "0", **self.env}
-        env.pop("ASYNCJOBS_TOKEN", None)
-        env.pop("ASYNCJOBS_URL", None)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log,
-                                         cwd=self.config.parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                self.url = json.loads((self.data / "host.json").read_text())["url"]
-                self.token = (self.data / "token").read_text().strip()
-                return self
-            except (OSError, ValueError, KeyError):
-                time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"serve did not start within {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (a clean shutdown), SIGKILL if it does not exit in ``timeout``."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
 
     def rss_kb(self) -> int:
         """The serve process's resident set size now, from /proc/<pid>/status."""
@@ -139,15 +91,6 @@ class LiveServe:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
-
-    def __enter__(self) -> LiveServe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if exc[0] is not None:
-            # Shown by pytest with the failure: what the host said while it went wrong.
-            print(f"--- serve.log (tail) ---\n{self.log()[-8000:]}")
 
 
 async def submit(session: aiohttp.ClientSession, serve: LiveServe, cls: str, method: str,
