@@ -28,9 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from crash import Server
+from asyncjobs.testing import ServeProcess
 
 NOOP_JOB = '''
 class Noop:
@@ -107,7 +105,7 @@ async def sample_rss(pid: int, samples: list[int], stop: asyncio.Event,
             await asyncio.wait_for(stop.wait(), interval)
 
 
-async def client(server: Server, session: aiohttp.ClientSession, numbers: range, batch: int,
+async def client(server: ServeProcess, session: aiohttp.ClientSession, numbers: range, batch: int,
                  acked: list[int], report: LoadReport) -> None:
     """Submit ``numbers`` as jobs, one per request (batch 1) or ``batch`` per request."""
     step = max(1, batch)
@@ -120,7 +118,7 @@ async def client(server: Server, session: aiohttp.ClientSession, numbers: range,
                     url, payload = f"{server.url}/api/jobs/batch", {"jobs": bodies}
                 else:
                     url, payload = f"{server.url}/api/jobs", bodies[0]
-                async with session.post(url, json=payload, headers=server.headers) as resp:
+                async with session.post(url, json=payload, headers=server.auth_headers) as resp:
                     data = await resp.json()
                     if resp.status == 201:
                         acked.extend(data["ids"] if batch > 1 else [data["id"]])
@@ -133,12 +131,12 @@ async def client(server: Server, session: aiohttp.ClientSession, numbers: range,
             report.notes.append(f"gave up on jobs {chunk.start}..{chunk.stop - 1}")
 
 
-async def wait_done(server: Server, session: aiohttp.ClientSession, expected: int,
+async def wait_done(server: ServeProcess, session: aiohttp.ClientSession, expected: int,
                     timeout: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
-        async with session.get(f"{server.url}/api/stats", headers=server.headers) as resp:
+        async with session.get(f"{server.url}/api/stats", headers=server.auth_headers) as resp:
             counts = (await resp.json())["counts"]
         finished = counts["completed"] + counts["failed"] + counts["cancelled"]
         if finished >= expected and counts["pending"] == 0 and counts["running"] == 0:
@@ -169,14 +167,13 @@ async def load_test(workdir: Path, *, jobs: int = 20_000, clients: int = 8, batc
                     sample_interval: float = 0.05) -> LoadReport:
     report = LoadReport(jobs=jobs, clients=clients, batch=batch, workers=workers,
                         max_rss_mb=max_rss_mb)
-    server = Server(write_config(workdir, workers))
+    server = ServeProcess(write_config(workdir, workers))
     acked: list[int] = []
     samples: list[int] = []
     stop_sampling = asyncio.Event()
     try:
-        await server.start()
-        assert server.proc is not None
-        pid = server.proc.pid
+        await asyncio.to_thread(server.start)
+        pid = server.pid
         report.rss_start_mb = round(status_kb(pid, "VmRSS") / 1024, 1)
         sampler = asyncio.create_task(sample_rss(pid, samples, stop_sampling, sample_interval))
         connector = aiohttp.TCPConnector(limit=clients * 2)
