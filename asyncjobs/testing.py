@@ -118,7 +118,10 @@ class ServeProcess:
             raise RuntimeError(f"the host is already running (pid {self.pid})")
         timeout = self.start_timeout if timeout is None else timeout
         host_file = self.data_dir / "host.json"
-        host_file.unlink(missing_ok=True)  # so we wait for this run's URL, not the last one's
+        # So that we wait for this run's URL, not the last one's.  (No directory, or not a
+        # directory: serve will say so in its log.)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            host_file.unlink()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), cwd=self.directory,
                                          env=self.environment(), stdout=log, stderr=log)
