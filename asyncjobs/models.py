@@ -250,12 +250,14 @@ def iso(ts: float | None) -> str | None:
     second, micro = int(whole), round(fraction * 1_000_000)
     if micro >= 1_000_000:
         second, micro = second + 1, micro - 1_000_000
+    elif micro < 0:  # before 1970: the fraction counts back from the next second
+        second, micro = second - 1, micro + 1_000_000
     prefix = _ISO_SECONDS.get(second)
     if prefix is None:
         if len(_ISO_SECONDS) >= 256:
             _ISO_SECONDS.clear()
         prefix = _ISO_SECONDS[second] = dt.datetime.fromtimestamp(
-            second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            second, dt.UTC).isoformat(timespec="seconds")[:-6]
     return f"{prefix}.{micro // 1000:03d}Z"
 
 

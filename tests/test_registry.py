@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -151,3 +152,16 @@ def test_class_and_method_are_required(settings: Settings, missing: str) -> None
         parse_submit(settings, body, NOW)
 
     assert info.value.field == missing
+
+
+@pytest.mark.parametrize("ts", [
+    0.0, 1_800_000_000.0, 1_800_000_000.0005, 1_800_000_000.9999996, 1_700_000_000.2079995,
+    -0.0005, -1e-7, -1.5, -1_000_000_000.9999996, -51_931_368_926.7405,  # year 324
+    253_402_300_799.999,  # 9999-12-31T23:59:59.999
+])
+def test_iso_matches_datetime_everywhere(ts: float) -> None:
+    # iso() caches the part down to the second; it must still agree with datetime's own
+    # formatting (rounding, years before 1000, before 1970) on every timestamp.
+    expected = dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
+    assert iso(ts) == expected[:-6] + "Z"
+    assert iso(ts) == iso(ts)  # the cached prefix gives the same answer
