@@ -116,7 +116,8 @@ class WorkerProcess:
     when a worker dies, every attempt behind the running one has not started and is simply
     requeued on another worker.  A single reader task turns channel lines into progress
     callbacks and settles the running attempt's future; a timeout timer starts only when an
-    attempt reaches the head of the queue.
+    attempt reaches the head of the queue.  What is sent in one turn of the event loop goes
+    out in one write: a write per job cost ~45 us, mostly waking the child once per job.
     """
 
     def __init__(self, proc: asyncio.subprocess.Process, output: IO[bytes], path: Path, *,
@@ -135,6 +136,7 @@ class WorkerProcess:
         # Jobs this worker already answered for: a late or forged second answer from one of
         # them is the job's own doing and is ignored, never blamed on the job behind it.
         self._answered: deque[int] = deque(maxlen=2 * PIPELINE_DEPTH)
+        self._outbox: list[bytes] = []  # written together at the end of this loop turn
         self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
 
     @classmethod
@@ -195,9 +197,23 @@ class WorkerProcess:
         if slot.skip_pending or slot.turn.done() or slot not in self.queue:
             return
         slot.skip_pending = True
-        assert self.proc.stdin is not None
+        self._post(encode_skip(slot.job.id))
+
+    def _post(self, message: bytes) -> None:
+        """Queue ``message`` for the worker's stdin, in order with everything sent before."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(message)
+
+    def _flush(self) -> None:
+        if not self._outbox or self.proc.stdin is None or self.proc.stdin.is_closing():
+            self._outbox.clear()
+            return
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        # On a broken pipe the reader sees the channel end and settles the attempts.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.proc.stdin.write(encode_skip(slot.job.id))
+            self.proc.stdin.write(data)
 
     def stealable(self) -> tuple[_Slot, float] | None:
         """The last attempt queued behind the running one, and since when that one runs."""
@@ -233,10 +249,7 @@ class WorkerProcess:
             self._answered.remove(slot.job.id)
         self.queue.append(slot)
         self.sent += 1
-        assert self.proc.stdin is not None
-        # On a broken pipe the reader sees the channel end and settles the slot.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.proc.stdin.write(encode_job(slot.job))
+        self._post(encode_job(slot.job))
         if len(self.queue) == 1:
             self._begin(slot)
 
@@ -359,6 +372,7 @@ class WorkerProcess:
     async def close(self) -> None:
         """Let the worker exit on end of input, or kill it; then remove its capture file."""
         if self.proc.returncode is None and not self.broken and self.proc.stdin is not None:
+            self._flush()
             self.proc.stdin.close()
             try:
                 await asyncio.wait_for(self.proc.wait(), self.grace)
