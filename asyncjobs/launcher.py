@@ -38,7 +38,7 @@ from .worker import message_limit
 log = logging.getLogger("asyncjobs.launcher")
 
 ALLOW_LIST = "allow.json"
-PIPELINE_DEPTH = 4  # attempts sent ahead to one warm worker (see WorkerProcess)
+PIPELINE_DEPTH = 8  # attempts sent ahead to one warm worker (see WorkerProcess)
 STEAL_AFTER = 0.05  # seconds a job must have run before an idle worker takes what waits behind it
 
 ProgressCallback = Callable[[int, float, "str | None"], None]
