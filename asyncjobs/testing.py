@@ -39,7 +39,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -164,7 +163,7 @@ class ServeProcess:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)  # send_signal does nothing once reaped
+            self.proc.kill()  # SIGKILL (TerminateProcess on Windows); a no-op once reaped
             try:
                 self.proc.wait(self.kill_timeout)
             except subprocess.TimeoutExpired:
@@ -178,7 +177,7 @@ class ServeProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.terminate()  # SIGTERM: the host's clean shutdown
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(self.stop_timeout if timeout is None else timeout)
         self.kill()  # a no-op if SIGTERM was enough
