@@ -25,7 +25,8 @@ async def run_once(settings: Settings, cls: str, method: str, args: Sequence[JSO
         body["timeout"] = timeout
     spec = registry.parse_submit(settings, body, SystemClock().now())
     with tempfile.TemporaryDirectory(prefix="asyncjobs-run-") as tmp:
-        launcher = SubprocessLauncher(settings, Path(tmp))
+        # One job: a fork server would only add a process start before its fork.
+        launcher = SubprocessLauncher(settings, Path(tmp), fork=False)
         claimed = Claimed(id=0, cls=spec.cls, method=spec.method, args=spec.args,
                           kwargs=spec.kwargs, attempt=1, attempts=1, max_attempts=1,
                           timeout=spec.timeout, interruptions=0)
