@@ -264,6 +264,39 @@ async def http_latency(served: Served, work: Path, n: int, rate: float) -> dict[
             "http_p99_ms": percentile(response_times, 99) * 1000}
 
 
+def raw_single_submits(served: Served, body: bytes, k: int) -> float:
+    """``k`` single submits, one at a time, from a minimal client: one keep-alive socket and
+    a request built once.  The aiohttp client spends about as much CPU per request as the
+    host does, so this shows what the host itself sustains."""
+    import socket  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    where = urlsplit(served.url)
+    request = (f"POST /api/jobs HTTP/1.1\r\nHost: {where.netloc}\r\n"
+               f"Authorization: Bearer {served.token}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection((where.hostname, where.port)) as sock, \
+            sock.makefile("rb") as reply:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def one() -> None:
+            sock.sendall(request)
+            status, length = reply.readline(), 0
+            while (line := reply.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            reply.read(length)
+            if b" 201 " not in status:
+                raise RuntimeError(f"raw submit: {status!r}")
+
+        for _ in range(50):
+            one()
+        t0 = time.perf_counter()
+        for _ in range(k):
+            one()
+        return k / (time.perf_counter() - t0)
+
+
 async def http_submits(served: Served, sizes: Sizes) -> dict[str, Any]:
     """Single submits from one client, from 8 clients, and batches of 500: jobs/s."""
     import aiohttp  # noqa: PLC0415
@@ -285,6 +318,12 @@ async def http_submits(served: Served, sizes: Sizes) -> dict[str, Any]:
             await _post(session, url, body(i))
         elapsed = time.perf_counter() - t0
         out["single"] = {"rate": k / elapsed, "host_cpu": (proc_cpu(pid) - c0) / elapsed}
+
+        c0, t0 = proc_cpu(pid), time.perf_counter()
+        rate = await asyncio.to_thread(raw_single_submits, served,
+                                       json.dumps(body(0)).encode(), k)
+        out["single_raw"] = {"rate": rate,
+                             "host_cpu": (proc_cpu(pid) - c0) / (time.perf_counter() - t0)}
 
         b = sizes.batch_size
         await _post(session, f"{url}/batch", {"jobs": [body(i) for i in range(b)]})
@@ -542,7 +581,7 @@ def repetition(args: argparse.Namespace, sizes: Sizes, tmp: Path,
     def submit(durability: str) -> None:
         step(f"submit ({durability})")
         r = submit_once(tmp, sizes, durability)
-        for kind in ("single", "concurrent8", "batch", "host_submit"):
+        for kind in ("single", "single_raw", "concurrent8", "batch", "host_submit"):
             f[f"submit.{durability}.{kind}"] = r[kind]["rate"]
             if "host_cpu" in r[kind]:
                 f[f"submit.{durability}.{kind}.host_cpu"] = r[kind]["host_cpu"]
@@ -737,14 +776,19 @@ def rows(sizes: Sizes) -> list[tuple[str, list[Row]]]:
         ]),
         ("3. Submit (jobs delayed a year; pool; host = asyncjobs serve)", [
             Row("submit.full.single", "HTTP single, 1 client, full", "jobs/s"),
+            Row("submit.full.single_raw", "  same, minimal raw-socket client, full", "jobs/s"),
             Row("submit.full.concurrent8", "HTTP single, 8 clients, full", "jobs/s"),
             Row("submit.full.batch", f"HTTP batch of {sizes.batch_size}, full", "jobs/s"),
             Row("submit.full.host_submit", "Host.submit in-process, full", "jobs/s"),
             Row("submit.normal.single", "HTTP single, 1 client, normal", "jobs/s"),
+            Row("submit.normal.single_raw", "  same, minimal raw-socket client, normal",
+                "jobs/s"),
             Row("submit.normal.concurrent8", "HTTP single, 8 clients, normal", "jobs/s"),
             Row("submit.normal.batch", f"HTTP batch of {sizes.batch_size}, normal", "jobs/s"),
             Row("submit.normal.host_submit", "Host.submit in-process, normal", "jobs/s"),
             Row("submit.normal.single.host_cpu", "  host CPU, single 1 client, normal",
+                "cores", "{:.2f}"),
+            Row("submit.normal.single_raw.host_cpu", "  host CPU, minimal client, normal",
                 "cores", "{:.2f}"),
             Row("submit.normal.concurrent8.host_cpu", "  host CPU, 8 clients, normal",
                 "cores", "{:.2f}"),
