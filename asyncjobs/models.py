@@ -89,7 +89,11 @@ class ErrorInfo:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+# HOT_RECORDS: the records made once per submitted job or per attempt (JobSpec, StepSpec,
+# Claimed, Outcome, Transition, and Submitted, Finished, Done beside them) are plain slotted
+# dataclasses, immutable by convention only: a frozen dataclass's __init__ sets each field
+# through object.__setattr__, which made building a JobSpec half of a submit's validation.
+@dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class Outcome:
     """What the launcher observed about one attempt: data, decided upon by :mod:`policy`."""
 
@@ -104,7 +108,7 @@ class Outcome:
     started: bool = True  # False: taken back before it ran (no execution, no attempt row)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class StepSpec:
     """One further step of a chain."""
 
@@ -114,7 +118,7 @@ class StepSpec:
     kwargs: Mapping[str, JSONValue] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class JobSpec:
     """A validated submit request, with every default already resolved."""
 
@@ -209,7 +213,7 @@ class JobRecord:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class Claimed:
     """A job the dispatcher has just moved to ``running``, with its new attempt number."""
 
@@ -226,7 +230,7 @@ class Claimed:
     chain_id: int | None = None  # set for a step of a chain: finishing it moves the chain on
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class Transition:
     """The store change that follows an attempt's outcome, as decided by :mod:`policy`."""
 

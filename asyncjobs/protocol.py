@@ -49,7 +49,7 @@ class Skipped:
     skipped: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
 class Done:
     job_id: int
     outcome: Outcome

@@ -23,6 +23,7 @@ STEP_FIELDS = frozenset({"class", "method", "args", "kwargs"})
 MAX_CHAIN = 100
 MAX_DELAY = 10 * 365 * 86400.0  # a delay or run_at further out is surely a mistake
 MAX_TIMEOUT = 30 * 86400.0  # an attempt may run a month; beyond that timers overflow
+_PRIORITIES = {p.value: p for p in Priority}
 
 
 def check_allowed(settings: Settings, cls: object, method: object) -> JobClass:
@@ -101,8 +102,8 @@ def _run_at(body: Mapping[str, object], now: float) -> float:
 def _priority(value: object, default: Priority) -> Priority:
     if value is None:
         return default
-    if isinstance(value, str) and value in {p.value for p in Priority}:
-        return Priority(value)
+    if isinstance(value, str) and value in _PRIORITIES:
+        return _PRIORITIES[value]
     raise InvalidField("priority", "must be 'high', 'medium' or 'low'")
 
 

@@ -13,14 +13,14 @@ from typing import Protocol
 from ..models import Claimed, JobRecord, JobSpec, Outcome, Status, Transition
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
 class Submitted:
     id: int
     status: Status
     duplicate: bool = False  # an existing job with the same unique_key was returned
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
 class Finished:
     """One attempt's end, ready to store: what happened and what it leads to."""
 
