@@ -13,9 +13,12 @@ the writer writes.
 
 At ``durability: normal`` a commit only appends to the WAL (no fsync), which takes tens of
 microseconds: less than the hop to a thread and back.  There, small transactions run on
-the event loop itself, and only ``heavy`` ones (bulk submits, pruning) and checkpoints (the
-one step that does fsync: SQLite's automatic one is switched off, and the store runs it on
-the thread between two batches, so it cannot block the loop) go to the writer thread.
+the event loop itself, and only ``heavy`` ones (bulk submits, pruning) and checkpoints go to
+the writer thread.  A checkpoint is the one step that does fsync, so SQLite's automatic one
+(run inside whichever commit crosses the threshold) is switched off and the store runs its
+own in two phases: the bulk of the copy from a second connection while writes go on, then
+a short one between two batches for the little written meanwhile, after which the WAL
+starts over.  Blocking writes for the whole copy put 20 ms stalls in the latency p99.
 ``full`` keeps every commit on the thread, because its fsync may take milliseconds.
 """
 
@@ -129,6 +132,9 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._inline = durability == "normal"
         self._commits = 0
+        self._checkpointer: sqlite3.Connection | None = None  # writer thread only
+        self._copying: asyncio.Future[None] | None = None  # phase 1 of a checkpoint
+        self._copied = False  # phase 1 is done: phase 2 comes after the next batch
         self._reader: aiosqlite.Connection | None = None
         self._queue: deque[tuple[Op, asyncio.Future[Any], bool]] = deque()
         self._wake = asyncio.Event()
@@ -151,7 +157,7 @@ class SqliteStore:
                        "temp_store=MEMORY", "cache_size=-16000"):
             conn.execute(f"PRAGMA {pragma}")
         if self._inline:
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _maybe_checkpoint
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
@@ -167,7 +173,12 @@ class SqliteStore:
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
+        if self._copying is not None:
+            await asyncio.gather(self._copying, return_exceptions=True)
         if self._executor is not None:
+            if self._checkpointer is not None:
+                await self._on_writer(self._checkpointer.close)
+                self._checkpointer = None
             if self._conn is not None:
                 await self._on_writer(self._conn.close)
                 self._conn = None
@@ -217,26 +228,42 @@ class SqliteStore:
                 future.set_exception(error)
             else:
                 future.set_result(value)
-        if inline and self._wal_is_large():
-            await self._checkpoint(conn)
+        if inline:
+            await self._maybe_checkpoint(conn)
 
-    def _wal_is_large(self) -> bool:
+    async def _maybe_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Phase 2 once phase 1 has finished; phase 1 when the WAL has grown large."""
+        if self._copied:
+            self._copied = False
+            # Nothing else writes while this runs, so it copies the rest and the next
+            # transaction starts the WAL over instead of growing it.
+            await self._checkpoint(partial(_checkpoint, conn))
+            return
         self._commits += 1
-        if self._commits % CHECKPOINT_EVERY:
-            return False
+        if self._copying is not None or self._commits % CHECKPOINT_EVERY:
+            return
         try:
-            return os.stat(f"{self.path}-wal").st_size >= CHECKPOINT_BYTES
+            large = os.stat(f"{self.path}-wal").st_size >= CHECKPOINT_BYTES
         except OSError:
-            return False
+            return
+        if large:
+            self._copying = asyncio.ensure_future(self._checkpoint(self._copy_wal))
+            self._copying.add_done_callback(self._copy_done)
 
-    async def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL back into the database, on the thread; writes queue meanwhile.
+    def _copy_wal(self) -> None:
+        """Phase 1, on the writer thread, from its own connection: writes go on meanwhile."""
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
+                                                 check_same_thread=False)
+        _checkpoint(self._checkpointer)
 
-        Nothing else writes while it runs, so it copies everything (readers permitting) and
-        the next transaction starts the WAL over instead of growing it.
-        """
+    def _copy_done(self, _: asyncio.Future[None]) -> None:
+        self._copying = None
+        self._copied = True
+
+    async def _checkpoint(self, step: Callable[[], None]) -> None:
         try:
-            await self._on_writer(partial(_checkpoint, conn))
+            await self._on_writer(step)
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (tried again later): %s", exc)
 
