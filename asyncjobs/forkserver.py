@@ -25,7 +25,7 @@ from typing import IO, Protocol
 
 from .config import Settings
 from .models import Claimed
-from .procs import describe_exit, new_group_options, signal_group
+from .procs import create_private, describe_exit, new_group_options, signal_group
 from .protocol import (
     Broken,
     Exited,
@@ -71,7 +71,7 @@ class ForkServerProcess:
     @classmethod
     async def start(cls, settings: Settings, allow_list: Path, path: Path) -> ForkServerProcess:
         """Start the server in its own session; its stderr (its own faults only) to ``path``."""
-        errors = open(path, "a+b")  # noqa: SIM115 - lives as long as the server
+        errors = create_private(path)  # lives as long as the server; never reopened by path
         limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + 64
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -91,15 +91,20 @@ class ForkServerProcess:
     def alive(self) -> bool:
         return not self.dead and self.proc.returncode is None
 
-    def fork(self, job: Claimed, output: Path, handle: ForkedHandle) -> int:
-        """Ask for a child running ``job``; its messages go to ``handle``.  Returns its key."""
+    def fork(self, job: Claimed, output: Path, identity: tuple[int, int],
+             handle: ForkedHandle) -> int:
+        """Ask for a child running ``job``; its messages go to ``handle``.  Returns its key.
+
+        ``output`` is the capture file the caller created (and reads through its own
+        handle); ``identity`` its ``(st_dev, st_ino)``, so the child opens only that file.
+        """
         key = next(self._keys)
         if self.dead:  # it went away after the launcher picked it: fail like the others
             asyncio.get_running_loop().call_soon(
                 handle.on_exited, None, "the fork server went away before this attempt ran")
             return key
         self.handles[key] = handle
-        self._write(encode_fork(key, str(output), job))
+        self._write(encode_fork(key, str(output), identity, job))
         return key
 
     def kill(self, key: int, *, force: bool) -> None:

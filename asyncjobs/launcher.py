@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -406,6 +407,9 @@ class ForkedJob:
         self.path = path
         self.grace = settings.workers.kill_grace
         self.output_limit = settings.max_output_bytes
+        # Created here and read only through this handle: the job knows the path and may
+        # put a FIFO or a symlink there, which the host must never open.
+        self.output = procs.create_private(path)
         self.queue: deque[_Slot] = deque()  # its one attempt, from execute() on
         self.key = 0
         self.pid: int | None = None
@@ -420,7 +424,8 @@ class ForkedJob:
         slot.began = loop.time()
         slot.timer = loop.call_later(slot.job.timeout, _settle, slot.future, _TIMED_OUT)
         slot.turn.set_result(True)
-        self.key = self.server.fork(slot.job, self.path, self)
+        info = os.fstat(self.output.fileno())
+        self.key = self.server.fork(slot.job, self.path, (info.st_dev, info.st_ino), self)
         ended = await slot.future
         slot.timer.cancel()
         if isinstance(ended, Outcome):
@@ -518,12 +523,11 @@ class ForkedJob:
     def output_tail(self) -> str:
         """What the job printed, read by the host when the child cannot tell us itself."""
         try:
-            with open(self.path, "rb") as output:
-                output.seek(0, 2)
-                size = output.tell()
-                output.seek(max(0, size - self.output_limit))
-                return output.read(self.output_limit).decode("utf-8", "replace")
-        except OSError:
+            self.output.seek(0, 2)
+            size = self.output.tell()
+            self.output.seek(max(0, size - self.output_limit))
+            return self.output.read(self.output_limit).decode("utf-8", "replace")
+        except (OSError, ValueError):
             return ""
 
     async def close(self) -> None:
@@ -533,6 +537,7 @@ class ForkedJob:
                 await asyncio.wait_for(asyncio.shield(self._exited), self.grace)
             except TimeoutError:
                 await self.kill()
+        self.output.close()
         self.path.unlink(missing_ok=True)
 
 

@@ -72,6 +72,50 @@ def signal_forked(pid: int, *, force: bool, reaped: bool = False) -> None:
         pass
 
 
+def create_private(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A new, empty regular file at ``path``, opened read-write for this process alone.
+
+    For files in a directory a job can write (the run directory): whatever is at ``path``
+    (a stale file, or a FIFO or symlink a job put there) is removed first, and the file is
+    created with ``O_EXCL | O_NOFOLLOW``, so the handle is always to a fresh regular file of
+    ours.  The caller keeps the handle and never opens ``path`` again.
+    """
+    flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    for _ in range(5):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue  # something put it back in between: remove it again
+        return os.fdopen(fd, "r+b")
+    raise FileExistsError(f"could not create {os.fspath(path)!r}: it keeps reappearing")
+
+
+def open_existing(path: str, identity: tuple[int, int] | None = None) -> int:
+    """Open ``path`` (an fd, read-write) only if it is a regular file, and ``identity``'s.
+
+    Never blocks (``O_NONBLOCK``: a FIFO put in its place), never follows a final symlink,
+    never creates; ``identity`` is ``(st_dev, st_ino)`` of the file the caller expects (the
+    one the host created), so a file swapped in at the same path is refused.
+    """
+    import stat  # noqa: PLC0415 - os has loaded it already
+
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or (
+                identity is not None and (info.st_dev, info.st_ino) != identity):
+            raise OSError(f"{path!r} is not the file it should be (replaced?)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def kill_own_group() -> None:
     """End this worker and everything its job started: called when its host is gone.
 

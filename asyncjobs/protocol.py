@@ -11,7 +11,9 @@ The host treats anything else on the channel as a protocol violation by the job 
 attempt as ``crashed``: a job can be malicious, the host must not be.
 
 The fork server (``process`` isolation on POSIX) has a channel of its own.  Host -> server:
-``{"t": "fork", "n", "output", "job": {...as above}}`` and ``{"t": "kill", "n", "force"}``,
+``{"t": "fork", "n", "output", "file": [dev, ino], "job": {...as above}}`` (``output``: the
+capture file the host created and keeps open; the child opens it only if it is still that
+file) and ``{"t": "kill", "n", "force"}``,
 where ``n`` is a key the host picks per attempt.  Server -> host: each line a forked child
 wrote, verbatim behind its key (``b"<n> " + line``), decoded with :func:`decode` like any
 worker's; and the server's own ``{"t": "started", "n", "pid"}``, ``{"t": "broken", "n",
@@ -64,9 +66,11 @@ def encode_job(job: Claimed) -> bytes:
     return orjson.dumps(_job(job)) + b"\n"
 
 
-def encode_fork(key: int, output: str, job: Claimed) -> bytes:
-    """Ask the fork server for a child running ``job``, its output captured in ``output``."""
-    return orjson.dumps({"t": "fork", "n": key, "output": output, "job": _job(job)}) + b"\n"
+def encode_fork(key: int, output: str, identity: tuple[int, int], job: Claimed) -> bytes:
+    """Ask the fork server for a child running ``job``, its output captured in ``output``:
+    the file the host created there, ``identity`` being its ``(st_dev, st_ino)``."""
+    return orjson.dumps({"t": "fork", "n": key, "output": output, "file": list(identity),
+                         "job": _job(job)}) + b"\n"
 
 
 def encode_kill(key: int, *, force: bool) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import stat
 import sys
 import threading
 import time
@@ -164,7 +165,12 @@ class Capture:
 
 
 def load_allow_list(config_path: str) -> dict[str, Any]:
-    with open(config_path, "rb") as f:
+    # In the run directory, which a job can write: a regular file only (not a FIFO that
+    # would block us, not a symlink to something else).
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    with open(os.open(config_path, flags), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{config_path!r} is not a regular file")
         doc = orjson.loads(f.read())
     jobs = doc.get("jobs", {}) if isinstance(doc, dict) else {}
     return jobs if isinstance(jobs, dict) else {}
@@ -402,7 +408,7 @@ class ForkServer:
         for line in lines.split(b"\n"):
             message = orjson.loads(line)
             if message["t"] == "fork":
-                self._fork(message["n"], message["output"], message["job"])
+                self._fork(message["n"], message["output"], message["file"], message["job"])
             elif message["t"] == "kill":
                 self._kill(message["n"], force=message["force"])
 
@@ -415,7 +421,7 @@ class ForkServer:
 
     # -- children --------------------------------------------------------------------------
 
-    def _fork(self, key: int, output: str, job: dict[str, Any]) -> None:
+    def _fork(self, key: int, output: str, identity: list[int], job: dict[str, Any]) -> None:
         if os.getppid() != self.host_pid:
             self.closed = True  # the host is gone: this attempt will be rerun by the next one
             return
@@ -428,7 +434,7 @@ class ForkServer:
             self._send({"t": "exited", "n": key, "code": None, "why": f"could not fork: {exc}"})
             return
         if pid == 0:
-            self._child(job, output, read_fd, write_fd)  # never returns
+            self._child(job, output, identity, read_fd, write_fd)  # never returns
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         child = _Forked(key, pid, read_fd, bytearray())
@@ -438,7 +444,8 @@ class ForkServer:
         self.poll.register(read_fd, self._pollin)
         self._send({"t": "started", "n": key, "pid": pid})
 
-    def _child(self, job: dict[str, Any], output: str, read_fd: int, write_fd: int) -> None:
+    def _child(self, job: dict[str, Any], output: str, identity: list[int], read_fd: int,
+               write_fd: int) -> None:
         """The forked child: a fresh session, only its own descriptors, then the job."""
         import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
 
@@ -450,8 +457,9 @@ class ForkServer:
             os.close(read_fd)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
-            capture_fd = os.open(output, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                 0o600)
+            # The host created the file (and reads it through its own handle): open that very
+            # file, never a FIFO, symlink or other file a job may have put at its path.
+            capture_fd = procs.open_existing(output, (identity[0], identity[1]))
             # Keep only the pipe and the capture file: not the host's channel (fd 1 until
             # Capture.reset), not the other children's pipes, not the server's self-pipe.
             low, high = sorted((write_fd, capture_fd))

@@ -10,11 +10,13 @@ death, a clean close, the ``workers.max`` bound, and the spawn fallback kept for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,6 +65,25 @@ class State:
 '''
 
 
+TRICK_JOBS = '''
+import glob
+import os
+
+
+class Tricks:
+    def swap(self, run_dir, kind, target):
+        """Replace this attempt's capture file (the host's business) by a FIFO or symlink."""
+        print("before the swap", flush=True)
+        [path] = glob.glob(os.path.join(run_dir, "worker-f*.out"))
+        os.unlink(path)
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            os.symlink(target, path)
+        os._exit(3)
+'''
+
+
 def job(cls: str, method: str, *args: Any, timeout: float = 10.0) -> Claimed:
     return Claimed(id=next(_ids), cls=cls, method=method, args=list(args), kwargs={},
                    attempt=1, attempts=1, max_attempts=1, timeout=timeout, interruptions=0)
@@ -71,12 +92,14 @@ def job(cls: str, method: str, *args: Any, timeout: float = 10.0) -> Claimed:
 @pytest.fixture
 def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
     (tmp_path / "statejobs.py").write_text(textwrap.dedent(STATE_JOBS))
+    (tmp_path / "trickjobs.py").write_text(TRICK_JOBS)
     shutil.copytree(FAULTJOBS, tmp_path / "faultjobs",
                     ignore=shutil.ignore_patterns("__pycache__"))
     return make_settings({
         **DEFAULT_JOBS,
         "State": {"module": "statejobs", "methods": ["touch", "inherited"]},
         "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
+        "Tricks": {"module": "trickjobs", "methods": ["swap"]},
     })
 
 
@@ -195,6 +218,40 @@ async def test_a_big_result_line_is_forwarded_whole(make_settings: SettingsFacto
 
     assert outcome.kind is OutcomeKind.COMPLETED
     assert outcome.result == "x" * 2_500_000
+
+
+# -- what a job can do to the files around it -----------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+async def test_the_host_never_opens_a_capture_path_the_job_replaced(
+        launcher: SubprocessLauncher, tmp_path: Path, kind: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("a file the job must not get the host to read\n")
+    run_dir = tmp_path / "run"
+    stop = threading.Event()
+
+    def unblock() -> None:
+        # A host that opens the FIFO blocks its whole event loop: open the other end after
+        # 1.5 s so that the test fails instead of hanging.
+        if stop.wait(1.5):
+            return
+        while not stop.wait(0.02):
+            for path in run_dir.glob("worker-f*.out"):
+                with contextlib.suppress(OSError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+    rescuer = threading.Thread(target=unblock, daemon=True)
+    rescuer.start()
+    started = time.monotonic()
+    try:
+        outcome = await run(launcher, job("Tricks", "swap", str(run_dir), kind, str(secret)))
+    finally:
+        stop.set()
+        rescuer.join()
+
+    assert time.monotonic() - started < 1.0
+    assert (outcome.kind, outcome.exit_code) == (OutcomeKind.CRASHED, 3)
+    assert outcome.output == "before the swap\n"  # through the host's own handle
 
 
 # -- deaths and kills ------------------------------------------------------------------------
