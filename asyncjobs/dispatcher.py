@@ -4,8 +4,8 @@ One ``tick()`` does one round: record the attempts that ended since the last rou
 decided by :func:`policy.decide`), then claim as many due jobs as the launcher can take
 (``launcher.capacity``: the workers plus a few queued per warm worker, so workers never wait
 for the store between two jobs) and launch them.  The price, documented for users: a job may
-start behind a few others claimed before it, whatever their priority.  Both writes are
-queued together, so the store's group commit applies them in a single transaction.
+start behind a few others claimed before it, whatever their priority.  Both, with any
+progress to store and the next due time to read, are one store op: one transaction.
 ``run()`` ticks, then sleeps until the earliest future ``run_at`` or until woken by new work
 or a finished attempt: a timer, not a polling loop.  That earliest ``run_at`` is read in the
 round's own transaction, and a submit wakes the dispatcher only when its job is due before
@@ -110,35 +110,33 @@ class Dispatcher:
         self._ended = []
         self._unwritten = []
         free = 0 if self._stopping else self.launcher.capacity - len(self.running)
-        writes: list[asyncio.Future[object]] = []
         progress = self._take_progress(force=bool(finished))
-        if progress:
-            writes.append(asyncio.ensure_future(self.store.set_progress(progress)))
-        finish = asyncio.ensure_future(self.store.finish(finished)) if finished else None
-        claim = due = None
-        if free > 0:
-            claim = asyncio.ensure_future(self.store.claim(now, free, self._capacity()))
-            # Queued with the claim, so it is read in the same transaction: no extra hop.
-            due = asyncio.ensure_future(self.store.next_due(now))
-        await asyncio.gather(*writes, *(f for f in (finish, claim, due) if f),
-                             return_exceptions=True)
+        if not (finished or progress or free > 0):
+            return 0
+        try:
+            done = await self.store.dispatch_round(
+                progress=progress, finished=finished, now=now, limit=max(free, 0),
+                capacity=self._capacity() if free > 0 else {})
+        except Exception as exc:  # storage trouble (or a bug in a write): keep, retry later
+            # The attempts are still "running" on disk until this write succeeds.
+            self._unwritten = finished
+            for job_id, value in progress.items():
+                self._dirty_progress.setdefault(job_id, value)
+            self._storage_error("record the dispatcher's round", exc)
+            self.job_log.flush()
+            return 0
         self.job_log.flush()
         self._storage_ok = True
-        if finish is not None:
-            self._after_finish(finished, finish)
-        if claim is None or due is None:
-            return 0
-        if due.exception() is not None:
-            self._storage_error("read the next due time", due.exception())
-        else:
-            self._next_due = due.result()
-        if claim.exception() is not None:
-            self._storage_error("claim", claim.exception())
-            return 0
-        claimed = claim.result()
-        for job in claimed:
+        for f in finished:
+            self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
+            self.progress.pop(f.claimed.id, None)
+        for step_id in done.advanced:
+            self.events.publish({"type": "job", "id": step_id, "status": "pending"})
+        if free > 0:
+            self._next_due = done.next_due
+        for job in done.claimed:
             self._launch(job)
-        return len(claimed)
+        return len(done.claimed)
 
     def _take_progress(self, *, force: bool) -> dict[int, tuple[float, str | None]]:
         now = self.clock.monotonic()
@@ -165,18 +163,6 @@ class Dispatcher:
             rand=self.rand)
         self._log_attempt(claimed, outcome, transition.status, at, duration)
         return Finished(claimed, outcome, transition, at)
-
-    def _after_finish(self, finished: list[Finished], write: asyncio.Future[list[int]]) -> None:
-        if write.exception() is not None:
-            # Keep them: the attempts are still "running" on disk until this write succeeds.
-            self._unwritten = finished + self._unwritten
-            self._storage_error("record finished attempts", write.exception())
-            return
-        for f in finished:
-            self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
-            self.progress.pop(f.claimed.id, None)
-        for step_id in write.result():
-            self.events.publish({"type": "job", "id": step_id, "status": "pending"})
 
     def _log_attempt(self, c: Claimed, outcome: Outcome, status: Status, at: float,
                      duration: float) -> None:

@@ -15,6 +15,7 @@ import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, process_gone, wait_gone
 
 from asyncjobs.config import Settings
+from asyncjobs.errors import Unavailable
 from asyncjobs.host import Host
 from asyncjobs.models import ErrorInfo, Isolation, JobRecord, Outcome, OutcomeKind, Status, iso
 
@@ -373,3 +374,27 @@ async def test_a_launcher_error_is_recorded_as_a_crash(settings: Settings,
 
     assert (job.status, outcomes(job)) == (Status.FAILED, [CRASHED])
     assert job.error == ErrorInfo("LauncherError", "RuntimeError: launcher bug")
+
+
+async def test_a_round_that_cannot_be_stored_is_kept_and_written_later(
+        settings: Settings, make_host: HostFactory, drain: Drain) -> None:
+    # The round (finish + claim) is one transaction; if it fails, the ended attempt stays
+    # "running" on disk and its outcome is written by a later round, not lost.
+    async with make_host(settings) as host:
+        real_round = host.store.dispatch_round
+        failures = 0
+
+        async def flaky_round(**kwargs: Any) -> Any:
+            nonlocal failures
+            if kwargs["finished"] and failures == 0:
+                failures += 1
+                raise Unavailable("storage unavailable: disk I/O error")
+            return await real_round(**kwargs)
+
+        host.store.dispatch_round = flaky_round  # type: ignore[method-assign]
+        job = await run_job(host, drain, "Ok", "run", "kept")
+
+    assert failures == 1
+    assert job.status is Status.COMPLETED
+    assert job.result == {"args": ["kept"], "kwargs": {}}
+    assert outcomes(job) == [COMPLETED]

@@ -411,7 +411,7 @@ async def test_normal_durability_commits_inline_and_keeps_the_wal_bounded(
     finally:
         await store.close()
     # ~2,000 commits of a few pages each would be far beyond this without checkpoints.
-    assert wal < 12 << 20
+    assert wal < 24 << 20  # measured ~12 MB with checkpoints, ~75 MB without
     reopened = SqliteStore(path, durability="normal")
     await reopened.open()
     try:

@@ -24,14 +24,14 @@ async def test_submits_for_later_do_not_make_the_dispatcher_claim(settings: Sett
     async with Host(settings) as host:
         await asyncio.sleep(0.05)  # the first round, at start-up
         claims = 0
-        real_claim = host.store.claim
+        real_round = host.store.dispatch_round
 
-        async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+        async def counting_round(**kwargs: Any) -> Any:
             nonlocal claims
-            claims += 1
-            return await real_claim(*args, **kwargs)
+            claims += kwargs["limit"] > 0
+            return await real_round(**kwargs)
 
-        host.store.claim = counting_claim  # type: ignore[method-assign]
+        host.store.dispatch_round = counting_round  # type: ignore[method-assign]
         for i in range(20):
             await host.submit("Ok", "run", [i], delay=3600 + i)
         await asyncio.sleep(0.05)

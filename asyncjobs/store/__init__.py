@@ -30,6 +30,15 @@ class Finished:
     at: float
 
 
+@dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
+class Round:
+    """What one dispatcher round wrote and read, in one transaction."""
+
+    advanced: list[int]  # chain steps the finished attempts made due
+    claimed: list[Claimed]
+    next_due: float | None  # the earliest later run_at, read after the claim
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     jobs: Sequence[JobRecord]
@@ -73,6 +82,13 @@ class Store(Protocol):
 
     async def claim(self, now: float, limit: int, capacity: Mapping[str, int]) -> list[Claimed]:
         """Move up to ``limit`` due jobs to running, best first; ``capacity`` caps classes."""
+        ...
+
+    async def dispatch_round(self, *, progress: Mapping[int, tuple[float, str | None]],
+                             finished: Sequence[Finished], now: float, limit: int,
+                             capacity: Mapping[str, int]) -> Round:
+        """One dispatcher round in one transaction: store progress, record ``finished``,
+        claim up to ``limit`` due jobs (none if 0) and read the next due time."""
         ...
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:

@@ -41,7 +41,7 @@ import orjson
 
 from ..errors import Unavailable
 from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Page, ScheduleState, Stats, Submitted, writes
+from . import CancelResult, Finished, Page, Round, ScheduleState, Stats, Submitted, writes
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -287,6 +287,14 @@ class SqliteStore:
             writes.claim, now=now, limit=limit, capacity=dict(capacity)))
         return result
 
+    async def dispatch_round(self, *, progress: Mapping[int, tuple[float, str | None]],
+                             finished: Sequence[Finished], now: float, limit: int,
+                             capacity: Mapping[str, int]) -> Round:
+        result: Round = await self._write(partial(
+            writes.dispatch_round, progress=dict(progress), finished=finished, now=now,
+            limit=limit, capacity=dict(capacity)))
+        return result
+
     async def finish(self, finished: Sequence[Finished]) -> list[int]:
         result: list[int] = await self._write(partial(writes.finish, finished=finished))
         return result
@@ -337,8 +345,7 @@ class SqliteStore:
         return [writes.claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
 
     async def next_due(self, after: float) -> float | None:
-        # Through the writer, not the reader: the dispatcher queues it beside its claim, so
-        # it is answered in the same transaction without a hop of its own.
+        # Through the writer: the same step as the one in dispatch_round.
         result: float | None = await self._write(partial(writes.next_due, after=after))
         return result
 

@@ -18,7 +18,7 @@ import orjson
 
 from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Submitted
+from . import CancelResult, Finished, Round, Submitted
 
 log = logging.getLogger("asyncjobs.store")
 
@@ -134,6 +134,20 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
                          [(c.id, c.attempt, now) for c in claimed])
         adjust_counts(conn, _moves(Counter((c.cls, "pending", "running") for c in claimed)))
     return claimed
+
+
+def dispatch_round(conn: sqlite3.Connection, *,
+                   progress: Mapping[int, tuple[float, str | None]],
+                   finished: Sequence[Finished], now: float, limit: int,
+                   capacity: dict[str, int]) -> Round:
+    """A dispatcher round: one op, so one transaction and no future per part."""
+    if progress:
+        set_progress(conn, progress)
+    advanced = finish(conn, finished) if finished else []
+    if limit <= 0:
+        return Round(advanced, [], None)
+    claimed = claim(conn, now, limit, capacity)
+    return Round(advanced, claimed, next_due(conn, now))
 
 
 def next_due(conn: sqlite3.Connection, after: float) -> float | None:
