@@ -304,6 +304,7 @@ class _Forked:
     fd: int | None  # read end of its pipe; None once at end of file (or given up on)
     buffer: bytearray
     code: int | None = None  # its exit status (like Popen.returncode) once reaped
+    reaped: bool = False  # its pid may belong to someone else: never signal it again
     killed: bool = False  # a kill was asked: its group is SIGKILLed when it is reaped
     broken: bool = False  # it broke the protocol: nothing more of it is forwarded
 
@@ -414,7 +415,7 @@ class ForkServer:
 
     def _kill(self, key: int, *, force: bool) -> None:
         child = self.children.get(key)
-        if child is None or child.code is not None:
+        if child is None or child.reaped:
             return  # already reaped (and reported): its pid may belong to someone else now
         child.killed = True
         procs.signal_forked(child.pid, force=force)
@@ -532,7 +533,9 @@ class ForkServer:
         child.broken = True
         child.buffer.clear()
         child.killed = True
-        procs.signal_forked(child.pid, force=True)
+        # Also from its final read in _ended: then it is a zombie (still ours) or, without
+        # waitid, reaped -- and only its group may be signalled.
+        procs.signal_forked(child.pid, force=True, reaped=child.reaped)
         self._send({"t": "broken", "n": child.key,
                     "why": "the worker sent a message larger than allowed"})
 
@@ -546,37 +549,64 @@ class ForkServer:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                if _PEEK:
+                    # Find an exited child without reaping it: while it is a zombie its pid
+                    # (and so its group id) are still ours to signal.
+                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    pid, status = (0 if info is None else info.si_pid), None
+                else:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            child = self.by_pid.pop(pid, None)
+            child = self.by_pid.get(pid)
             if child is not None:
-                self._ended(child, os.waitstatus_to_exitcode(status))
+                self._ended(child, status)
+            elif status is None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
 
-    def _ended(self, child: _Forked, code: int) -> None:
-        child.code = code
+    def _ended(self, child: _Forked, status: int | None) -> None:
+        """``child`` has exited: forward what it wrote, finish off its group, reap, report.
+
+        ``status`` is None while it is still an unreaped zombie (``_PEEK``): everything that
+        signals it (a broken last line, the kill of its group) happens before the reap, so
+        no pid is ever signalled after it is free for reuse.  Without ``waitid`` the reap
+        comes first and only the group is signalled (see :func:`procs.signal_forked`).
+        """
+        child.reaped = status is not None
         self._read_child(child, final=True)
         if child.killed:
-            # Right after the reap, before any other fork: the group id cannot have been
-            # reused.  Whatever ignored the SIGTERM (grandchildren included) ends now.
-            procs.signal_forked(child.pid, force=True, reaped=True)
+            # Whatever ignored the SIGTERM (grandchildren included) ends now.
+            procs.signal_forked(child.pid, force=True, reaped=child.reaped)
+        if status is None:
+            _, status = os.waitpid(child.pid, 0)
+            child.reaped = True
+        self.by_pid.pop(child.pid, None)
+        child.code = os.waitstatus_to_exitcode(status)
         del self.children[child.key]
-        self._send({"t": "exited", "n": child.key, "code": code})
+        self._send({"t": "exited", "n": child.key, "code": child.code})
 
     def _shutdown(self) -> None:
         """The host is gone or closed our input: kill every child's group, reap, report."""
         for child in self.children.values():
             child.killed = True
-            procs.signal_forked(child.pid, force=True)
+            procs.signal_forked(child.pid, force=True)  # none is reaped yet
         for child in list(self.children.values()):
             try:
-                _, status = os.waitpid(child.pid, 0)
+                if _PEEK:
+                    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+                    status = None
+                else:
+                    _, status = os.waitpid(child.pid, 0)
             except ChildProcessError:
                 continue
-            self.by_pid.pop(child.pid, None)
-            self._ended(child, os.waitstatus_to_exitcode(status))
+            self._ended(child, status)
+
+
+_PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+"""Whether an exited child can be found without reaping it (``waitid`` with ``WNOWAIT``)."""
 
 
 def _open_max() -> int:

@@ -38,6 +38,7 @@ from asyncjobs.protocol import (
     Started,
     decode_server,
 )
+from asyncjobs.worker import message_limit
 
 pytestmark = pytest.mark.skipif(not procs.CAN_FORK, reason="the fork server needs fork()")
 
@@ -81,6 +82,48 @@ class Tricks:
         else:
             os.symlink(target, path)
         os._exit(3)
+
+    def late_big(self, first, second):
+        """A line over the limit, most of it still in the pipe when we are reaped."""
+        import fcntl
+        import time
+        fds = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if int(name) > 2 and os.readlink(f"/proc/self/fd/{name}").startswith("pipe:"):
+                    fds.append(int(name))
+            except OSError:
+                pass  # the directory listing's own descriptor, closed by now
+        [fd] = fds
+        fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: room for all of the second part
+        for size in (first, second):
+            view = memoryview(b"x" * size)
+            while view:
+                view = view[os.write(fd, view):]
+            if size == first:
+                time.sleep(0.3)  # the server reads the first part
+        os._exit(0)  # and we are gone before it has read the rest
+'''
+
+SIGNAL_TRACE = '''
+import os
+import asyncjobs.procs as procs
+
+_signal_forked = procs.signal_forked
+
+
+def traced(pid, *, force, reaped=False):
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        state = "unreaped"
+    except ChildProcessError:
+        state = "reaped"
+    with open({log!r}, "a") as log:
+        log.write(f"{{pid}} {{state}} reaped={{reaped}}\\n")
+    return _signal_forked(pid, force=force, reaped=reaped)
+
+
+procs.signal_forked = traced
 '''
 
 
@@ -99,7 +142,7 @@ def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
         **DEFAULT_JOBS,
         "State": {"module": "statejobs", "methods": ["touch", "inherited"]},
         "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
-        "Tricks": {"module": "trickjobs", "methods": ["swap"]},
+        "Tricks": {"module": "trickjobs", "methods": ["swap", "late_big"]},
     })
 
 
@@ -331,6 +374,28 @@ async def test_garbage_from_a_child_crashes_only_its_attempt(
     after = await run(launcher, job("Ok", "run", "after"))
     assert after.kind is OutcomeKind.COMPLETED
     assert server_pid(launcher) == server  # the server was never the victim
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ, /proc")
+async def test_the_server_never_signals_a_pid_it_has_reaped(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server's signal_forked is traced (a sitecustomize on its PYTHONPATH): at each call,
+    # is the pid still its unreaped child (alive or zombie), or free for anyone to reuse?
+    hook, trace = tmp_path / "hook", tmp_path / "signals"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_TRACE.format(log=str(trace)))
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    limit = message_limit(settings.max_result_bytes, settings.max_output_bytes)
+    launcher = SubprocessLauncher(settings, tmp_path / "run")
+    try:
+        outcome = await run(launcher, job("Tricks", "late_big", limit - 600_000, 700_000))
+    finally:
+        await launcher.aclose()
+
+    assert outcome.kind is OutcomeKind.CRASHED and outcome.error is not None
+    assert "larger than allowed" in outcome.error.message
+    calls = trace.read_text().splitlines()
+    assert calls and all(" unreaped " in call for call in calls), calls
 
 
 async def test_a_killed_fork_server_crashes_its_attempts_and_is_replaced(
