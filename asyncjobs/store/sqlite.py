@@ -134,7 +134,8 @@ class SqliteStore:
         self._commits = 0
         self._checkpointer: sqlite3.Connection | None = None  # writer thread only
         self._copying: asyncio.Future[None] | None = None  # phase 1 of a checkpoint
-        self._copied = False  # phase 1 is done: phase 2 comes after the next batch
+        self._copied = False  # phase 1 is done: the writer task runs phase 2 next
+        self._busy = False  # the writer task is applying a batch or a checkpoint
         self._reader: aiosqlite.Connection | None = None
         self._queue: deque[tuple[Op, asyncio.Future[Any], bool]] = deque()
         self._wake = asyncio.Event()
@@ -157,7 +158,7 @@ class SqliteStore:
                        "temp_store=MEMORY", "cache_size=-16000"):
             conn.execute(f"PRAGMA {pragma}")
         if self._inline:
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _maybe_checkpoint
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _committed
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
@@ -194,10 +195,26 @@ class SqliteStore:
     async def _write(self, op: Op, *, heavy: bool = False) -> Any:
         if self._task is None or self._task.done():
             raise Unavailable("the store is closed")
+        if self._inline and not heavy and not self._queue and not self._busy:
+            # Nothing is waiting or in flight and this commit does not wait for the disk:
+            # apply it now rather than one turn of the loop later through the writer task.
+            return self._apply_now(op)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((op, future, heavy))
         self._wake.set()
         return await future
+
+    def _apply_now(self, op: Op) -> Any:
+        assert self._conn is not None
+        try:
+            ((value, error),) = _transaction(self._conn, [op])
+        except sqlite3.Error as exc:
+            log.error("store write failed, 1 operation not applied: %s", exc)
+            raise _storage_error(exc) from exc
+        self._committed()
+        if error is not None:
+            raise error
+        return value
 
     async def _write_loop(self) -> None:
         while True:
@@ -205,8 +222,16 @@ class SqliteStore:
             self._wake.clear()
             batch = list(self._queue)
             self._queue.clear()
-            if batch:
-                await self._apply(batch)
+            self._busy = True
+            try:
+                if batch:
+                    await self._apply(batch)
+                if self._copied:  # phase 2 of a checkpoint, between two batches
+                    self._copied = False
+                    assert self._conn is not None
+                    await self._checkpoint(partial(_checkpoint, self._conn))
+            finally:
+                self._busy = False
 
     async def _apply(self, batch: list[tuple[Op, asyncio.Future[Any], bool]]) -> None:
         conn = self._conn
@@ -229,18 +254,12 @@ class SqliteStore:
             else:
                 future.set_result(value)
         if inline:
-            await self._maybe_checkpoint(conn)
+            self._committed()
 
-    async def _maybe_checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Phase 2 once phase 1 has finished; phase 1 when the WAL has grown large."""
-        if self._copied:
-            self._copied = False
-            # Nothing else writes while this runs, so it copies the rest and the next
-            # transaction starts the WAL over instead of growing it.
-            await self._checkpoint(partial(_checkpoint, conn))
-            return
+    def _committed(self) -> None:
+        """After an inline commit: start phase 1 of a checkpoint when the WAL has grown."""
         self._commits += 1
-        if self._copying is not None or self._commits % CHECKPOINT_EVERY:
+        if self._copying is not None or self._copied or self._commits % CHECKPOINT_EVERY:
             return
         try:
             large = os.stat(f"{self.path}-wal").st_size >= CHECKPOINT_BYTES
@@ -258,8 +277,11 @@ class SqliteStore:
         _checkpoint(self._checkpointer)
 
     def _copy_done(self, _: asyncio.Future[None]) -> None:
+        # Phase 2 copies the little written meanwhile, with nothing else writing, so the
+        # next transaction starts the WAL over instead of growing it.
         self._copying = None
         self._copied = True
+        self._wake.set()
 
     async def _checkpoint(self, step: Callable[[], None]) -> None:
         try:
