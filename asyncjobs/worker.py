@@ -295,6 +295,14 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
 READ_SIZE = 1 << 16
 
 
+class _ChildExit(BaseException):
+    """Raised in a forked child after its job, caught by :func:`fork_serve` to exit."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 @dataclass(slots=True, eq=False)
 class _Forked:
     """One child of the fork server: its pipe, what it has written so far, how it ended."""
@@ -435,7 +443,13 @@ class ForkServer:
             self._send({"t": "exited", "n": key, "code": None, "why": f"could not fork: {exc}"})
             return
         if pid == 0:
-            self._child(job, output, identity, read_fd, write_fd)  # never returns
+            try:
+                self._child(job, output, identity, read_fd, write_fd)  # raises _ChildExit
+            except _ChildExit:
+                raise
+            except BaseException:  # noqa: S110 - nothing else may unwind into the server
+                pass
+            os._exit(1)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         child = _Forked(key, pid, read_fd, bytearray())
@@ -451,6 +465,7 @@ class ForkServer:
         import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
 
         code = 1
+        ready = False  # fds 1 and 2 are on the capture file: an interpreter exit is safe
         try:
             os.setsid()  # its own group, so a kill reaches whatever the job starts
             signal.set_wakeup_fd(-1)
@@ -469,6 +484,7 @@ class ForkServer:
             os.closerange(high + 1, self.open_max)
             capture = Capture(capture_fd, self.output_limit)
             capture.reset()
+            ready = True
             channel = Channel(write_fd)
             channel.job_id = job["id"]
             context.set_reporter(channel.progress)
@@ -480,7 +496,13 @@ class ForkServer:
                 traceback.print_exc()
                 sys.stderr.flush()
         finally:
-            os._exit(code)
+            if not ready:
+                os._exit(code)  # still on the server's descriptors: leave at once
+        # End like a spawned worker, with a normal interpreter exit (non-daemon threads
+        # joined, atexit handlers run -- logging.shutdown among them -- files flushed): unwind
+        # out of the server's frames to fork_serve, which calls sys.exit.  Nothing between
+        # here and there catches it, so the child never runs the server's loop.
+        raise _ChildExit(code)
 
     def _read_child(self, child: _Forked, *, final: bool = False) -> None:
         """Forward the complete lines ``child`` has written; at its end, the rest too.
@@ -619,7 +641,12 @@ def _open_max() -> int:
 def fork_serve(config_path: str, base_dir: str, max_result: int, output_limit: int) -> None:
     # fd 0: requests from the host; fd 1: our channel to it; fd 2: our own error log.
     sys.path.insert(0, base_dir)
-    ForkServer(load_allow_list(config_path), max_result, output_limit).run()
+    try:
+        ForkServer(load_allow_list(config_path), max_result, output_limit).run()
+    except _ChildExit as done:  # only ever in a forked child, its job answered
+        code = done.code
+        del done  # the traceback holds the server's frames
+        sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:

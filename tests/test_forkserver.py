@@ -70,6 +70,8 @@ TRICK_JOBS = '''
 import glob
 import os
 
+_LOG = None  # a module-level file, written but never flushed by the job
+
 
 class Tricks:
     def swap(self, run_dir, kind, target):
@@ -82,6 +84,29 @@ class Tricks:
         else:
             os.symlink(target, path)
         os._exit(3)
+
+    def finishing(self, path):
+        """Side effects that only a normal interpreter exit completes."""
+        import atexit
+        import threading
+        import time
+        global _LOG
+        _LOG = open(path, "a")
+        _LOG.write("buffered\\n")
+
+        def later():
+            time.sleep(0.05)
+            with open(path, "a") as f:
+                f.write("thread\\n")
+
+        threading.Thread(target=later).start()  # not a daemon: the exit waits for it
+
+        def at_exit():
+            with open(path, "a") as f:
+                f.write("atexit\\n")
+
+        atexit.register(at_exit)
+        return "ok"
 
     def late_big(self, first, second):
         """A line over the limit, most of it still in the pipe when we are reaped."""
@@ -142,7 +167,7 @@ def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
         **DEFAULT_JOBS,
         "State": {"module": "statejobs", "methods": ["touch", "inherited"]},
         "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
-        "Tricks": {"module": "trickjobs", "methods": ["swap", "late_big"]},
+        "Tricks": {"module": "trickjobs", "methods": ["swap", "late_big", "finishing"]},
     })
 
 
@@ -261,6 +286,16 @@ async def test_a_big_result_line_is_forwarded_whole(make_settings: SettingsFacto
 
     assert outcome.kind is OutcomeKind.COMPLETED
     assert outcome.result == "x" * 2_500_000
+
+
+async def test_a_child_finishes_like_an_interpreter_exit(launcher: SubprocessLauncher,
+                                                         tmp_path: Path) -> None:
+    record = tmp_path / "record"
+
+    outcome = await run(launcher, job("Tricks", "finishing", str(record)))
+
+    assert (outcome.kind, outcome.exit_code) == (OutcomeKind.COMPLETED, 0)
+    assert sorted(record.read_text().splitlines()) == ["atexit", "buffered", "thread"]
 
 
 # -- what a job can do to the files around it -----------------------------------------------
