@@ -401,25 +401,33 @@ class ForkServer:
     # -- requests from the host ------------------------------------------------------------
 
     def _read_requests(self) -> None:
+        """Read what the host sent, and handle it one request at a time.
+
+        A child is forked in the middle of this: nothing of another attempt's request may be
+        left where it can find it -- not in a local of this frame (it is on the child's stack
+        while its job runs), not in the consumed part of the buffer (zeroed before it is
+        dropped); what is still pending there is zeroed by the child (:meth:`_forget`).
+        """
         try:
-            data = os.read(0, READ_SIZE)
+            chunk = os.read(0, READ_SIZE)
         except OSError:
-            data = b""
-        if not data:
+            chunk = b""
+        if not chunk:
             self.closed = True
             return
-        self.requests += data
-        end = self.requests.rfind(b"\n")
-        if end < 0:
-            return
-        lines = bytes(self.requests[:end])
-        del self.requests[:end + 1]
-        for line in lines.split(b"\n"):
+        self.requests += chunk
+        del chunk
+        while not self.closed and (end := self.requests.find(b"\n")) >= 0:
+            line = bytes(self.requests[:end])
+            self.requests[:end + 1] = bytes(end + 1)
+            del self.requests[:end + 1]
             message = orjson.loads(line)
+            del line
             if message["t"] == "fork":
                 self._fork(message["n"], message["output"], message["file"], message["job"])
             elif message["t"] == "kill":
                 self._kill(message["n"], force=message["force"])
+            del message
 
     def _kill(self, key: int, *, force: bool) -> None:
         child = self.children.get(key)
@@ -444,6 +452,7 @@ class ForkServer:
             return
         if pid == 0:
             try:
+                self._forget()
                 self._child(job, output, identity, read_fd, write_fd)  # raises _ChildExit
             except _ChildExit:
                 raise
@@ -458,6 +467,23 @@ class ForkServer:
         self.by_fd[read_fd] = child
         self.poll.register(read_fd, self._pollin)
         self._send({"t": "started", "n": key, "pid": pid})
+
+    def _forget(self) -> None:
+        """In a child, first thing: wipe the server's data about every other attempt.
+
+        The requests still pending (with their jobs' arguments) and what the other children
+        wrote and the server has not forwarded yet (their results).  A job can still read
+        the raw memory of its process image -- it is a fork -- where freed buffers may hold
+        older requests; but no object it can reach holds another attempt's data.
+        """
+        self.requests[:] = bytes(len(self.requests))
+        self.requests.clear()
+        for other in self.children.values():
+            other.buffer[:] = bytes(len(other.buffer))
+            other.buffer.clear()
+        self.children.clear()
+        self.by_pid.clear()
+        self.by_fd.clear()
 
     def _child(self, job: dict[str, Any], output: str, identity: list[int], read_fd: int,
                write_fd: int) -> None:

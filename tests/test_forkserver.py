@@ -108,6 +108,36 @@ class Tricks:
         atexit.register(at_exit)
         return "ok"
 
+    def spy(self, reversed_needle):
+        """Look through the memory inherited from the server for another attempt's data."""
+        import gc
+        import sys
+        needle = reversed_needle[::-1]
+
+        def has(value):
+            if isinstance(value, str):
+                return needle in value
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                return needle.encode() in bytes(value)
+            return False
+
+        hits = []
+        for obj in gc.get_objects():
+            if isinstance(obj, dict):
+                values = list(obj.values())
+            elif isinstance(obj, (list, tuple)):
+                values = list(obj)
+            else:
+                slots = getattr(type(obj), "__slots__", ())
+                values = [getattr(obj, name, None) for name in slots]
+            hits += [type(obj).__name__ for value in values if has(value)]
+        frame = sys._getframe().f_back  # not this one: it has the needle
+        while frame is not None:
+            hits += [f"{frame.f_code.co_name}:{name}" for name, value in frame.f_locals.items()
+                     if has(value)]
+            frame = frame.f_back
+        return hits
+
     def late_big(self, first, second):
         """A line over the limit, most of it still in the pipe when we are reaped."""
         import fcntl
@@ -167,7 +197,7 @@ def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
         **DEFAULT_JOBS,
         "State": {"module": "statejobs", "methods": ["touch", "inherited"]},
         "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
-        "Tricks": {"module": "trickjobs", "methods": ["swap", "late_big", "finishing"]},
+        "Tricks": {"module": "trickjobs", "methods": ["swap", "late_big", "finishing", "spy"]},
     })
 
 
@@ -296,6 +326,29 @@ async def test_a_child_finishes_like_an_interpreter_exit(launcher: SubprocessLau
 
     assert (outcome.kind, outcome.exit_code) == (OutcomeKind.COMPLETED, 0)
     assert sorted(record.read_text().splitlines()) == ["atexit", "buffered", "thread"]
+
+
+@pytest.mark.parametrize("spy_first", [True, False], ids=["spy-first", "spy-second"])
+async def test_a_child_cannot_read_another_attempts_request(launcher: SubprocessLauncher,
+                                                            spy_first: bool) -> None:
+    await run(launcher, job("Ok", "run"))
+    server = server_pid(launcher)
+    needle = f"SECRET-{os.getpid()}-{spy_first}"
+    # Both requests in one read of the server: it is stopped while the host sends them.
+    os.kill(server, signal.SIGSTOP)
+    try:
+        attempts = [job("Tricks", "spy", needle[::-1]), job("Ok", "run", needle)]
+        if not spy_first:
+            attempts.reverse()
+        tasks = [asyncio.create_task(run(launcher, a)) for a in attempts]
+        await asyncio.sleep(0.2)
+    finally:
+        os.kill(server, signal.SIGCONT)
+    outcomes = await asyncio.gather(*tasks)
+
+    spied = outcomes[0 if spy_first else 1]
+    assert spied.kind is OutcomeKind.COMPLETED
+    assert spied.result == [], spied.result
 
 
 # -- what a job can do to the files around it -----------------------------------------------
