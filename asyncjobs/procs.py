@@ -9,6 +9,7 @@ module too, so it imports nothing heavy at the top (``subprocess`` alone costs ~
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -114,6 +115,33 @@ def open_existing(path: str, identity: tuple[int, int] | None = None) -> int:
         os.close(fd)
         raise
     return fd
+
+
+@functools.cache
+def prepare_parent_death_signal() -> Any:
+    """libc's ``prctl`` (None where there is none), looked up once: call it in a process that
+    forks, so that its children do not each pay for importing ctypes."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes  # noqa: PLC0415 - only the fork server needs it
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def set_parent_death_signal() -> bool:
+    """Linux: have the kernel SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    For a fork server's child, which leads its own session: nothing else would stop it if
+    the server and the host died together.  A no-op (False) on other platforms.
+    """
+    prctl = prepare_parent_death_signal()
+    if prctl is None:
+        return False
+    pr_set_pdeathsig = 1
+    return bool(prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0)
 
 
 def kill_own_group() -> None:

@@ -353,6 +353,8 @@ class ForkServer:
         self.output_limit = output_limit
         self.limit = message_limit(max_result, output_limit)
         self.host_pid = os.getppid()
+        self.pid = os.getpid()
+        procs.prepare_parent_death_signal()
         self.children: dict[int, _Forked] = {}  # by key
         self.by_pid: dict[int, _Forked] = {}
         self.by_fd: dict[int, _Forked] = {}
@@ -494,6 +496,12 @@ class ForkServer:
         ready = False  # fds 1 and 2 are on the capture file: an interpreter exit is safe
         try:
             os.setsid()  # its own group, so a kill reaches whatever the job starts
+            # Nothing links a session leader to the server: die with it (Linux), and if it
+            # died already -- between the fork and here, maybe before it could tell the
+            # host our pid -- do not start the job at all.
+            procs.set_parent_death_signal()
+            if os.getppid() != self.pid:
+                os._exit(1)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(read_fd)

@@ -538,12 +538,14 @@ from asyncjobs.models import Claimed, Isolation
 
 async def main():
     launcher = SubprocessLauncher(load_settings(Path({config!r}), env={{}}), Path({run!r}))
-    claimed = Claimed(id=1, cls="Sleepy", method="grandchild", args=[{pidfile!r}], kwargs={{}},
+    claimed = Claimed(id=1, cls="Sleepy", method={method!r}, args={args!r}, kwargs={{}},
                       attempt=1, attempts=1, max_attempts=1, timeout=30, interruptions=0)
     task = asyncio.create_task(launcher.run(claimed, Isolation.PROCESS, lambda *a: None))
     while not os.path.exists({pidfile!r}):
         await asyncio.sleep(0.01)
     print(launcher._server.proc.pid, flush=True)
+    if {kill_server!r}:
+        os.kill(launcher._server.proc.pid, 9)  # the server dies, and the host with it
     os._exit(0)  # the host dies without closing anything
 
 asyncio.run(main())
@@ -555,7 +557,8 @@ async def test_the_hosts_death_ends_the_server_and_its_children(settings: Settin
     pidfile = tmp_path / "pids"
     script = HOST_THAT_DIES.format(tests=str(Path(__file__).parent),
                                    config=str(tmp_path / "config.json"),
-                                   run=str(tmp_path / "run"), pidfile=str(pidfile))
+                                   run=str(tmp_path / "run"), pidfile=str(pidfile),
+                                   method="grandchild", args=[str(pidfile)], kill_server=False)
     host = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
                                                 stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(host.communicate(), 10)
@@ -564,6 +567,28 @@ async def test_the_hosts_death_ends_the_server_and_its_children(settings: Settin
 
     for pid in (server, child, grandchild):
         await wait_gone(pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_child_dies_with_the_server_when_the_host_dies_too(settings: Settings,
+                                                                   tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    script = HOST_THAT_DIES.format(tests=str(Path(__file__).parent),
+                                   config=str(tmp_path / "config.json"),
+                                   run=str(tmp_path / "run"), pidfile=str(pidfile),
+                                   method="run", args=[30, str(pidfile)], kill_server=True)
+    host = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(host.communicate(), 10)
+    server = int(out)
+    child = int(await until_published(pidfile))
+
+    try:
+        await wait_gone(server)
+        await wait_gone(child, timeout=1.0)  # nobody was left to kill it: the kernel did
+    finally:
+        if not process_gone(child):
+            os.kill(child, signal.SIGKILL)
 
 
 # -- limits --------------------------------------------------------------------------------
