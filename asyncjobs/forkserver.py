@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import sys
@@ -52,6 +53,12 @@ class ForkedHandle(Protocol):
 
     def on_exited(self, code: int | None, why: str | None) -> None: ...
 
+    def on_server_lost(self, why: str, errors: str, *, requeue: bool) -> None:
+        """The server went away: ``errors`` is the tail of its own stderr; ``requeue``: the
+        child never started (no ``started`` came) from a server that had worked, so the
+        attempt may simply run elsewhere."""
+        ...
+
 
 class ForkServerProcess:
     """One running fork server and the attempts it has children for."""
@@ -66,6 +73,8 @@ class ForkServerProcess:
         self.pids: dict[int, int] = {}  # key -> pid, to clean up if the server dies
         self._keys = itertools.count(1)
         self.dead = False
+        self.healthy = False  # it has forked a child: it got past its start-up
+        self.closing = False
         self._reader = asyncio.create_task(self._read_loop(), name=f"forkserver-{proc.pid}")
 
     @classmethod
@@ -99,9 +108,10 @@ class ForkServerProcess:
         handle); ``identity`` its ``(st_dev, st_ino)``, so the child opens only that file.
         """
         key = next(self._keys)
-        if self.dead:  # it went away after the launcher picked it: fail like the others
-            asyncio.get_running_loop().call_soon(
-                handle.on_exited, None, "the fork server went away before this attempt ran")
+        if self.dead:  # it went away after the launcher picked it: as if it had been queued
+            asyncio.get_running_loop().call_soon(functools.partial(
+                handle.on_server_lost, "the fork server went away before this attempt ran",
+                self.error_tail(), requeue=self.healthy))
             return key
         self.handles[key] = handle
         self._write(encode_fork(key, str(output), identity, job))
@@ -136,6 +146,7 @@ class ForkServerProcess:
             if handle is not None:
                 handle.on_line(message.line)
         elif isinstance(message, Started):
+            self.healthy = True
             if (handle := self.handles.get(message.key)) is not None:
                 self.pids[message.key] = message.pid
                 handle.on_started(message.pid)
@@ -149,7 +160,8 @@ class ForkServerProcess:
                 handle.on_exited(message.code, message.why)
 
     async def _lost(self) -> None:
-        """The server's channel ended: each child it still had is killed and crashed."""
+        """The server's channel ended: each child it still had is killed and crashed; an
+        attempt whose child never started is requeued (if the server had worked at all)."""
         self.dead = True
         handles, self.handles = self.handles, {}
         pids, self.pids = self.pids, {}
@@ -157,17 +169,21 @@ class ForkServerProcess:
             # Orphaned by the server: nobody else will stop them.  Their groups outlive a
             # reap by init only while a member lives, so a stale id is a tiny, brief risk.
             signal_group(pid, force=True)
-        if not handles:
+        if self.closing and not handles:
             return
         code: int | None = None
         with contextlib.suppress(TimeoutError):
             code = await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
-        why = ("the fork server went away"
-               + (f" ({describe_exit(code)})" if code is not None else "")
-               + " while this attempt ran")
-        log.error("fork server %s: %s (%d attempts)", self.proc.pid, why, len(handles))
-        for handle in handles.values():
-            handle.on_exited(None, why)
+        gone = "the fork server went away" + (
+            f" ({describe_exit(code)})" if code is not None else "")
+        errors = self.error_tail()
+        log.error("fork server %s: %s (%d attempts)%s", self.proc.pid, gone, len(handles),
+                  f"; it wrote:\n{errors}" if errors else "")
+        why = gone + " while this attempt ran"
+        for key, handle in handles.items():
+            # Not while closing: the launcher is going away, nothing would run it again.
+            handle.on_server_lost(why, errors, requeue=(
+                self.healthy and not self.closing and key not in pids))
 
     def error_tail(self, limit: int = 4000) -> str:
         """What the server itself wrote to stderr (a traceback if it failed)."""
@@ -182,6 +198,7 @@ class ForkServerProcess:
     async def close(self) -> None:
         """End of input: the server kills and reaps what it still runs, reports, and exits;
         one that does not within the grace is killed.  Then its error file is removed."""
+        self.closing = True
         if self.proc.returncode is None and self.proc.stdin is not None:
             self.proc.stdin.close()
             try:

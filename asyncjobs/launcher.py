@@ -417,8 +417,17 @@ class ForkedJob:
         self._exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._answered = False  # a done line came: later ones are the job's own doing
         self._broken = False
+        self._server_errors = ""  # the server's own stderr, if it died under this attempt
 
-    async def execute(self, slot: _Slot) -> Outcome:
+    async def execute(self, slot: _Slot) -> Outcome | _Ended:
+        """Run ``slot`` in a forked child; ``_REQUEUE`` if the server died before it started."""
+        if slot.future.done():
+            # Stopped while the server was starting: never fork it.
+            ended = slot.future.result()
+            assert isinstance(ended, _Ended)
+            slot.turn.set_result(False)
+            self._exited.set_result(None)
+            return Outcome(ended.kind, error=_NOT_STARTED[ended.kind], started=False)
         self.queue.append(slot)
         loop = asyncio.get_running_loop()
         slot.began = loop.time()
@@ -428,7 +437,7 @@ class ForkedJob:
         self.key = self.server.fork(slot.job, self.path, (info.st_dev, info.st_ino), self)
         ended = await slot.future
         slot.timer.cancel()
-        if isinstance(ended, Outcome):
+        if isinstance(ended, Outcome) or ended is _REQUEUE:
             return ended
         if isinstance(slot.observed, Outcome):
             return slot.observed  # it finished before the stop could act
@@ -486,6 +495,12 @@ class ForkedJob:
         if not self._exited.done():
             self._exited.set_result(code)
 
+    def on_server_lost(self, why: str, errors: str, *, requeue: bool) -> None:
+        self._server_errors = errors
+        if requeue and self.pid is None and self.queue and not self._answered:
+            _settle(self.queue[0].future, _REQUEUE)  # a stop that came first keeps its answer
+        self.on_exited(None, why)
+
     def _protocol_error(self, why: str) -> None:
         self._broken = True
         if self.queue and not self._answered:
@@ -521,14 +536,19 @@ class ForkedJob:
                        exit_code=code, output=self.output_tail())
 
     def output_tail(self) -> str:
-        """What the job printed, read by the host when the child cannot tell us itself."""
+        """What the job printed, read by the host when the child cannot tell us itself;
+        then, if the server died under it, the end of what the server wrote to stderr."""
         try:
             self.output.seek(0, 2)
             size = self.output.tell()
             self.output.seek(max(0, size - self.output_limit))
-            return self.output.read(self.output_limit).decode("utf-8", "replace")
+            tail = self.output.read(self.output_limit).decode("utf-8", "replace")
         except (OSError, ValueError):
-            return ""
+            tail = ""
+        if self._server_errors:
+            tail += f"\n[the fork server's own error output]\n{self._server_errors}"
+            tail = tail[-self.output_limit:]
+        return tail
 
     async def close(self) -> None:
         """Let the child exit by itself (it has answered), or kill it; remove its file."""
@@ -708,6 +728,9 @@ class SubprocessLauncher:
                 if isinstance(outcome, Outcome):
                     return await self._release(worker, outcome)
                 # It never started (the worker died with it queued): run it elsewhere.
+                if isinstance(worker, ForkedJob):
+                    self._fresh.discard(worker)
+                    await worker.close()
         finally:
             self._attempts.pop(job.id, None)
             self._room_changed()

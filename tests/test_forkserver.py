@@ -509,6 +509,56 @@ async def test_a_killed_fork_server_crashes_its_attempts_and_is_replaced(
     assert server_pid(launcher) != old
 
 
+async def test_a_dead_server_requeues_the_attempts_it_had_not_started(
+        launcher: SubprocessLauncher, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    running = asyncio.create_task(run(launcher, job("Sleepy", "run", 30, str(pidfile))))
+    child = int(await until_published(pidfile))
+    old = server_pid(launcher)
+    os.kill(old, signal.SIGSTOP)  # the next request waits, unread, in the server's input
+    waiting = asyncio.create_task(run(launcher, job("Ok", "pid")))
+    await asyncio.sleep(0.1)
+    os.kill(old, signal.SIGKILL)
+
+    crashed, requeued = await asyncio.gather(running, waiting)
+
+    assert crashed.kind is OutcomeKind.CRASHED
+    assert requeued.kind is OutcomeKind.COMPLETED, requeued.error
+    assert server_pid(launcher) != old  # it ran on the next server
+    assert launcher._fresh == set()
+    await wait_gone(child)
+
+
+async def test_a_failing_servers_own_traceback_is_logged_and_in_the_output(
+        launcher: SubprocessLauncher, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "run" / "allow.json").write_text("this is not JSON")  # the server dies on it
+
+    outcome = await run(launcher, job("Ok", "run"))
+
+    assert outcome.kind is OutcomeKind.CRASHED  # not requeued: that server never worked
+    assert outcome.error is not None and "the fork server went away" in outcome.error.message
+    assert "JSONDecodeError" in outcome.output
+    assert any("JSONDecodeError" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_job_stopped_while_the_server_starts_is_never_forked(
+        launcher: SubprocessLauncher, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    claimed = job("Sleepy", "run", 30, str(pidfile))
+    task = asyncio.create_task(run(launcher, claimed))
+    async with asyncio.timeout(5):
+        while not launcher._server_lock.locked():  # the first attempt starts the server
+            await asyncio.sleep(0)
+    assert launcher.stop(claimed.id, OutcomeKind.CANCELLED)
+
+    outcome = await task
+
+    assert (outcome.kind, outcome.started) == (OutcomeKind.CANCELLED, False)
+    assert outcome.error is not None and outcome.error.message == "cancelled before it started"
+    await run(launcher, job("Ok", "run"))  # any child of it would have started by now
+    assert not pidfile.exists()
+
+
 async def test_closing_the_launcher_leaves_no_process(settings: Settings,
                                                       tmp_path: Path) -> None:
     launcher = SubprocessLauncher(settings, tmp_path / "run")
