@@ -512,10 +512,7 @@ class ForkServer:
             capture_fd = procs.open_existing(output, (identity[0], identity[1]))
             # Keep only the pipe and the capture file: not the host's channel (fd 1 until
             # Capture.reset), not the other children's pipes, not the server's self-pipe.
-            low, high = sorted((write_fd, capture_fd))
-            os.closerange(3, low)
-            os.closerange(low + 1, high)
-            os.closerange(high + 1, self.open_max)
+            _close_fds_except(write_fd, capture_fd, limit=self.open_max)
             capture = Capture(capture_fd, self.output_limit)
             capture.reset()
             ready = True
@@ -667,9 +664,31 @@ _PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 def _open_max() -> int:
     try:
-        return max(256, min(os.sysconf("SC_OPEN_MAX"), 1 << 20))
+        return max(256, min(os.sysconf("SC_OPEN_MAX"), 1 << 16))
     except (OSError, ValueError):
-        return 65536
+        return 1 << 16
+
+
+def _close_fds_except(*keep: int, limit: int) -> None:
+    """Close every descriptor above 2 but ``keep``: those ``/proc/self/fd`` (or ``/dev/fd``)
+    lists, or, where neither can be read, the range up to ``limit`` (capped, not a possibly
+    huge ``SC_OPEN_MAX``)."""
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(listing)
+        except OSError:
+            continue
+        for name in names:
+            fd = int(name) if name.isdigit() else -1
+            if fd > 2 and fd not in keep:
+                with contextlib.suppress(OSError):  # the listing's own, closed already
+                    os.close(fd)
+        return
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, limit)
 
 
 def fork_serve(config_path: str, base_dir: str, max_result: int, output_limit: int) -> None:

@@ -138,6 +138,11 @@ class Tricks:
             frame = frame.f_back
         return hits
 
+    def descriptors(self):
+        """What this child has open, besides the listing's own descriptor."""
+        names = os.listdir("/proc/self/fd")
+        return sorted(int(n) for n in names if os.path.exists(f"/proc/self/fd/{n}"))
+
     def late_big(self, first, second):
         """A line over the limit, most of it still in the pipe when we are reaped."""
         import fcntl
@@ -197,7 +202,8 @@ def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
         **DEFAULT_JOBS,
         "State": {"module": "statejobs", "methods": ["touch", "inherited"]},
         "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
-        "Tricks": {"module": "trickjobs", "methods": ["swap", "late_big", "finishing", "spy"]},
+        "Tricks": {"module": "trickjobs",
+                   "methods": ["swap", "late_big", "finishing", "spy", "descriptors"]},
     })
 
 
@@ -349,6 +355,19 @@ async def test_a_child_cannot_read_another_attempts_request(launcher: Subprocess
     spied = outcomes[0 if spy_first else 1]
     assert spied.kind is OutcomeKind.COMPLETED
     assert spied.result == [], spied.result
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd")
+async def test_a_child_keeps_only_its_own_descriptors(launcher: SubprocessLauncher) -> None:
+    # Two attempts at once: the second child must not hold the first one's pipe.
+    first = asyncio.create_task(run(launcher, job("Sleepy", "run", 0.5)))
+    await asyncio.sleep(0.1)
+    outcome = await run(launcher, job("Tricks", "descriptors"))
+    await first
+
+    fds = outcome.result
+    assert isinstance(fds, list) and fds[:3] == [0, 1, 2]
+    assert len(fds) == 5, fds  # stdin, stdout, stderr, its pipe, its capture file
 
 
 # -- what a job can do to the files around it -----------------------------------------------
