@@ -8,9 +8,10 @@ requests, and reads one channel on which the server forwards every line its chil
 protocol or was reaped.  Each attempt is a :class:`ForkedHandle` (the launcher's
 ``ForkedJob``): this module only routes, the attempt judges (strictly) what its child said.
 
-If the server dies, every attempt it ran ends as crashed and their process groups are
-killed from here (the server can no longer do it); the launcher starts a new server for the
-next attempt.
+If the server dies, every attempt whose child had started ends as crashed (with the tail
+of the server's own stderr, also logged) and their process groups are killed from here (the
+server can no longer do it); attempts whose child had not started are requeued; the launcher
+starts a new server for the next attempt.
 """
 
 from __future__ import annotations
