@@ -144,7 +144,8 @@ class WorkerProcess:
     async def spawn(cls, settings: Settings, run_dir: Path, *, once: bool, number: int,
                     on_room: Callable[[], None]) -> WorkerProcess:
         path = run_dir / f"worker-{number}.out"
-        output = open(path, "a+b")  # noqa: SIM115 - lives as long as the worker
+        # Never opened by path again: a job could have put a symlink or FIFO there.
+        output = procs.create_private(path, append=True)
         # The result line may carry a result up to the cap, plus traceback and output.
         limit = message_limit(settings.max_result_bytes, settings.max_output_bytes)
         try:
@@ -572,7 +573,12 @@ def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
             stale.unlink(missing_ok=True)
     jobs = {name: {"module": job.module, "methods": list(job.methods)}
             for name, job in settings.jobs.items()}
-    (run_dir / ALLOW_LIST).write_bytes(orjson.dumps({"jobs": jobs}))
+    # Written aside and renamed over: a symlink a job left at the name is replaced, not
+    # followed.
+    staged = run_dir / f"{ALLOW_LIST}.new"
+    with procs.create_private(staged) as f:
+        f.write(orjson.dumps({"jobs": jobs}))
+    os.replace(staged, run_dir / ALLOW_LIST)
 
 
 class SubprocessLauncher:

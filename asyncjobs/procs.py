@@ -73,16 +73,18 @@ def signal_forked(pid: int, *, force: bool, reaped: bool = False) -> None:
         pass
 
 
-def create_private(path: str | os.PathLike[str]) -> IO[bytes]:
+def create_private(path: str | os.PathLike[str], *, append: bool = False) -> IO[bytes]:
     """A new, empty regular file at ``path``, opened read-write for this process alone.
 
     For files in a directory a job can write (the run directory): whatever is at ``path``
     (a stale file, or a FIFO or symlink a job put there) is removed first, and the file is
     created with ``O_EXCL | O_NOFOLLOW``, so the handle is always to a fresh regular file of
-    ours.  The caller keeps the handle and never opens ``path`` again.
+    ours.  The caller keeps the handle and never opens ``path`` again.  ``append``: every
+    write goes to the end (``O_APPEND``), as a capture file shared with a child needs.
     """
     flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+             | (os.O_APPEND if append else 0))
     for _ in range(5):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -90,7 +92,7 @@ def create_private(path: str | os.PathLike[str]) -> IO[bytes]:
             fd = os.open(path, flags, 0o600)
         except FileExistsError:
             continue  # something put it back in between: remove it again
-        return os.fdopen(fd, "r+b")
+        return os.fdopen(fd, "a+b" if append else "r+b")
     raise FileExistsError(f"could not create {os.fspath(path)!r}: it keeps reappearing")
 
 

@@ -289,3 +289,24 @@ async def test_foreground_run_refuses_before_starting_a_worker(settings: Setting
     assert (outcome.kind, outcome.result) == (OutcomeKind.COMPLETED,
                                               {"args": ["x"], "kwargs": {}})
     assert not (tmp_path / "jobs_fixture" / "imported.marker").exists()
+
+
+async def test_planted_symlinks_in_the_run_dir_are_replaced_not_followed(
+        settings: Settings, tmp_path: Path) -> None:
+    # The run directory is writable by jobs; a symlink left at the name of the allow-list
+    # or of a future worker's capture file must not make the host write or read elsewhere.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    (run_dir / "allow.json").symlink_to(victim)
+    (run_dir / "allow.json.new").symlink_to(victim)
+    (run_dir / "worker-1.out").symlink_to(victim)
+    pool = SubprocessLauncher(settings, run_dir)
+    try:
+        outcome = await run(pool, job("Ok", "run", "x"))
+    finally:
+        await pool.aclose()
+    assert outcome.kind is OutcomeKind.COMPLETED
+    assert victim.read_text() == "untouched"
+    assert not (run_dir / "allow.json").is_symlink()
