@@ -21,7 +21,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import sys
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -38,7 +37,7 @@ from .protocol import (
     encode_fork,
     encode_kill,
 )
-from .worker import message_limit
+from .worker import command, message_limit
 
 log = logging.getLogger("asyncjobs.forkserver")
 
@@ -85,9 +84,8 @@ class ForkServerProcess:
         limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + 64
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "asyncjobs.worker", str(allow_list),
-                str(settings.base_dir), str(settings.max_result_bytes),
-                str(settings.max_output_bytes), "forkserver",
+                *command(str(allow_list), str(settings.base_dir), settings.max_result_bytes,
+                         settings.max_output_bytes, "forkserver"),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors,
                 limit=limit, **new_group_options(),
             )

@@ -19,7 +19,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from .forkserver import ForkServerProcess
 from .models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from .procs import describe_exit, new_group_options, signal_group
 from .protocol import Done, Progress, ProtocolError, Skipped, decode, encode_job, encode_skip
-from .worker import message_limit
+from .worker import command, message_limit
 
 log = logging.getLogger("asyncjobs.launcher")
 
@@ -85,6 +84,16 @@ _NOT_STARTED = {
     OutcomeKind.INTERRUPTED: ErrorInfo("Interrupted", "the host shut down before it started"),
 }
 AttemptFuture = asyncio.Future["Outcome | _Ended"]
+
+
+def _stopped(slot: _Slot, kind: OutcomeKind, exit_code: int | None, output: str) -> Outcome:
+    """The outcome of an attempt killed for its timeout, a cancel or a shutdown."""
+    if kind is OutcomeKind.TIMEOUT:
+        error = ErrorInfo("Timeout", f"exceeded its timeout of {slot.job.timeout:g}s; "
+                          "worker killed")
+    else:
+        error = _STOP_ERRORS[kind]
+    return Outcome(kind, error=error, exit_code=exit_code, output=output)
 
 
 def _settle(future: AttemptFuture, value: Outcome | _Ended) -> bool:
@@ -150,9 +159,9 @@ class WorkerProcess:
         limit = message_limit(settings.max_result_bytes, settings.max_output_bytes)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "asyncjobs.worker", str(run_dir / ALLOW_LIST),
-                str(settings.base_dir), str(settings.max_result_bytes),
-                str(settings.max_output_bytes), "once" if once else "pool",
+                *command(str(run_dir / ALLOW_LIST), str(settings.base_dir),
+                         settings.max_result_bytes, settings.max_output_bytes,
+                         "once" if once else "pool"),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=output,
                 limit=limit, **new_group_options(),
             )
@@ -274,13 +283,7 @@ class WorkerProcess:
                 return slot.observed  # it finished before the stop could act
             return await self._crashed(slot.observed or _Ended(OutcomeKind.CRASHED))
         await self.kill()
-        if ended.kind is OutcomeKind.TIMEOUT:
-            error = ErrorInfo("Timeout", f"exceeded its timeout of {slot.job.timeout:g}s; "
-                              "worker killed")
-        else:
-            error = _STOP_ERRORS[ended.kind]
-        return Outcome(ended.kind, error=error, exit_code=self.proc.returncode,
-                       output=self.output_tail())
+        return _stopped(slot, ended.kind, self.proc.returncode, self.output_tail())
 
     async def _read_loop(self) -> None:
         """Read the channel until the worker goes away or breaks the protocol."""
@@ -447,13 +450,7 @@ class ForkedJob:
         if slot.observed is not None:
             return await self._crashed(slot.observed)  # it died before the stop could act
         await self.kill()
-        if ended.kind is OutcomeKind.TIMEOUT:
-            error = ErrorInfo("Timeout", f"exceeded its timeout of {slot.job.timeout:g}s; "
-                              "worker killed")
-        else:
-            error = _STOP_ERRORS[ended.kind]
-        return Outcome(ended.kind, error=error, exit_code=self.returncode,
-                       output=self.output_tail())
+        return _stopped(slot, ended.kind, self.returncode, self.output_tail())
 
     # -- what the server's reader tells us (ForkedHandle) ----------------------------------
 
