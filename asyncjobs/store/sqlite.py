@@ -275,9 +275,8 @@ class SqliteStore:
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
                                                  check_same_thread=False)
-        # Each pass copies what was written during the one before, so the blocking phase 2
-        # is left with little (at a million jobs one pass took long enough for phase 2 to
-        # stall the loop ~0.3 s).
+        # Each pass copies what was written during the one before, so that under a steady
+        # stream of commits the blocking phase 2 is left with little.
         for _ in range(COPY_PASSES):
             _, logged, copied = self._checkpointer.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
