@@ -26,7 +26,7 @@ from typing import IO, Protocol
 
 from .config import Settings
 from .models import Claimed
-from .procs import create_private, describe_exit, new_group_options, signal_group
+from .procs import create_private, describe_exit, new_group_options, read_tail, signal_group
 from .protocol import (
     Broken,
     Exited,
@@ -186,13 +186,7 @@ class ForkServerProcess:
 
     def error_tail(self, limit: int = 4000) -> str:
         """What the server itself wrote to stderr (a traceback if it failed)."""
-        try:
-            self.errors.seek(0, 2)
-            size = self.errors.tell()
-            self.errors.seek(max(0, size - limit))
-            return self.errors.read(limit).decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
+        return read_tail(self.errors, limit)
 
     async def close(self) -> None:
         """End of input: the server kills and reaps what it still runs, reports, and exits;

@@ -185,13 +185,7 @@ class WorkerProcess:
 
     def output_tail(self) -> str:
         """What the job printed, read by the host when the worker cannot tell us itself."""
-        try:
-            self.output.seek(0, 2)
-            size = self.output.tell()
-            self.output.seek(max(0, size - self.output_limit))
-            return self.output.read(self.output_limit).decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
+        return procs.read_tail(self.output, self.output_limit)
 
     def _begin(self, slot: _Slot) -> None:
         """``slot`` is now the head: the worker runs it, unless a skip took it back first."""
@@ -536,13 +530,7 @@ class ForkedJob:
     def output_tail(self) -> str:
         """What the job printed, read by the host when the child cannot tell us itself;
         then, if the server died under it, the end of what the server wrote to stderr."""
-        try:
-            self.output.seek(0, 2)
-            size = self.output.tell()
-            self.output.seek(max(0, size - self.output_limit))
-            tail = self.output.read(self.output_limit).decode("utf-8", "replace")
-        except (OSError, ValueError):
-            tail = ""
+        tail = procs.read_tail(self.output, self.output_limit)
         if self._server_errors:
             tail += f"\n[the fork server's own error output]\n{self._server_errors}"
             tail = tail[-self.output_limit:]

@@ -96,6 +96,20 @@ def create_private(path: str | os.PathLike[str], *, append: bool = False) -> IO[
     raise FileExistsError(f"could not create {os.fspath(path)!r}: it keeps reappearing")
 
 
+def read_tail(handle: IO[bytes], limit: int) -> str:
+    """The last ``limit`` bytes of an open capture or error file, as text ("" if unreadable).
+
+    Through the handle kept since :func:`create_private`, never by path.
+    """
+    try:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - limit))
+        return handle.read(limit).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
+
+
 def open_existing(path: str, identity: tuple[int, int] | None = None) -> int:
     """Open ``path`` (an fd, read-write) only if it is a regular file, and ``identity``'s.
 
