@@ -42,6 +42,28 @@ from .worker import command, message_limit
 log = logging.getLogger("asyncjobs.forkserver")
 
 
+async def spawn_worker(settings: Settings, allow_list: Path, mode: str, path: Path, *,
+                       append: bool = False, extra: int = 0,
+                       ) -> tuple[asyncio.subprocess.Process, IO[bytes]]:
+    """Start ``python -m asyncjobs.worker`` in ``mode`` (pool, once or forkserver) in its own
+    process group, its stderr to a new private file at ``path``, which is returned open
+    (never reopened by path: a job could have put a symlink or FIFO there)."""
+    stderr = create_private(path, append=append)
+    limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + extra
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command(str(allow_list), str(settings.base_dir), settings.max_result_bytes,
+                     settings.max_output_bytes, mode),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
+            limit=limit, **new_group_options(),
+        )
+    except BaseException:
+        stderr.close()
+        path.unlink(missing_ok=True)
+        raise
+    return proc, stderr
+
+
 class ForkedHandle(Protocol):
     """What the server's reader tells one attempt about its child."""
 
@@ -80,19 +102,8 @@ class ForkServerProcess:
     @classmethod
     async def start(cls, settings: Settings, allow_list: Path, path: Path) -> ForkServerProcess:
         """Start the server in its own session; its stderr (its own faults only) to ``path``."""
-        errors = create_private(path)  # lives as long as the server; never reopened by path
-        limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + 64
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *command(str(allow_list), str(settings.base_dir), settings.max_result_bytes,
-                         settings.max_output_bytes, "forkserver"),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errors,
-                limit=limit, **new_group_options(),
-            )
-        except BaseException:
-            errors.close()
-            path.unlink(missing_ok=True)
-            raise
+        # Its forwarded lines carry a key in front: a little more than a worker's limit.
+        proc, errors = await spawn_worker(settings, allow_list, "forkserver", path, extra=64)
         return cls(proc, errors, path, settings.workers.kill_grace)
 
     @property

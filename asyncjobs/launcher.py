@@ -29,11 +29,10 @@ import orjson
 
 from . import procs
 from .config import Settings
-from .forkserver import ForkServerProcess
+from .forkserver import ForkServerProcess, spawn_worker
 from .models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
-from .procs import describe_exit, new_group_options, signal_group
+from .procs import describe_exit, signal_group
 from .protocol import Done, Progress, ProtocolError, Skipped, decode, encode_job, encode_skip
-from .worker import command, message_limit
 
 log = logging.getLogger("asyncjobs.launcher")
 
@@ -153,22 +152,9 @@ class WorkerProcess:
     async def spawn(cls, settings: Settings, run_dir: Path, *, once: bool, number: int,
                     on_room: Callable[[], None]) -> WorkerProcess:
         path = run_dir / f"worker-{number}.out"
-        # Never opened by path again: a job could have put a symlink or FIFO there.
-        output = procs.create_private(path, append=True)
-        # The result line may carry a result up to the cap, plus traceback and output.
-        limit = message_limit(settings.max_result_bytes, settings.max_output_bytes)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *command(str(run_dir / ALLOW_LIST), str(settings.base_dir),
-                         settings.max_result_bytes, settings.max_output_bytes,
-                         "once" if once else "pool"),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=output,
-                limit=limit, **new_group_options(),
-            )
-        except BaseException:
-            output.close()
-            path.unlink(missing_ok=True)
-            raise
+        # The child's stderr is its capture file, appended to by the job's fds 1 and 2.
+        proc, output = await spawn_worker(settings, run_dir / ALLOW_LIST,
+                                          "once" if once else "pool", path, append=True)
         return cls(proc, output, path, settings=settings, once=once, on_room=on_room)
 
     @property
