@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .context import progress
 from .errors import AsyncJobsError, Fail, Retry
+from .workers.context import progress
 
 if TYPE_CHECKING:
-    from .client import AsyncJobsClient, submit_job, submit_job_sync
+    from .client.api_client import AsyncJobsClient, submit_job, submit_job_sync
     from .config import Settings, load_settings
-    from .host import Host
+    from .engine.host import Host
 
 __all__ = [
     "AsyncJobsClient",
@@ -30,12 +30,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "AsyncJobsClient": "client",
-    "submit_job": "client",
-    "submit_job_sync": "client",
+    "AsyncJobsClient": "client.api_client",
+    "submit_job": "client.api_client",
+    "submit_job_sync": "client.api_client",
     "Settings": "config",
     "load_settings": "config",
-    "Host": "host",
+    "Host": "engine.host",
 }
 
 

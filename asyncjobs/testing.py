@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Self
 from .config import load_settings
 
 if TYPE_CHECKING:
-    from .client import AsyncJobsClient
+    from .client.api_client import AsyncJobsClient
 
 __all__ = ["LOOPBACK", "ServeProcess", "clean_env"]
 
@@ -206,7 +206,7 @@ class ServeProcess:
         return {"Authorization": f"Bearer {self.token}"}
 
     def client(self) -> AsyncJobsClient:
-        """An :class:`~asyncjobs.client.AsyncJobsClient` for this host (use ``async with``)."""
-        from .client import AsyncJobsClient  # noqa: PLC0415 - aiohttp only when asked for
+        """An :class:`~asyncjobs.AsyncJobsClient` for this host (use ``async with``)."""
+        from .client.api_client import AsyncJobsClient  # noqa: PLC0415 - aiohttp only when asked for
 
         return AsyncJobsClient(self.url, self.token)

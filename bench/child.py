@@ -37,7 +37,7 @@ from common import (
 )
 
 from asyncjobs.config import load_settings
-from asyncjobs.host import DB_FILE, Host
+from asyncjobs.engine.host import DB_FILE, Host
 from asyncjobs.models import Priority
 
 

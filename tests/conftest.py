@@ -17,7 +17,7 @@ import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, fixed_rand
 
 from asyncjobs.config import Settings, load_settings
-from asyncjobs.host import Host
+from asyncjobs.engine.host import Host
 
 FIXTURE_PACKAGE = Path(__file__).parent / "jobs_fixture"
 TESTJOBS = "jobs_fixture.testjobs"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from asyncjobs.config import Settings
-    from asyncjobs.host import Host
+    from asyncjobs.engine.host import Host
 
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z: any fixed instant will do
 

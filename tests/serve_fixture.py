@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from asyncjobs.api import build_app
 from asyncjobs.config import load_settings
-from asyncjobs.host import Host
+from asyncjobs.engine.host import Host
 from asyncjobs.testing import ServeProcess, clean_env
+from asyncjobs.web.api import build_app
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from serve_fixture import ServedHost, clean_env, serve
 
-from asyncjobs import cli, display
+from asyncjobs.client import cli, display
 from asyncjobs.errors import InvalidField
 
 JOB_KEYS = {"id", "class", "method", "args", "kwargs", "status", "priority", "attempts",
@@ -346,9 +346,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_client_commands_never_load_the_store_or_the_host(served: ServedHost) -> None:
-    code = ("import sys; from asyncjobs import cli; rc = cli.main(['list', '--limit', '1']); "
+    code = ("import sys; from asyncjobs.client import cli; rc = cli.main(['list', '--limit', '1']); "
             "print(rc, sorted(m for m in sys.modules if m.startswith(('asyncjobs.store', "
-            "'asyncjobs.host', 'aiosqlite', 'sqlite3'))))")
+            "'asyncjobs.engine.host', 'aiosqlite', 'sqlite3'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=clean_env(ASYNCJOBS_CONFIG=str(served.config)), check=False,
                           timeout=30)

@@ -15,8 +15,8 @@ import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, process_gone, wait_gone
 
 from asyncjobs.config import Settings
+from asyncjobs.engine.host import Host
 from asyncjobs.errors import Unavailable
-from asyncjobs.host import Host
 from asyncjobs.models import ErrorInfo, Isolation, JobRecord, Outcome, OutcomeKind, Status, iso
 
 COMPLETED, FAILED, TIMEOUT, CRASHED = (OutcomeKind.COMPLETED, OutcomeKind.FAILED,

@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fakes import Drain, HostFactory, SettingsFactory
 
-from asyncjobs.api import build_app
 from asyncjobs.config import Settings
-from asyncjobs.host import Host
+from asyncjobs.engine.host import Host
+from asyncjobs.web.api import build_app
 
 FEATURE_JOBS = '''
 import os

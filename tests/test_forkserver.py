@@ -26,11 +26,12 @@ import pytest
 from conftest import DEFAULT_JOBS
 from fakes import SettingsFactory, process_gone, wait_gone
 
-from asyncjobs import procs
 from asyncjobs.config import Settings
-from asyncjobs.launcher import ForkedJob, SubprocessLauncher
 from asyncjobs.models import Claimed, Isolation, Outcome, OutcomeKind
-from asyncjobs.protocol import (
+from asyncjobs.workers import procs
+from asyncjobs.workers.child import message_limit
+from asyncjobs.workers.launcher import ForkedJob, SubprocessLauncher
+from asyncjobs.workers.protocol import (
     Broken,
     Exited,
     Forwarded,
@@ -38,7 +39,6 @@ from asyncjobs.protocol import (
     Started,
     decode_server,
 )
-from asyncjobs.worker import message_limit
 
 pytestmark = pytest.mark.skipif(not procs.CAN_FORK, reason="the fork server needs fork()")
 
@@ -167,7 +167,7 @@ class Tricks:
 
 SIGNAL_TRACE = '''
 import os
-import asyncjobs.procs as procs
+import asyncjobs.workers.procs as procs
 
 _signal_forked = procs.signal_forked
 
@@ -602,7 +602,7 @@ import asyncio, os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from asyncjobs.config import load_settings
-from asyncjobs.launcher import SubprocessLauncher
+from asyncjobs.workers.launcher import SubprocessLauncher
 from asyncjobs.models import Claimed, Isolation
 
 async def main():

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from asyncjobs.config import load_settings, parse_settings
 from asyncjobs.errors import ConfigError
-from asyncjobs.protocol import Done, Progress, ProtocolError, Skipped, decode
+from asyncjobs.workers.protocol import Done, Progress, ProtocolError, Skipped, decode
 
 MAX_RESULT = 65536
 MAX_OUTPUT = 2000

@@ -15,8 +15,8 @@ import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, wait_gone
 
 from asyncjobs.config import Settings
+from asyncjobs.engine.host import DB_FILE
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
-from asyncjobs.host import DB_FILE
 from asyncjobs.models import OutcomeKind, Status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,7 +327,7 @@ async def test_shutdown_interrupts_a_running_job_which_runs_again_after_restart(
 SUBMITTER = """
 import asyncio, sys
 from asyncjobs.config import load_settings
-from asyncjobs.host import Host
+from asyncjobs.engine.host import Host
 
 async def main():
     config, started_dir, hold = sys.argv[1:]

@@ -12,11 +12,11 @@ import pytest
 from fakes import SettingsFactory, process_gone, wait_gone
 
 from asyncjobs.config import Settings
+from asyncjobs.engine.foreground import run_once
 from asyncjobs.errors import NotAllowed
-from asyncjobs.foreground import run_once
-from asyncjobs.launcher import SubprocessLauncher
 from asyncjobs.models import Claimed, Isolation, Outcome, OutcomeKind
-from asyncjobs.protocol import encode_skip
+from asyncjobs.workers.launcher import SubprocessLauncher
+from asyncjobs.workers.protocol import encode_skip
 
 POOL, PROCESS = Isolation.POOL, Isolation.PROCESS
 _ids = iter(range(1, 1_000_000))

@@ -16,7 +16,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from serve_fixture import InProcess, in_process
 
-from asyncjobs.openapi import OPENAPI
+from asyncjobs.web.openapi import OPENAPI
 
 DOC_URI = "urn:asyncjobs:openapi"
 REGISTRY: Registry[Any] = Registry().with_resource(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from asyncjobs.config import JobClass, RetrySettings
+from asyncjobs.engine.policy import decide, is_retryable, retry_delay
 from asyncjobs.models import Claimed, ErrorInfo, Outcome, OutcomeKind, Status, Transition
-from asyncjobs.policy import decide, is_retryable, retry_delay
 
 RETRY = RetrySettings(max_attempts=3, base_delay=5, factor=2, max_delay=3600, jitter=0.1)
 NOW = 1000.0

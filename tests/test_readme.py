@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from serve_fixture import ServedHost, serve
 
-from asyncjobs import cli
+from asyncjobs.client import cli
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

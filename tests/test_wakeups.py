@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from asyncjobs.config import Settings
-from asyncjobs.host import Host
+from asyncjobs.engine.host import Host
 from asyncjobs.models import Status
 
 

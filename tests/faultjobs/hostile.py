@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asyncjobs import context
+from asyncjobs.workers import context
 
 
 def own_job_id() -> int:

@@ -81,7 +81,7 @@ class LiveServe(ServeProcess):
     def command(self) -> list[str]:
         if self.prelude is None:
             return super().command()
-        code = (f"{self.prelude}\nimport sys\nfrom asyncjobs.cli import main\n"
+        code = (f"{self.prelude}\nimport sys\nfrom asyncjobs.client.cli import main\n"
                 f"sys.exit(main(['serve', '--config', {str(self.config)!r}]))")
         return [sys.executable, "-c", code]
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .config import LogSettings
-from .models import ErrorInfo, iso
+from ..config import LogSettings
+from ..models import ErrorInfo, iso
 
-log = logging.getLogger("asyncjobs.logs")
+log = logging.getLogger("asyncjobs.engine.logs")
 
 LOG_FILES = {"jobs": "jobs.log", "errors": "jobs_errors.log"}
 

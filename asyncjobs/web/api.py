@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from . import auth
-from .errors import (
+from ..errors import (
     AsyncJobsError,
     BadHost,
     BadOrigin,
@@ -32,14 +31,15 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from ..models import Status
+from . import auth
 from .metrics import render_metrics
-from .models import Status
 from .openapi import OPENAPI
 
 if TYPE_CHECKING:
-    from .host import Host
+    from ..engine.host import Host
 
-log = logging.getLogger("asyncjobs.api")
+log = logging.getLogger("asyncjobs.web.api")
 
 HOST_KEY: web.AppKey[Host] = web.AppKey("host")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -322,7 +322,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 def _static(name: str) -> bytes:
-    return resources.files("asyncjobs.dashboard").joinpath(name).read_bytes()
+    return resources.files("asyncjobs.web.dashboard").joinpath(name).read_bytes()
 
 
 def _signed_out_page(note: str = "") -> web.Response:

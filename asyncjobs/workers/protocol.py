@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from .models import Claimed, ErrorInfo, JSONValue, Outcome, OutcomeKind
+from ..models import Claimed, ErrorInfo, JSONValue, Outcome, OutcomeKind
 
 MAX_MESSAGE_TEXT = 2000
 

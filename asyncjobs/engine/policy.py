@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from .config import JobClass, RetrySettings
-from .models import Claimed, ErrorInfo, Outcome, OutcomeKind, Status, Transition
+from ..config import JobClass, RetrySettings
+from ..models import Claimed, ErrorInfo, Outcome, OutcomeKind, Status, Transition
 
 Random = Callable[[], float]
 """Returns a float in [0, 1); injected so jitter is deterministic in tests."""

@@ -19,9 +19,8 @@ from typing import TypedDict, Unpack
 import aiohttp
 import orjson
 
-from .auth import read_token
-from .config import find_config, load_settings
-from .errors import (
+from ..config import find_config, load_settings
+from ..errors import (
     ERRORS_BY_CODE,
     AsyncJobsError,
     ConfigError,
@@ -29,7 +28,8 @@ from .errors import (
     InvalidField,
     JobNotFound,
 )
-from .models import JSONValue
+from ..models import JSONValue
+from ..web.auth import read_token
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 DEFAULT_DATA_DIR = Path(".asyncjobs")

@@ -1,9 +1,9 @@
 """Runs attempts in worker subprocesses and reports each one as an :class:`Outcome`.
 
-Two isolation modes share one child entry point (:mod:`asyncjobs.worker`): ``pool`` keeps
+Two isolation modes share one child entry point (:mod:`asyncjobs.workers.child`): ``pool`` keeps
 warm workers and feeds them jobs over their stdin, recycling each after
 ``max_jobs_per_worker`` jobs or after any kill; ``process`` gives each attempt a fresh
-process.  On POSIX that process is forked by the fork server (:mod:`asyncjobs.forkserver`,
+process.  On POSIX that process is forked by the fork server (:mod:`asyncjobs.workers.forkserver`,
 one warm server started on first use: a fork costs a millisecond where an interpreter
 start-up costs ~50), as a :class:`ForkedJob`; elsewhere, or with ``fork=False``, it is a
 ``once`` :class:`WorkerProcess` spawned per attempt.  Both give the same :class:`Outcome`.
@@ -27,14 +27,14 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from ..config import Settings
+from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from . import procs
-from .config import Settings
 from .forkserver import ForkServerProcess, spawn_worker
-from .models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from .procs import describe_exit, signal_group
 from .protocol import Done, Progress, ProtocolError, Skipped, decode, encode_job, encode_skip
 
-log = logging.getLogger("asyncjobs.launcher")
+log = logging.getLogger("asyncjobs.workers.launcher")
 
 ALLOW_LIST = "allow.json"
 PIPELINE_DEPTH = 8  # attempts sent ahead to one warm worker (see WorkerProcess)
@@ -561,7 +561,7 @@ class SubprocessLauncher:
     worker's queue or for a free worker.
 
     ``fork``: run ``process`` attempts through the fork server (the default where the OS
-    can fork, :data:`asyncjobs.procs.CAN_FORK`), or spawn an interpreter per attempt.
+    can fork, :data:`asyncjobs.workers.procs.CAN_FORK`), or spawn an interpreter per attempt.
     """
 
     def __init__(self, settings: Settings, run_dir: Path, *, fork: bool | None = None) -> None:

@@ -19,21 +19,23 @@ from typing import IO
 
 import orjson
 
-from . import policy, procs, registry
-from .auth import load_or_create_token
-from .clock import Clock, SystemClock
-from .config import Settings
+from .. import registry
+from ..clock import Clock, SystemClock
+from ..config import Settings
+from ..errors import HostLocked, JobNotFound, Unavailable
+from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
+from ..store import Page, Submitted
+from ..store.sqlite import SqliteStore
+from ..web.auth import load_or_create_token
+from ..workers import procs
+from ..workers.launcher import Launcher, SubprocessLauncher
+from . import policy
 from .dispatcher import Dispatcher
-from .errors import HostLocked, JobNotFound, Unavailable
 from .events import EventBus
-from .launcher import Launcher, SubprocessLauncher
 from .logs import JobLog
-from .models import TERMINAL, JobRecord, JSONValue, Status, iso
 from .scheduler import Pruner, Scheduler
-from .store import Page, Submitted
-from .store.sqlite import SqliteStore
 
-log = logging.getLogger("asyncjobs.host")
+log = logging.getLogger("asyncjobs.engine.host")
 
 DB_FILE = "asyncjobs.db"
 LOCK_FILE = "host.lock"
@@ -117,7 +119,7 @@ class Host:
         await self.scheduler.start()
         self.pruner = Pruner(settings=self.settings, store=store, clock=self.clock)
         if self._serve_api:
-            from .api import start_api  # noqa: PLC0415 - embedding without aiohttp routes
+            from ..web.api import start_api  # noqa: PLC0415 - embedding without aiohttp routes
 
             runner, self.url = await start_api(self)
             stack.push_async_callback(runner.cleanup)

@@ -10,11 +10,11 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import registry
-from .clock import SystemClock
-from .config import Settings
-from .launcher import SubprocessLauncher
-from .models import Claimed, Isolation, JSONValue, Outcome
+from .. import registry
+from ..clock import SystemClock
+from ..config import Settings
+from ..models import Claimed, Isolation, JSONValue, Outcome
+from ..workers.launcher import SubprocessLauncher
 
 
 async def run_once(settings: Settings, cls: str, method: str, args: Sequence[JSONValue],

@@ -22,16 +22,16 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from ..clock import Clock
+from ..config import Settings
+from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind, Status
+from ..store import Finished, Store
+from ..workers.launcher import Launcher
 from . import policy
-from .clock import Clock
-from .config import Settings
 from .events import EventBus
-from .launcher import Launcher
 from .logs import JobLog
-from .models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind, Status
-from .store import Finished, Store
 
-log = logging.getLogger("asyncjobs.dispatcher")
+log = logging.getLogger("asyncjobs.engine.dispatcher")
 
 STORAGE_RETRY = 1.0  # seconds between attempts to write after a storage error
 PROGRESS_FLUSH = 2.0  # seconds between progress writes to the store

@@ -1,4 +1,4 @@
-"""The worker child: the one entry point both isolation modes run (``python -m asyncjobs.worker``).
+"""The worker child: the one entry point both isolation modes run.
 
 It re-checks the allow-list against ``config.json`` itself, imports the job's module only
 then, calls the method (sync, or async through ``asyncio.run``), and answers on a private
@@ -30,8 +30,8 @@ from typing import Any, NoReturn
 
 import orjson
 
+from ..errors import Fail, Retry
 from . import context, procs
-from .errors import Fail, Retry
 
 PROGRESS_INTERVAL = 0.1  # seconds between forwarded progress updates
 
@@ -262,7 +262,7 @@ def command(allow_list: str, base_dir: str, max_result: int, output_limit: int,
             mode: str) -> list[str]:
     """How the host starts this module (see :func:`main`): ``mode`` is ``pool``, ``once``
     or ``forkserver``."""
-    return [sys.executable, "-m", "asyncjobs.worker", allow_list, base_dir, str(max_result),
+    return [sys.executable, "-m", "asyncjobs.workers.child", allow_list, base_dir, str(max_result),
             str(output_limit), mode]
 
 

@@ -1,7 +1,7 @@
 """The host's side of the fork server: start it, ask it for children, route what it says.
 
 ``process`` isolation on POSIX forks each attempt from one warm, single-threaded server
-child (:class:`asyncjobs.worker.ForkServer`) instead of starting an interpreter per attempt.
+child (:class:`asyncjobs.workers.child.ForkServer`) instead of starting an interpreter per attempt.
 This module owns that server process: it starts it lazily, writes ``fork`` and ``kill``
 requests, and reads one channel on which the server forwards every line its children write
 (behind the key of the attempt it belongs to) and says when a child started, broke the
@@ -24,8 +24,9 @@ import logging
 from pathlib import Path
 from typing import IO, Protocol
 
-from .config import Settings
-from .models import Claimed
+from ..config import Settings
+from ..models import Claimed
+from .child import command, message_limit
 from .procs import create_private, describe_exit, new_group_options, read_tail, signal_group
 from .protocol import (
     Broken,
@@ -37,15 +38,14 @@ from .protocol import (
     encode_fork,
     encode_kill,
 )
-from .worker import command, message_limit
 
-log = logging.getLogger("asyncjobs.forkserver")
+log = logging.getLogger("asyncjobs.workers.forkserver")
 
 
 async def spawn_worker(settings: Settings, allow_list: Path, mode: str, path: Path, *,
                        append: bool = False, extra: int = 0,
                        ) -> tuple[asyncio.subprocess.Process, IO[bytes]]:
-    """Start ``python -m asyncjobs.worker`` in ``mode`` (pool, once or forkserver) in its own
+    """Start ``python -m asyncjobs.workers.child`` in ``mode`` (pool, once or forkserver) in its own
     process group, its stderr to a new private file at ``path``, which is returned open
     (never reopened by path: a job could have put a symlink or FIFO there)."""
     stderr = create_private(path, append=append)

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
-from . import display, procs
-from .config import Settings, load_settings
-from .errors import AsyncJobsError, ConfigError, HostLocked, HostUnreachable, InvalidField
-from .models import JSONValue, OutcomeKind
+from ..config import Settings, load_settings
+from ..errors import AsyncJobsError, ConfigError, HostLocked, HostUnreachable, InvalidField
+from ..models import JSONValue, OutcomeKind
+from ..workers import procs
+from . import display
 
 if TYPE_CHECKING:
-    from .client import AsyncJobsClient, SubmitOptions
+    from .api_client import AsyncJobsClient, SubmitOptions
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
-    from .host import Host  # noqa: PLC0415 - the client commands never need the host
+    from ..engine.host import Host  # noqa: PLC0415 - the client commands never need the host
 
     stop = asyncio.Event()
     # Before the host starts: a SIGTERM during start-up then means a clean stop right after.
@@ -109,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .foreground import run_once  # noqa: PLC0415
+    from ..engine.foreground import run_once  # noqa: PLC0415
 
     settings = _settings(args)
     params = parse_params(args.params, args.json_args)
@@ -130,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _with_client(args: argparse.Namespace,
                  call: Callable[[AsyncJobsClient], Awaitable[T]]) -> T:
-    from .client import AsyncJobsClient  # noqa: PLC0415 - serve and run never need aiohttp
+    from .api_client import AsyncJobsClient  # noqa: PLC0415 - serve and run never need aiohttp
 
     async def go() -> T:
         async with AsyncJobsClient(config=args.config) as client:

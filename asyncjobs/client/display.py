@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from .models import JSONValue
+from ..models import JSONValue
 
 MAX_CELL = 60
 

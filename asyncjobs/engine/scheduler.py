@@ -15,15 +15,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from . import registry
-from .clock import Clock
-from .config import Schedule, Settings
-from .cron import CronExpr
-from .errors import AsyncJobsError
-from .models import JSONValue, Status, iso
-from .store import Store
+from .. import registry
+from ..clock import Clock
+from ..config import Schedule, Settings
+from ..cron import CronExpr
+from ..errors import AsyncJobsError
+from ..models import JSONValue, Status, iso
+from ..store import Store
 
-log = logging.getLogger("asyncjobs.scheduler")
+log = logging.getLogger("asyncjobs.engine.scheduler")
 
 MAX_SLEEP = 60.0  # re-check at least this often, so a wall-clock jump cannot strand a schedule
 PRUNE_EVERY = 600.0
