@@ -43,7 +43,7 @@ from asyncjobs.workers.protocol import (
 pytestmark = pytest.mark.skipif(not procs.CAN_FORK, reason="the fork server needs fork()")
 
 PROCESS = Isolation.PROCESS
-FAULTJOBS = Path(__file__).parent / "faultjobs"
+FAULTJOBS = Path(__file__).parents[1] / "faultjobs"
 _ids = iter(range(1, 1_000_000))
 
 STATE_JOBS = '''
@@ -624,7 +624,7 @@ asyncio.run(main())
 async def test_the_hosts_death_ends_the_server_and_its_children(settings: Settings,
                                                                 tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
-    script = HOST_THAT_DIES.format(tests=str(Path(__file__).parent),
+    script = HOST_THAT_DIES.format(tests=str(Path(__file__).parents[1]),
                                    config=str(tmp_path / "config.json"),
                                    run=str(tmp_path / "run"), pidfile=str(pidfile),
                                    method="grandchild", args=[str(pidfile)], kill_server=False)
@@ -642,7 +642,7 @@ async def test_the_hosts_death_ends_the_server_and_its_children(settings: Settin
 async def test_a_child_dies_with_the_server_when_the_host_dies_too(settings: Settings,
                                                                    tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
-    script = HOST_THAT_DIES.format(tests=str(Path(__file__).parent),
+    script = HOST_THAT_DIES.format(tests=str(Path(__file__).parents[1]),
                                    config=str(tmp_path / "config.json"),
                                    run=str(tmp_path / "run"), pidfile=str(pidfile),
                                    method="run", args=[30, str(pidfile)], kill_server=True)

@@ -19,7 +19,7 @@ from asyncjobs.engine.host import DB_FILE
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
 from asyncjobs.models import OutcomeKind, Status
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED, COMPLETED = OutcomeKind.INTERRUPTED, OutcomeKind.COMPLETED
 
 
