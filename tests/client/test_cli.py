@@ -346,7 +346,8 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_client_commands_never_load_the_store_or_the_host(served: ServedHost) -> None:
-    code = ("import sys; from asyncjobs.client import cli; rc = cli.main(['list', '--limit', '1']); "
+    code = ("import sys; from asyncjobs.client import cli; "
+            "rc = cli.main(['list', '--limit', '1']); "
             "print(rc, sorted(m for m in sys.modules if m.startswith(('asyncjobs.store', "
             "'asyncjobs.engine.host', 'aiosqlite', 'sqlite3'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
