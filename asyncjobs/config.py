@@ -83,6 +83,39 @@ class Schedule:
         return self.cron if self.cron is not None else f"every {self.every:g}s"
 
 
+STORE_FORMS = "'sqlite', 'sqlite:///path/to/file.db' or 'postgresql://user@host:5432/db'"
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: store URLs go into errors and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
+def check_store(path: str, value: object) -> str | None:
+    """Validate a ``store`` value: None or "" is the default SQLite file in ``data_dir``."""
+    if value is None or value == "":
+        return None
+    text = _expect(path, value, str, STORE_FORMS)
+    scheme = text.partition("://")[0] if "://" in text else text
+    if scheme not in STORE_SCHEMES or (scheme != "sqlite" and "://" not in text):
+        raise ConfigError(path, STORE_FORMS, redact_url(text))
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """How a host proves it is alive: a heartbeat every ``heartbeat`` seconds extends its
+    lease to ``lease`` seconds; a host whose lease ran out is dead and its attempts rescued."""
+
+    heartbeat: float = 5.0
+    lease: float = 15.0
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionSettings:
     """Finished jobs older than this many days are pruned; ``None`` keeps them forever."""
@@ -108,7 +141,9 @@ class Settings:
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
     retention: RetentionSettings = RetentionSettings()
     data_dir: Path = Path(".asyncjobs")
+    store: str | None = None  # None: SQLite at data_dir/asyncjobs.db; else a store URL
     durability: str = "full"
+    hosts: HostSettings = HostSettings()
     shutdown_grace: float = 10.0
     max_interruptions: int = 5
     max_result_bytes: int = 1024 * 1024
@@ -266,7 +301,8 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
     """Validate a decoded ``config.json`` document into :class:`Settings`."""
     doc = _expect("(top level)", raw, dict, "a JSON object")
     _check_keys("", doc, {"jobs", "retry", "timeout", "workers", "api", "logs", "data_dir",
-                          "durability", "shutdown_grace", "max_interruptions",
+                          "durability", "shutdown_grace", "max_interruptions", "store",
+                          "hosts",
                           "max_result_bytes", "max_output_bytes", "schedules", "retention",
                           "$schema", "_comment"})
     jobs_raw = _expect("jobs", doc.get("jobs", {}), dict, "an object of class name -> entry")
@@ -321,6 +357,13 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
     if durability not in ("full", "normal"):
         raise ConfigError("durability", "'full' or 'normal'", durability)
     data_dir = Path(_text("data_dir", doc.get("data_dir", ".asyncjobs"), "a path"))
+    h = _section(doc, "hosts", {"heartbeat", "lease"})
+    dh = HostSettings()
+    hosts = HostSettings(heartbeat=_number("hosts.heartbeat", h.get("heartbeat", dh.heartbeat),
+                                           positive=True),
+                         lease=_number("hosts.lease", h.get("lease", dh.lease), positive=True))
+    if hosts.lease <= hosts.heartbeat:
+        raise ConfigError("hosts.lease", "more seconds than hosts.heartbeat", hosts.lease)
     s = Settings()
     return Settings(
         jobs=jobs,
@@ -333,6 +376,8 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
         retention=_retention(doc),
         data_dir=data_dir if data_dir.is_absolute() else base_dir / data_dir,
         durability=durability,
+        store=check_store("store", doc.get("store")),
+        hosts=hosts,
         shutdown_grace=_number("shutdown_grace", doc.get("shutdown_grace", s.shutdown_grace)),
         max_interruptions=_int("max_interruptions",
                                doc.get("max_interruptions", s.max_interruptions), minimum=1),
@@ -378,8 +423,11 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     durability = env.get("ASYNCJOBS_DURABILITY") or settings.durability
     if durability not in ("full", "normal"):
         raise ConfigError("$ASYNCJOBS_DURABILITY", "'full' or 'normal'", durability)
+    store = settings.store
+    if env.get("ASYNCJOBS_STORE"):
+        store = check_store("$ASYNCJOBS_STORE", env["ASYNCJOBS_STORE"])
     return replace(settings, retry=retry, api=api, workers=workers, data_dir=data_dir,
-                   durability=durability)
+                   durability=durability, store=store)
 
 
 def find_config(path: str | Path | None, env: Mapping[str, str]) -> Path:

@@ -143,10 +143,12 @@ class Attempt:
     exit_code: int | None
     error: ErrorInfo | None
     output: str
+    host: str | None = None  # the id of the host that ran it (None: from before hosts)
 
     def to_json(self) -> dict[str, JSONValue]:
         return {
             "number": self.number,
+            "host": self.host,
             "outcome": self.outcome.value if self.outcome else "running",
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),

@@ -37,7 +37,8 @@ from common import (
 )
 
 from asyncjobs.config import load_settings
-from asyncjobs.engine.host import DB_FILE, Host
+from asyncjobs.engine.host import Host
+from asyncjobs.store.factory import DB_FILE
 from asyncjobs.models import Priority
 
 

@@ -123,4 +123,21 @@ MIGRATIONS: list[str] = [
             ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
     END;
     """,
+    # 6: hosts as rows (id, address, heartbeat lease); each running job and each attempt
+    # names the host that claimed it, so recovery interrupts only a dead host's attempts; a
+    # cancel of a running job is a mark its host sees in its next round.
+    """
+    CREATE TABLE hosts (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        hostname TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        expires_at REAL NOT NULL           -- heartbeat_at + lease; dead once passed
+    );
+    ALTER TABLE jobs ADD COLUMN host TEXT;  -- the host holding the running attempt
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN host TEXT;
+    """,
 ]

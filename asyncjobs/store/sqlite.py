@@ -39,9 +39,11 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
+from ..engine.events import EventBus
+from ..engine.roles import Leader, Notifier, SoleLeader
 from ..errors import Unavailable
 from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Page, Round, ScheduleState, Stats, Submitted, writes
+from . import CancelResult, Finished, HostRow, Page, Round, ScheduleState, Stats, Submitted, writes
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -78,7 +80,7 @@ def _attempt(row: Sequence[Any]) -> Attempt:
     error = ErrorInfo(row[5], row[6] or "", row[7]) if row[5] else None
     return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
                    started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
-                   output=row[8] or "")
+                   output=row[8] or "", host=row[9])
 
 
 def _storage_error(exc: sqlite3.Error) -> Unavailable:
@@ -141,6 +143,8 @@ class SqliteStore:
         self._queue: deque[tuple[Op, asyncio.Future[Any], bool]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._notifier = EventBus()
+        self._leader = SoleLeader()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -186,6 +190,13 @@ class SqliteStore:
                 self._conn = None
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def notifier(self) -> Notifier:
+        """In-process: every party that can share a SQLite store is in this process."""
+        return self._notifier
+
+    def leader(self, host_id: str) -> Leader:
+        return self._leader
 
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         assert self._executor is not None
@@ -311,17 +322,13 @@ class SqliteStore:
             partial(writes.submit, specs=specs, now=now), heavy=len(specs) > HEAVY_SUBMIT)
         return result
 
-    async def claim(self, now: float, limit: int, capacity: Mapping[str, int]) -> list[Claimed]:
-        result: list[Claimed] = await self._write(partial(
-            writes.claim, now=now, limit=limit, capacity=dict(capacity)))
-        return result
-
-    async def dispatch_round(self, *, progress: Mapping[int, tuple[float, str | None]],
+    async def dispatch_round(self, *, host: str,
+                             progress: Mapping[int, tuple[float, str | None]],
                              finished: Sequence[Finished], now: float, limit: int,
-                             capacity: Mapping[str, int]) -> Round:
+                             concurrency: Mapping[str, int]) -> Round:
         result: Round = await self._write(partial(
-            writes.dispatch_round, progress=dict(progress), finished=finished, now=now,
-            limit=limit, capacity=dict(capacity)))
+            writes.dispatch_round, host=host, progress=dict(progress), finished=finished,
+            now=now, limit=limit, concurrency=dict(concurrency)))
         return result
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:
@@ -333,17 +340,9 @@ class SqliteStore:
                                                          reason=reason))
         return result
 
-    async def cancel_rest_of_chain(self, job_id: int, now: float) -> list[int]:
-        result: list[int] = await self._write(partial(
-            writes.break_chain, job_id=job_id, status=Status.CANCELLED, now=now))
-        return result
-
     async def retry(self, job_id: int, now: float) -> list[int]:
         result: list[int] = await self._write(partial(writes.retry, job_id=job_id, now=now))
         return result
-
-    async def set_progress(self, updates: Mapping[int, tuple[float, str | None]]) -> None:
-        await self._write(partial(writes.set_progress, updates=dict(updates)))
 
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
         result: int = await self._write(partial(writes.prune, before=before, statuses=statuses,
@@ -354,12 +353,31 @@ class SqliteStore:
         await self._write(partial(writes.save_schedule, name=name, expression=expression,
                                   next_run=next_run))
 
-    async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec,
-                            next_run: float, now: float) -> int:
-        result: int = await self._write(partial(
-            writes.fire_schedule, name=name, expression=expression, spec=spec,
+    async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec, slot: float,
+                            next_run: float, now: float) -> int | None:
+        result: int | None = await self._write(partial(
+            writes.fire_schedule, name=name, expression=expression, spec=spec, slot=slot,
             next_run=next_run, now=now))
         return result
+
+    # -- hosts -----------------------------------------------------------------------------
+
+    async def register_host(self, host: HostRow) -> None:
+        await self._write(partial(writes.register_host, host=host))
+
+    async def heartbeat(self, host_id: str, now: float, expires_at: float) -> None:
+        await self._write(partial(writes.heartbeat, host_id=host_id, now=now,
+                                  expires_at=expires_at))
+
+    async def retire_host(self, host_id: str, now: float) -> None:
+        await self._write(partial(writes.heartbeat, host_id=host_id, now=now, expires_at=now))
+
+    async def hosts(self, now: float) -> list[HostRow]:
+        rows = await self._read(
+            "SELECT id, url, pid, hostname, started_at, heartbeat_at, expires_at, "
+            "(SELECT COUNT(*) FROM jobs WHERE status = 'running' AND host = hosts.id) "
+            "FROM hosts WHERE expires_at > ? ORDER BY started_at, id", (now - 86400,))
+        return [HostRow(*row) for row in rows]
 
     async def schedule_states(self) -> dict[str, ScheduleState]:
         rows = await self._read("SELECT name, expression, next_run, last_run, last_job_id "
@@ -368,15 +386,12 @@ class SqliteStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def running(self) -> list[Claimed]:
+    async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         rows = await self._read(
-            f"SELECT {writes.CLAIM_COLUMNS} FROM jobs WHERE status = 'running'")  # noqa: S608
+            f"SELECT {writes.CLAIM_COLUMNS} FROM jobs WHERE status = 'running' "  # noqa: S608
+            "AND (host IS NULL OR (host != ? AND host NOT IN "
+            "(SELECT id FROM hosts WHERE expires_at > ?)))", (alive, now))
         return [writes.claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
-
-    async def next_due(self, after: float) -> float | None:
-        # Through the writer: the same step as the one in dispatch_round.
-        result: float | None = await self._write(partial(writes.next_due, after=after))
-        return result
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = list(await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)))  # noqa: S608
@@ -384,7 +399,8 @@ class SqliteStore:
             return None
         attempts = await self._read(
             "SELECT number, outcome, started_at, finished_at, exit_code, error_type, "
-            "error_message, traceback, output FROM attempts WHERE job_id = ? ORDER BY number",
+            "error_message, traceback, output, host FROM attempts WHERE job_id = ? "
+            "ORDER BY number",
             (job_id,))
         return _job(rows[0], [_attempt(a) for a in attempts])
 

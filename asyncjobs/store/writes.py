@@ -18,7 +18,7 @@ import orjson
 
 from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Round, Submitted
+from . import CancelResult, Finished, HostRow, Round, Submitted, check_transition
 
 log = logging.getLogger("asyncjobs.store")
 
@@ -106,9 +106,28 @@ def _insert_one(conn: sqlite3.Connection, spec: JobSpec, now: float) -> Submitte
     return Submitted(job_id, Status.PENDING)
 
 
-def claim(conn: sqlite3.Connection, now: float, limit: int,
-          capacity: dict[str, int]) -> list[Claimed]:
-    """Move up to ``limit`` due jobs to running: priority, then run_at, then id."""
+def _capacity(conn: sqlite3.Connection, concurrency: Mapping[str, int]) -> dict[str, int]:
+    """Room left per capped class: its limit minus its running jobs in the whole store.
+
+    Read from ``job_counts``, which every claim and finish keeps exact in its own
+    transaction, so this is one indexed row per class, not a count of jobs.
+    """
+    if not concurrency:
+        return {}
+    marks = ",".join("?" * len(concurrency))
+    running = dict(conn.execute(
+        f"SELECT class, n FROM job_counts WHERE status = 'running' AND class IN ({marks})",  # noqa: S608
+        list(concurrency)).fetchall())
+    return {cls: limit - running.get(cls, 0) for cls, limit in concurrency.items()}
+
+
+def claim(conn: sqlite3.Connection, now: float, limit: int, concurrency: Mapping[str, int],
+          host: str) -> list[Claimed]:
+    """Move up to ``limit`` due jobs to running for ``host``: priority, then run_at, then id.
+
+    A class in ``concurrency`` gets no more running jobs than its limit, across all hosts.
+    """
+    capacity = _capacity(conn, concurrency)
     claimed: list[Claimed] = []
     while len(claimed) < limit:
         full = [cls for cls, left in capacity.items() if left <= 0]
@@ -128,26 +147,30 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
     if claimed:
         conn.executemany(
             "UPDATE jobs SET status = 'running', runs = runs + 1, attempts = attempts + 1, "
-            "started_at = ? WHERE id = ? AND status = 'pending'",
-            [(now, c.id) for c in claimed])
-        conn.executemany("INSERT INTO attempts (job_id, number, started_at) VALUES (?, ?, ?)",
-                         [(c.id, c.attempt, now) for c in claimed])
+            "started_at = ?, host = ?, cancel_requested = 0 WHERE id = ? AND status = 'pending'",
+            [(now, host, c.id) for c in claimed])
+        conn.executemany("INSERT INTO attempts (job_id, number, started_at, host) "
+                         "VALUES (?, ?, ?, ?)", [(c.id, c.attempt, now, host) for c in claimed])
         adjust_counts(conn, _moves(Counter((c.cls, "pending", "running") for c in claimed)))
     return claimed
 
 
-def dispatch_round(conn: sqlite3.Connection, *,
+def dispatch_round(conn: sqlite3.Connection, *, host: str,
                    progress: Mapping[int, tuple[float, str | None]],
                    finished: Sequence[Finished], now: float, limit: int,
-                   capacity: dict[str, int]) -> Round:
+                   concurrency: Mapping[str, int]) -> Round:
     """A dispatcher round: one op, so one transaction and no future per part."""
     if progress:
         set_progress(conn, progress)
     advanced = finish(conn, finished) if finished else []
+    # The running jobs are few (at most the hosts' capacity): a short range of jobs_status.
+    cancel = [row[0] for row in conn.execute(
+        "SELECT id FROM jobs WHERE status = 'running' AND cancel_requested = 1 AND host = ?",
+        (host,))]
     if limit <= 0:
-        return Round(advanced, [], None)
-    claimed = claim(conn, now, limit, capacity)
-    return Round(advanced, claimed, next_due(conn, now))
+        return Round(advanced, [], None, cancel)
+    claimed = claim(conn, now, limit, concurrency, host)
+    return Round(advanced, claimed, next_due(conn, now), cancel)
 
 
 def next_due(conn: sqlite3.Connection, after: float) -> float | None:
@@ -186,6 +209,8 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
     An attempt given back before it ran (``outcome.started`` false) was no execution: its
     row goes, and it counts neither as an attempt nor as an interruption.
     """
+    for f in finished:
+        check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
     conn.executemany(
         "UPDATE attempts SET outcome = ?, finished_at = ?, exit_code = ?, error_type = ?, "
         "error_message = ?, traceback = ?, output = ? WHERE job_id = ? AND number = ?",
@@ -202,7 +227,8 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
         "UPDATE jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, "
         "result = ?, error_type = ?, error_message = ?, attempts = attempts - ?, "
         "runs = runs - ?, interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
-        "WHEN 'keep' THEN interruptions ELSE 0 END WHERE id = ? AND status = 'running'",
+        "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL, cancel_requested = 0 "
+        "WHERE id = ? AND status = 'running'",
         [_job_update(f) for f in finished]).rowcount
     if changed == len(finished):
         adjust_counts(conn, _moves(Counter((f.claimed.cls, "running", f.transition.status.value)
@@ -306,7 +332,11 @@ def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> Ca
     if status in TERMINAL:
         raise WrongState(f"job {job_id} is already {status.value}")
     if status is Status.RUNNING:
+        # Only its host can stop the process; it records "cancelled" when the attempt ends.
+        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                     (job_id,))
         return CancelResult(status, [])
+    check_transition(job_id, status, Status.CANCELLED)
     conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = "
                  "'Cancelled', error_message = ? WHERE id = ? AND status = 'pending'",
                  (now, reason, job_id))
@@ -317,7 +347,7 @@ def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> Ca
 def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
     status = status_of(conn, job_id)
-    if status not in (Status.FAILED, Status.CANCELLED):
+    if status not in (Status.FAILED, Status.CANCELLED):  # running -> pending is the policy's
         raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
                          "be retried")
     # Its unique_key may have gone to a newer job meanwhile; two live jobs may not share one.
@@ -328,6 +358,7 @@ def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     if twin is not None:
         raise WrongState(f"job {job_id} cannot be retried while job {twin[0]} with the same "
                          "unique_key is pending or running")
+    check_transition(job_id, status, Status.PENDING)
     conn.execute("UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, "
                  "interruptions = 0, finished_at = NULL, error_type = NULL, "
                  "error_message = NULL, result = NULL WHERE id = ? AND status = ?",
@@ -361,11 +392,33 @@ def save_schedule(conn: sqlite3.Connection, name: str, *, expression: str, next_
 
 
 def fire_schedule(conn: sqlite3.Connection, name: str, *, expression: str, spec: JobSpec,
-                  next_run: float, now: float) -> int:
+                  slot: float, next_run: float, now: float) -> int | None:
+    """Compare-and-set on the slot: only the scheduler that moves ``next_run`` off ``slot``
+    enqueues the job; any other (another host, a stale view) gets None."""
+    moved = conn.execute("UPDATE schedules SET next_run = ?, last_run = ? WHERE name = ? AND "
+                         "expression = ? AND next_run = ?",
+                         (next_run, now, name, expression, slot)).rowcount
+    if not moved:
+        return None
     (submitted,) = submit(conn, [spec], now)
-    save_schedule(conn, name, expression=expression, next_run=next_run, last_run=now,
-                  last_job_id=submitted.id)
+    conn.execute("UPDATE schedules SET last_job_id = ? WHERE name = ?", (submitted.id, name))
     return submitted.id
+
+
+def register_host(conn: sqlite3.Connection, host: HostRow) -> None:
+    """Insert ``host``; end every other host's lease (SQLite admits one host at a time: the
+    one registering holds the data directory's lock, so the others are gone)."""
+    conn.execute("UPDATE hosts SET expires_at = ? WHERE id != ? AND expires_at > ?",
+                 (host.started_at, host.id, host.started_at))
+    conn.execute("INSERT OR REPLACE INTO hosts (id, url, pid, hostname, started_at, "
+                 "heartbeat_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (host.id, host.url, host.pid, host.hostname, host.started_at,
+                  host.heartbeat_at, host.expires_at))
+
+
+def heartbeat(conn: sqlite3.Connection, host_id: str, now: float, expires_at: float) -> None:
+    conn.execute("UPDATE hosts SET heartbeat_at = ?, expires_at = ? WHERE id = ?",
+                 (now, expires_at, host_id))
 
 
 def prune(conn: sqlite3.Connection, before: float, statuses: Sequence[Status],

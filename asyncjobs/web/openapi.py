@@ -46,6 +46,8 @@ _ATTEMPT = {
                  "output"],
     "properties": {
         "number": {"type": "integer"},
+        "host": {"type": ["string", "null"],
+                 "description": "id of the host that ran the attempt (GET /api/hosts)"},
         "outcome": {"type": "string", "enum": ["running", "completed", "failed", "timeout",
                                                "cancelled", "crashed", "interrupted"]},
         "started_at": {"type": "string", "format": "date-time"},

@@ -15,7 +15,7 @@ import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, wait_gone
 
 from asyncjobs.config import Settings
-from asyncjobs.engine.host import DB_FILE
+from asyncjobs.store.factory import DB_FILE
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
 from asyncjobs.models import OutcomeKind, Status
 
@@ -262,7 +262,9 @@ async def leave_running(make_host: HostFactory, settings: Settings, clock: FakeC
     """Open a host that claims the due jobs and goes away without recording any outcome,
     the way a host killed mid-attempt leaves its data directory."""
     async with make_host(settings) as host:
-        assert await host.store.claim(clock.now(), 10, {})
+        assert (await host.store.dispatch_round(
+            host=host.id, progress={}, finished=[], now=clock.now(), limit=10,
+            concurrency={})).claimed
 
 
 async def test_an_interruption_does_not_use_up_an_attempt(settings: Settings,
