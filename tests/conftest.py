@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, fixed_rand
+from pg_fixture import pg_database, pg_url  # noqa: F401 - fixtures for the PostgreSQL tests
 
 from asyncjobs.config import Settings, load_settings
 from asyncjobs.engine.host import Host

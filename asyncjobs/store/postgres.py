@@ -1,0 +1,262 @@
+"""The PostgreSQL store: many hosts, one queue, on an asyncpg connection pool.
+
+Every write is one transaction on a pooled connection (the steps are in
+:mod:`.postgres_writes`); PostgreSQL's own locking takes the place of SQLite's single writer,
+so several hosts write at once.  Reads run on the pool outside any explicit transaction.
+A connection error (the server restarting, a network cut, ``pg_terminate_backend``) becomes
+:class:`~asyncjobs.errors.Unavailable`, which the API answers with 503 and the dispatcher
+retries; the pool opens fresh connections as they are needed, so the store heals itself once
+the server is back.  The connection URL's password never leaves this module: every message
+names the server by :func:`~asyncjobs.config.redact_url`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ..config import redact_url
+from ..engine.roles import Leader, Notifier
+from ..errors import Unavailable
+from ..models import Claimed, JobRecord, JobSpec, Status
+from . import CancelResult, Finished, HostRow, Page, Round, ScheduleState, Stats, Submitted
+from . import postgres_writes as writes
+from .postgres_roles import PgLeader, PgNotifier
+from .postgres_schema import migrate
+from .sqlite import JOB_COLUMNS, _attempt, _job
+from .writes import CLAIM_COLUMNS, claimed_from_row
+
+log = logging.getLogger("asyncjobs.store")
+
+T = TypeVar("T")
+POOL_SIZE = 10  # connections per host: the dispatcher, API requests, the roles
+CONNECT_TIMEOUT = 10.0  # seconds to reach the server before "unavailable"
+COMMAND_TIMEOUT = 30.0  # seconds one statement may take before it is abandoned
+
+# What a lost or unreachable server looks like through asyncpg (and the OS beneath it).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+    # What asyncpg raises on a pooled connection the server ended while it sat idle.
+    asyncpg.InternalClientError)
+
+
+class PostgresStore:
+    """The :class:`~asyncjobs.store.Store` on a PostgreSQL database shared by many hosts."""
+
+    def __init__(self, url: str, *, durability: str = "full",
+                 pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.where = redact_url(url)
+        # "normal" acknowledges a commit before its WAL record is on disk: a crash of the
+        # server may lose the last moments of writes, never corrupt the database.
+        self._settings = {"synchronous_commit": "on" if durability == "full" else "off",
+                          "application_name": "asyncjobs"}
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._notifier = PgNotifier(url, self.where)
+        self._leaders: dict[str, PgLeader] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
+        except asyncpg.PostgresError as exc:  # a wrong database or role, say
+            raise Unavailable(f"PostgreSQL at {self.where} refused the connection: "
+                              f"{_message(exc)}") from None
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self._pool_size, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings)
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
+
+    async def close(self) -> None:
+        """Close the pool and the roles' own connections (closing a role twice is harmless)."""
+        for leader in self._leaders.values():
+            await leader.close()
+        await self._notifier.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def notifier(self) -> Notifier:
+        """LISTEN/NOTIFY on a connection of its own (see :mod:`.postgres_roles`)."""
+        return self._notifier
+
+    def leader(self, host_id: str) -> Leader:
+        """A session advisory lock held on a connection of its own."""
+        if host_id not in self._leaders:
+            self._leaders[host_id] = PgLeader(self.url, self.where, host_id)
+        return self._leaders[host_id]
+
+    def _unavailable(self, exc: BaseException) -> Unavailable:
+        return Unavailable(f"storage unavailable: cannot reach PostgreSQL at {self.where}: "
+                           f"{_message(exc)}")
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise Unavailable("the store is closed")
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    yield conn
+                except CONNECTION_ERRORS:
+                    # Not back into the pool: it would fail the next caller the same way.
+                    conn.terminate()
+                    raise
+        except CONNECTION_ERRORS as exc:
+            log.error("store: lost PostgreSQL at %s: %s", self.where, _message(exc))
+            raise self._unavailable(exc) from None
+
+    async def _write(self, step: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+        """Run one write step in its own transaction."""
+        async with self._connection() as conn, conn.transaction():
+            return await step(conn, **kwargs)
+
+    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        async with self._connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *params)
+            return rows
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def submit(self, specs: Sequence[JobSpec], now: float) -> list[Submitted]:
+        return await self._write(writes.submit, specs=specs, now=now)
+
+    async def dispatch_round(self, *, host: str,
+                             progress: Mapping[int, tuple[float, str | None]],
+                             finished: Sequence[Finished], now: float, limit: int,
+                             concurrency: Mapping[str, int]) -> Round:
+        return await self._write(writes.dispatch_round, host=host, progress=progress,
+                                 finished=finished, now=now, limit=limit,
+                                 concurrency=concurrency)
+
+    async def finish(self, finished: Sequence[Finished]) -> list[int]:
+        return await self._write(writes.finish, finished=finished)
+
+    async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult:
+        return await self._write(writes.cancel, job_id=job_id, now=now, reason=reason)
+
+    async def retry(self, job_id: int, now: float) -> list[int]:
+        return await self._write(writes.retry, job_id=job_id, now=now)
+
+    async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
+        return await self._write(writes.prune, before=before, statuses=statuses, limit=limit)
+
+    async def save_schedule(self, name: str, *, expression: str, next_run: float) -> None:
+        await self._write(writes.save_schedule, name=name, expression=expression,
+                          next_run=next_run)
+
+    async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec, slot: float,
+                            next_run: float, now: float) -> int | None:
+        return await self._write(writes.fire_schedule, name=name, expression=expression,
+                                 spec=spec, slot=slot, next_run=next_run, now=now)
+
+    # -- hosts -----------------------------------------------------------------------------
+
+    async def register_host(self, host: HostRow) -> None:
+        await self._write(writes.register_host, host=host)
+
+    async def heartbeat(self, host_id: str, now: float, expires_at: float) -> None:
+        await self._write(writes.heartbeat, host_id=host_id, now=now, expires_at=expires_at)
+
+    async def retire_host(self, host_id: str, now: float) -> None:
+        await self._write(writes.heartbeat, host_id=host_id, now=now, expires_at=now)
+
+    async def hosts(self, now: float) -> list[HostRow]:
+        rows = await self._fetch(
+            "SELECT id, url, pid, hostname, started_at, heartbeat_at, expires_at, "
+            "(SELECT count(*) FROM jobs WHERE status = 'running' AND host = hosts.id) "
+            "FROM hosts WHERE expires_at > $1 ORDER BY started_at, id", now - 86400)
+        return [HostRow(*row) for row in rows]
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        rows = await self._fetch("SELECT name, expression, next_run, last_run, last_job_id "
+                                 "FROM schedules")
+        return {row[0]: ScheduleState(*row) for row in rows}
+
+    async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
+        rows = await self._fetch(
+            f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'running' "  # noqa: S608
+            "AND (host IS NULL OR (host <> $1 AND host NOT IN "
+            "(SELECT id FROM hosts WHERE expires_at > $2)))", alive, now)
+        return [claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
+
+    async def get(self, job_id: int) -> JobRecord | None:
+        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1",  # noqa: S608
+                                 job_id)
+        if not rows:
+            return None
+        attempts = await self._fetch(
+            "SELECT number, outcome, started_at, finished_at, exit_code, error_type, "
+            "error_message, traceback, output, host FROM attempts WHERE job_id = $1 "
+            "ORDER BY number",
+            job_id)
+        return _job(rows[0], [_attempt(a) for a in attempts])
+
+    async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
+                        chain: int | None = None, limit: int = 50,
+                        cursor: int | None = None) -> Page:
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("chain_id =", chain), ("status =", status and status.value),
+                              ("class =", cls), ("id <", cursor)):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} ${len(params)}")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC "  # noqa: S608
+            f"LIMIT ${len(params) + 1}", *params, limit + 1)
+        more = len(rows) > limit
+        jobs = [_job(row) for row in rows[:limit]]
+        return Page(jobs, jobs[-1].id if more and jobs else None)
+
+    async def stats(self, now: float) -> Stats:
+        counts = {s.value: 0 for s in Status}
+        by_class: dict[str, dict[str, int]] = {}
+        # Counted, not kept in counter rows: a counter row per class would be one hot row
+        # that every host's claims and finishes queue on.  The (status, id) and (class, id)
+        # indexes make this an index-only count.
+        for cls, status, n in await self._fetch(
+                "SELECT class, status, count(*) FROM jobs GROUP BY class, status"):
+            counts[status] += n
+            by_class.setdefault(cls, {s.value: 0 for s in Status})[status] = n
+        minute = int(now // 60) * 60
+        rows = await self._fetch(
+            "SELECT (floor(finished_at / 60) * 60)::bigint, count(*) FILTER (WHERE outcome = "
+            "'completed'), count(*) FILTER (WHERE outcome <> 'completed') FROM attempts "
+            "WHERE finished_at >= $1 GROUP BY 1", float(minute - 59 * 60))
+        per_minute: dict[int, list[int]] = {minute - 60 * i: [0, 0] for i in range(60)}
+        for start, completed, failed in rows:
+            if start in per_minute:
+                per_minute[start] = [completed, failed]
+        now_part = (now - minute) / 60
+        current, previous = per_minute[minute], per_minute[minute - 60]
+        return Stats(
+            counts=counts, by_class=by_class,
+            finished_last_minute=round(sum(current) + sum(previous) * (1 - now_part)),
+            finished_last_hour=sum(c + f for c, f in per_minute.values()),
+            per_minute=sorted((t, c, f) for t, (c, f) in per_minute.items()),
+        )
+
+
+def _message(exc: BaseException) -> str:
+    """An error's text, one line, without anything asyncpg echoed from the URL."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text

@@ -1,0 +1,411 @@
+"""The PostgreSQL store's write steps, as coroutines on one asyncpg connection in a transaction.
+
+They mirror :mod:`.writes` (the SQLite steps) and keep the same semantics; what differs is
+what several hosts writing at once needs.  A claim is one statement that locks its rows with
+``FOR UPDATE SKIP LOCKED``, so two hosts never claim one job and never wait for each other;
+per-class ``concurrency`` is counted there from the ``running`` rows of every host, under a
+per-class advisory transaction lock (see :func:`claim`).  Every change of state is a
+compare-and-set on the status (and, for an attempt's end, on its number), and a check and
+the change that follows it see the same row (``FOR UPDATE``).  Telling other hosts about a
+change is the notifier's business (:mod:`.postgres_roles`), not these steps'.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..errors import JobNotFound, WrongState
+from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Status
+from . import CancelResult, Finished, HostRow, Round, Submitted, check_transition
+from .writes import CLAIM_COLUMNS, claimed_from_row, dumps
+
+log = logging.getLogger("asyncjobs.store")
+
+INSERT_JOBS = (
+    "INSERT INTO jobs (class, method, args, kwargs, status, priority, run_at, timeout, "
+    "max_attempts, created_at, chain_id, chain_pos, unique_key) "
+    "SELECT c, m, a, k, 'pending', p, r, t, x, $10, h, s, NULL FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::float8[], "
+    "$7::float8[], $8::int[], $9::bigint[], $11::int[]) AS u(c, m, a, k, p, r, t, x, h, s) "
+    "RETURNING id")
+
+# One statement: find the best due jobs no other transaction holds, leave out the classes
+# that have no room, keep at most each capped class's room, mark them running and open
+# their attempts.  $3/$4 are the capped classes and their cluster-wide limits.
+CLAIM = f"""
+WITH caps AS (
+    SELECT c.cls, c.lim - (SELECT count(*) FROM jobs r
+                           WHERE r.status = 'running' AND r.class = c.cls) AS room
+    FROM unnest($3::text[], $4::int[]) AS c(cls, lim)
+), cand AS (
+    SELECT id, class, priority, run_at FROM jobs
+    WHERE status = 'pending' AND run_at <= $1
+      AND class <> ALL (ARRAY(SELECT cls FROM caps WHERE room <= 0))
+    ORDER BY priority, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT id FROM (
+        SELECT cand.id, caps.room, row_number() OVER (
+            PARTITION BY cand.class ORDER BY cand.priority, cand.run_at, cand.id) AS k
+        FROM cand LEFT JOIN caps ON caps.cls = cand.class) AS ranked
+    WHERE room IS NULL OR k <= room
+), moved AS (
+    UPDATE jobs SET status = 'running', runs = runs + 1, attempts = attempts + 1,
+        started_at = $1, host = $5, cancel_requested = false
+    FROM chosen WHERE jobs.id = chosen.id AND jobs.status = 'pending'
+    RETURNING {", ".join(f"jobs.{c}" for c in CLAIM_COLUMNS.split(", "))},
+        jobs.priority, jobs.run_at
+), opened AS (
+    INSERT INTO attempts (job_id, number, started_at, host)
+    SELECT id, runs, $1, $5 FROM moved
+)
+SELECT * FROM moved ORDER BY priority, run_at, id
+"""  # noqa: S608 - column names only, no input
+
+
+async def submit(conn: asyncpg.Connection, specs: Sequence[JobSpec],
+                 now: float) -> list[Submitted]:
+    plain = [s for s in specs if s.unique_key is None and not s.then]
+    if len(plain) == len(specs):
+        ids = await _insert(conn, [_job_row(s) for s in specs], now)
+        result = [Submitted(i, Status.PENDING) for i in ids]
+    else:
+        result = [await _submit_one(conn, s, now) for s in specs]
+    return result
+
+
+def _job_row(spec: JobSpec) -> tuple[Any, ...]:
+    return (spec.cls, spec.method, dumps(list(spec.args)), dumps(dict(spec.kwargs)),
+            spec.priority.rank, spec.run_at, spec.timeout, spec.max_attempts, None, None)
+
+
+async def _insert(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]],
+                  now: float) -> list[int]:
+    """Insert pending jobs; their ids in the rows' order (one statement for the lot)."""
+    columns = list(zip(*rows, strict=True))
+    records = await conn.fetch(INSERT_JOBS, *columns[:9], now, columns[9])
+    # Identity values are drawn in the order the rows are inserted, so sorted ids map to
+    # the rows in order, even when another host's insert drew ids in between.
+    return sorted(r[0] for r in records)
+
+
+async def _submit_one(conn: asyncpg.Connection, spec: JobSpec, now: float) -> Submitted:
+    if spec.unique_key is not None:
+        # Inserted (or not) in one statement: two hosts submitting the same key at once
+        # meet in the unique index, and the loser reads the winner's job.
+        job_id = await conn.fetchval(
+            "INSERT INTO jobs (class, method, args, kwargs, status, priority, run_at, timeout, "
+            "max_attempts, created_at, unique_key) VALUES ($1, $2, $3, $4, 'pending', $5, $6, "
+            "$7, $8, $9, $10) ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND "
+            "status IN ('pending', 'running') DO NOTHING RETURNING id",
+            *_job_row(spec)[:8], now, spec.unique_key)
+        if job_id is None:
+            row = await conn.fetchrow("SELECT id, status FROM jobs WHERE unique_key = $1 AND "
+                                      "status IN ('pending', 'running')", spec.unique_key)
+            if row is None:  # the holder finished between the two statements: try again
+                return await _submit_one(conn, spec, now)
+            return Submitted(row[0], Status(row[1]), duplicate=True)
+    else:
+        (job_id,) = await _insert(conn, [_job_row(spec)], now)
+    if spec.then:
+        await conn.execute("UPDATE jobs SET chain_id = $1, chain_pos = 0 WHERE id = $1", job_id)
+        # Later steps wait with run_at NULL (never due) until their predecessor completes.
+        await _insert(conn, [
+            (step.cls, step.method, dumps(list(step.args)), dumps(dict(step.kwargs)),
+             spec.priority.rank, None, spec.timeout, spec.max_attempts, job_id, pos)
+            for pos, step in enumerate(spec.then, start=1)], now)
+    return Submitted(job_id, Status.PENDING)
+
+
+async def claim(conn: asyncpg.Connection, now: float, limit: int,
+                concurrency: Mapping[str, int], host: str) -> list[Claimed]:
+    """Move up to ``limit`` due jobs to running on ``host``: priority, run_at, id.
+
+    ``concurrency`` caps the jobs of a class running at once on all hosts together.  Counting
+    them inside the claim is not enough under READ COMMITTED: two hosts would count the
+    same snapshot and both take the last place.  So a claim first takes a transaction-level
+    advisory lock per capped class (in one order, so no deadlock); the next host's claim
+    waits for it, and its statement then sees the committed ``running`` rows.  Claims of
+    uncapped classes take no lock at all.
+    """
+    classes = sorted(concurrency)
+    if classes:
+        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtext("
+                           "'asyncjobs.class:' || current_setting('search_path') || ':' || c) "
+                           "AS k FROM unnest($1::text[]) AS c ORDER BY 1) AS keys", classes)
+    caps = [concurrency[c] for c in classes]
+    claimed: list[Claimed] = []
+    while len(claimed) < limit:
+        want = limit - len(claimed)
+        rows = await conn.fetch(CLAIM, now, want, classes, caps, host)
+        claimed += [claimed_from_row(r, attempt=r[5], attempts=r[6]) for r in rows]
+        # A capped class may have crowded out others among the candidates; it is full now
+        # and left out of the next pass.  Without caps, fewer rows means nothing more is due.
+        if not classes or not rows:
+            break
+    return claimed
+
+
+async def next_due(conn: asyncpg.Connection, after: float) -> float | None:
+    value = await conn.fetchval("SELECT min(run_at) FROM jobs WHERE status = 'pending' AND "
+                                "run_at > $1", after)
+    return float(value) if value is not None else None
+
+
+async def set_progress(conn: asyncpg.Connection,
+                       updates: Mapping[int, tuple[float, str | None]]) -> None:
+    await conn.execute(
+        "UPDATE jobs SET progress = u.f, progress_message = u.m FROM unnest($1::bigint[], "
+        "$2::float8[], $3::text[]) AS u(id, f, m) WHERE jobs.id = u.id",
+        list(updates), [f for f, _ in updates.values()], [m for _, m in updates.values()])
+
+
+async def dispatch_round(conn: asyncpg.Connection, *, host: str,
+                         progress: Mapping[int, tuple[float, str | None]],
+                         finished: Sequence[Finished], now: float, limit: int,
+                         concurrency: Mapping[str, int]) -> Round:
+    if progress:
+        await set_progress(conn, progress)
+    advanced = await finish(conn, finished) if finished else []
+    # A cancel whose signal was lost (or raced the claim) still reaches the job here.
+    cancel = [r[0] for r in await conn.fetch(
+        "SELECT id FROM jobs WHERE status = 'running' AND host = $1 AND cancel_requested",
+        host)]
+    if limit <= 0:
+        return Round(advanced, [], None, cancel)
+    claimed = await claim(conn, now, limit, concurrency, host)
+    return Round(advanced, claimed, await next_due(conn, now), cancel)
+
+
+async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
+    """Record attempt ends and their transitions, in bulk; return chain steps made due.
+
+    The compare-and-set is on the status *and* the attempt number: an attempt another host
+    rescued (its host looked dead) and ran again cannot overwrite the newer attempt's end.
+    An attempt given back before it ran (``outcome.started`` false) leaves no row.
+    """
+    for f in finished:
+        check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
+    ran = [f for f in finished if f.outcome.started]
+    await conn.execute(
+        "UPDATE attempts SET outcome = u.o, finished_at = u.at, exit_code = u.x, "
+        "error_type = u.et, error_message = u.em, traceback = u.tb, output = u.out "
+        "FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::int[], $6::text[], "
+        "$7::text[], $8::text[], $9::text[]) AS u(id, n, o, at, x, et, em, tb, out) "
+        "WHERE attempts.job_id = u.id AND attempts.number = u.n AND attempts.outcome IS NULL",
+        *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
+                    f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output)
+                   for f in ran], 9))
+    given_back = [f for f in finished if not f.outcome.started]
+    if given_back:
+        await conn.execute(
+            "DELETE FROM attempts USING unnest($1::bigint[], $2::int[]) AS u(id, n) "
+            "WHERE attempts.job_id = u.id AND attempts.number = u.n",
+            [f.claimed.id for f in given_back], [f.claimed.attempt for f in given_back])
+    changed = await conn.fetch(
+        "UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin, "
+        "result = u.res, error_type = u.et, error_message = u.em, attempts = attempts - u.da, "
+        "runs = runs - u.dr, host = NULL, cancel_requested = false, interruptions = CASE u.i "
+        "WHEN 'add' THEN interruptions + 1 WHEN 'keep' THEN interruptions ELSE 0 END "
+        "FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], "
+        "$6::text[], $7::int[], $8::int[], $9::text[], $10::bigint[], $11::int[]) "
+        "AS u(s, r, fin, res, et, em, da, dr, i, id, n) "
+        "WHERE jobs.id = u.id AND jobs.status = 'running' AND jobs.runs = u.n RETURNING jobs.id",
+        *_columns([_job_update(f) for f in finished], 11))
+    done = {r[0] for r in changed}
+    if len(done) < len(finished):  # a compare-and-set missed: someone else moved the job
+        log.error("finish: %d of %d job(s) were no longer running as this attempt: %s",
+                  len(finished) - len(done), len(finished),
+                  [f.claimed.id for f in finished if f.claimed.id not in done])
+    return await _follow_chains(conn, [f for f in finished if f.claimed.id in done])
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to the per-column lists ``unnest`` takes (``width`` empty lists for no rows)."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def _error(error: Any) -> tuple[str | None, str | None, str | None]:
+    return (error.type, error.message, error.traceback) if error else (None, None, None)
+
+
+def _job_update(f: Finished) -> tuple[Any, ...]:
+    t = f.transition
+    if not f.outcome.started:
+        interruptions = "keep"
+    elif f.outcome.kind is OutcomeKind.INTERRUPTED:
+        interruptions = "add"
+    else:
+        interruptions = "reset"
+    return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,
+            dumps(t.result) if t.status is Status.COMPLETED else None,
+            t.error.type if t.error else None, t.error.message if t.error else None,
+            0 if t.counts else 1, 0 if f.outcome.started else 1, interruptions, f.claimed.id,
+            f.claimed.attempt)
+
+
+async def _follow_chains(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
+    advanced: list[int] = []
+    for f in finished:
+        if f.claimed.chain_id is None:
+            continue
+        if f.transition.status is Status.COMPLETED:
+            advanced += await _advance_chain(conn, f.claimed.id, f.transition.result, f.at)
+        elif f.transition.status in TERMINAL:
+            await break_chain(conn, f.claimed.id, f.transition.status, f.at)
+    return advanced
+
+
+async def _chain_position(conn: asyncpg.Connection, job_id: int) -> tuple[int, int] | None:
+    row = await conn.fetchrow("SELECT chain_id, chain_pos FROM jobs WHERE id = $1 AND "
+                              "chain_id IS NOT NULL", job_id)
+    return (row[0], row[1]) if row else None
+
+
+async def _advance_chain(conn: asyncpg.Connection, job_id: int, result: Any,
+                         now: float) -> list[int]:
+    """Make the next step due, passing this step's result as ``previous``."""
+    position = await _chain_position(conn, job_id)
+    if position is None:
+        return []
+    row = await conn.fetchrow("SELECT id, kwargs FROM jobs WHERE chain_id = $1 AND "
+                              "chain_pos = $2 AND status = 'pending'",
+                              position[0], position[1] + 1)
+    if row is None:
+        return []
+    kwargs = orjson.loads(row[1])
+    kwargs["previous"] = result
+    await conn.execute("UPDATE jobs SET kwargs = $1, run_at = $2 WHERE id = $3",
+                       dumps(kwargs), now, row[0])
+    return [row[0]]
+
+
+async def break_chain(conn: asyncpg.Connection, job_id: int, status: Status,
+                      now: float) -> list[int]:
+    """Cancel the steps after ``job_id``, naming the step that broke the chain."""
+    position = await _chain_position(conn, job_id)
+    if position is None:
+        return []
+    rows = await conn.fetch(
+        "UPDATE jobs SET status = 'cancelled', finished_at = $1, error_type = 'ChainBroken', "
+        "error_message = $2 WHERE chain_id = $3 AND chain_pos > $4 AND status = 'pending' "
+        "RETURNING id",
+        now, f"chain step {position[1] + 1} (job {job_id}) ended {status.value}", *position)
+    return [row[0] for row in rows]
+
+
+async def _status_of(conn: asyncpg.Connection, job_id: int) -> Status:
+    # FOR UPDATE: the check and the change that follows it see the same state, whatever
+    # another host does meanwhile.
+    value = await conn.fetchval("SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+    if value is None:
+        raise JobNotFound(job_id)
+    return Status(value)
+
+
+async def cancel(conn: asyncpg.Connection, job_id: int, now: float,
+                 reason: str) -> CancelResult:
+    status = await _status_of(conn, job_id)
+    if status in TERMINAL:
+        raise WrongState(f"job {job_id} is already {status.value}")
+    if status is Status.RUNNING:
+        # Only the host running it can stop the process: the engine signals it, and the
+        # mark reaches it in its next round should the signal be lost.
+        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1 AND "
+                           "status = 'running'", job_id)
+        return CancelResult(status, [])
+    check_transition(job_id, status, Status.CANCELLED)
+    await conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = $1, error_type = "
+                       "'Cancelled', error_message = $2 WHERE id = $3 AND status = 'pending'",
+                       now, reason, job_id)
+    rest = await break_chain(conn, job_id, Status.CANCELLED, now)
+    return CancelResult(status, [job_id, *rest])
+
+
+async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
+    """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
+    status = await _status_of(conn, job_id)
+    if status not in (Status.FAILED, Status.CANCELLED):  # running -> pending is the policy's
+        raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
+                         "be retried")
+    twin = await conn.fetchval(
+        "SELECT other.id FROM jobs AS this JOIN jobs AS other ON other.unique_key = "
+        "this.unique_key AND other.id != this.id WHERE this.id = $1 AND other.status IN "
+        "('pending', 'running')", job_id)
+    if twin is not None:
+        raise WrongState(f"job {job_id} cannot be retried while job {twin} with the same "
+                         "unique_key is pending or running")
+    await conn.execute("UPDATE jobs SET status = 'pending', run_at = $1, attempts = 0, "
+                       "interruptions = 0, finished_at = NULL, error_type = NULL, "
+                       "error_message = NULL, result = NULL WHERE id = $2 AND status = $3",
+                       now, job_id, status.value)
+    ids = [job_id]
+    position = await _chain_position(conn, job_id)
+    if position is not None:
+        rows = await conn.fetch(
+            "UPDATE jobs SET status = 'pending', run_at = NULL, finished_at = NULL, "
+            "error_type = NULL, error_message = NULL, attempts = 0 WHERE chain_id = $1 "
+            "AND chain_pos > $2 AND status = 'cancelled' AND error_type = 'ChainBroken' "
+            "RETURNING id", *position)
+        ids += [row[0] for row in rows]
+    return ids
+
+
+async def save_schedule(conn: asyncpg.Connection, name: str, *, expression: str,
+                        next_run: float, last_run: float | None = None,
+                        last_job_id: int | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO schedules (name, expression, next_run, last_run, last_job_id) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET "
+        "expression = excluded.expression, next_run = excluded.next_run, "
+        "last_run = coalesce(excluded.last_run, schedules.last_run), "
+        "last_job_id = coalesce(excluded.last_job_id, schedules.last_job_id)",
+        name, expression, next_run, last_run, last_job_id)
+
+
+async def fire_schedule(conn: asyncpg.Connection, name: str, *, expression: str,
+                        spec: JobSpec, slot: float, next_run: float, now: float) -> int | None:
+    """Compare-and-set on the slot: of several hosts firing it, one moves ``next_run`` off
+    ``slot`` and enqueues the job (the others' update waits on its row lock, then matches
+    nothing); the rest get None."""
+    moved = await conn.fetchval(
+        "UPDATE schedules SET next_run = $1, last_run = $2 WHERE name = $3 AND expression = $4 "
+        "AND next_run = $5 RETURNING name", next_run, now, name, expression, slot)
+    if moved is None:
+        return None
+    (submitted,) = await submit(conn, [spec], now)
+    await conn.execute("UPDATE schedules SET last_job_id = $1 WHERE name = $2", submitted.id,
+                       name)
+    return submitted.id
+
+
+async def register_host(conn: asyncpg.Connection, host: HostRow) -> None:
+    """Insert or replace ``host``'s row; other hosts' rows are theirs to keep alive."""
+    await conn.execute(
+        "INSERT INTO hosts (id, url, pid, hostname, started_at, heartbeat_at, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET url = excluded.url, "
+        "pid = excluded.pid, hostname = excluded.hostname, started_at = excluded.started_at, "
+        "heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at",
+        host.id, host.url, host.pid, host.hostname, host.started_at, host.heartbeat_at,
+        host.expires_at)
+
+
+async def heartbeat(conn: asyncpg.Connection, host_id: str, now: float,
+                    expires_at: float) -> None:
+    await conn.execute("UPDATE hosts SET heartbeat_at = $1, expires_at = $2 WHERE id = $3",
+                       now, expires_at, host_id)
+
+
+async def prune(conn: asyncpg.Connection, before: float, statuses: Sequence[Status],
+                limit: int) -> int:
+    rows = await conn.fetch(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < $1 AND "
+        "status = ANY($2::text[]) LIMIT $3) RETURNING id",
+        before, [s.value for s in statuses], limit)
+    return len(rows)
