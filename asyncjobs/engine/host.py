@@ -26,7 +26,7 @@ import orjson
 
 from .. import registry
 from ..clock import Clock, SystemClock
-from ..config import Settings
+from ..config import Settings, redact_url
 from ..errors import HostLocked, JobNotFound, Unavailable
 from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
 from ..store import HostRow, Page, Store, Submitted
@@ -341,6 +341,8 @@ class Host:
             },
             "workers": {"running": running, "max": self.settings.workers.max},
             "uptime": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            # Which store this host is on; a URL's password is never shown.
+            "store": redact_url(self.settings.store) if self.settings.store else "sqlite",
         }
 
     def log_tail(self, name: str, lines: int, job_id: int | None = None) -> list[str]:

@@ -102,8 +102,7 @@ class PostgresStore:
         return self._leaders[host_id]
 
     def _unavailable(self, exc: BaseException) -> Unavailable:
-        return Unavailable(f"storage unavailable: cannot reach PostgreSQL at {self.where}: "
-                           f"{_message(exc)}")
+        return Unavailable(f"cannot reach PostgreSQL at {self.where}: {_message(exc)}")
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:

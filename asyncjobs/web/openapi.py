@@ -102,6 +102,8 @@ _STATS = {
         "workers": {"type": "object", "required": ["running", "max"],
                     "properties": {"running": {"type": "integer"}, "max": {"type": "integer"}}},
         "uptime": {"type": "number"},
+        "store": {"type": "string",
+                  "description": "sqlite, or the store URL with any password as ***"},
     },
 }
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import DEFAULT_JOBS, config_doc, write_config
+from fakes import ProjectFactory
 
+from asyncjobs.engine.scheduler import FOLLOWER_SLEEP
 from asyncjobs.testing import ServeProcess
 
 HOSTS = {"heartbeat": 0.3, "lease": 1.5}  # short, so that a rescue fits in a test
@@ -34,7 +35,9 @@ RESCUE_BOUND = HOSTS["lease"] + HOSTS["heartbeat"] + 1.0 + 2.0  # + leader failo
 class Cluster:
     """Hosts (ServeProcess) on one schema, each in a project directory of its own."""
 
-    def __init__(self, root: Path, url: str, **overrides: Any) -> None:
+    def __init__(self, make_project: ProjectFactory, root: Path, url: str,
+                 **overrides: Any) -> None:
+        self.make_project = make_project
         self.root = root
         self.url = url
         self.overrides = overrides
@@ -43,8 +46,8 @@ class Cluster:
     def start(self, n: int) -> list[ServeProcess]:
         for _ in range(n):
             directory = self.root / f"host{len(self.hosts)}"
-            config = write_config(directory, config_doc(
-                store=self.url, hosts=HOSTS, **self.overrides))
+            config = self.make_project(directory, store=self.url, hosts=HOSTS,
+                                       **self.overrides)
             self.hosts.append(ServeProcess(config, env={"TMPDIR": str(self.root)}).start())
         return self.hosts
 
@@ -54,11 +57,11 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, pg_url: str) -> Iterator[Any]:
+def cluster(tmp_path: Path, pg_url: str, make_project: ProjectFactory) -> Iterator[Any]:
     made: list[Cluster] = []
 
     def make(**overrides: Any) -> Cluster:
-        made.append(Cluster(tmp_path, pg_url, **overrides))
+        made.append(Cluster(make_project, tmp_path, pg_url, **overrides))
         return made[-1]
 
     yield make
@@ -180,8 +183,7 @@ async def test_a_cancel_sent_to_one_host_stops_the_job_on_another(
 
 async def test_concurrency_one_holds_across_three_hosts(
         cluster: Any, tmp_path: Path, pg_url: str) -> None:
-    jobs = {**DEFAULT_JOBS, "Sleepy": {**DEFAULT_JOBS["Sleepy"], "concurrency": 1}}
-    hosts = cluster(jobs=jobs).start(3)
+    hosts = cluster(job_overrides={"Sleepy": {"concurrency": 1}}).start(3)
     spans = tmp_path / "spans.txt"
 
     ids = await submit_round_robin(hosts, [
@@ -193,19 +195,19 @@ async def test_concurrency_one_holds_across_three_hosts(
     assert len(intervals) == 12
     for (_, end), (start, _) in pairwise(intervals):
         assert start >= end, "two Sleepy jobs ran at once"
-    hosts_used = await query(pg_url, "SELECT count(DISTINCT host) FROM attempts")
-    assert hosts_used[0][0] >= 2
 
 
 async def test_a_schedule_fires_once_per_slot_with_three_hosts(
         cluster: Any, pg_url: str) -> None:
+    began = time.time()
     cluster(schedules={"tick": {"class": "Ok", "method": "run", "every": 0.5}}).start(3)
 
     await asyncio.sleep(3.0)
 
     rows = await query(pg_url, "SELECT created_at FROM jobs WHERE class = 'Ok' ORDER BY 1")
     fired = [r[0] for r in rows]
-    assert 3 <= len(fired) <= 8
+    slots = (time.time() - began) / 0.5
+    assert 3 <= len(fired) <= slots + 1  # a slot fired by each of three hosts would triple it
     assert all(b - a > 0.25 for a, b in pairwise(fired))
 
 
@@ -231,11 +233,12 @@ async def test_the_leader_dies_and_another_host_takes_over(
     second = await leader_url(pg_url, survivors)
 
     assert second != first
-    # The schedule goes on under the new leader.
-    await asyncio.sleep(1.0)
-    later = await query(pg_url, "SELECT count(*) FROM jobs WHERE class = 'Ok' AND "
-                                "created_at > $1", killed_at + 0.5)
-    assert later[0][0] >= 1
+    # The schedule goes on under the new leader (a follower looks for leadership every
+    # scheduler.FOLLOWER_SLEEP seconds).
+    async with asyncio.timeout(FOLLOWER_SLEEP + 5):
+        while not (await query(pg_url, "SELECT count(*) FROM jobs WHERE class = 'Ok' AND "
+                                       "created_at > $1", killed_at + 0.5))[0][0]:
+            await asyncio.sleep(0.1)
 
 
 async def test_killing_the_database_connections_mid_drain_loses_nothing(
