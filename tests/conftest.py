@@ -15,7 +15,12 @@ from typing import Any
 import orjson
 import pytest
 from fakes import Drain, FakeClock, HostFactory, ProjectFactory, SettingsFactory, fixed_rand
-from pg_fixture import pg_database, pg_url  # noqa: F401 - fixtures for the PostgreSQL tests
+from pg_fixture import (  # noqa: F401 - the PostgreSQL tests' fixtures and collection hooks
+    pg_database,
+    pg_url,
+    pytest_collection_modifyitems,
+    pytest_terminal_summary,
+)
 
 from asyncjobs.config import Settings, load_settings
 from asyncjobs.engine.host import Host

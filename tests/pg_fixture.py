@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -24,8 +25,7 @@ import pytest
 from asyncjobs.store import Store
 
 ENV = "ASYNCJOBS_TEST_POSTGRES"
-HOW = (f"PostgreSQL tests skipped: set {ENV}=postgresql://postgres@127.0.0.1:5432/test "
-       "to run them")
+HOW = f"set {ENV}=postgresql://postgres@127.0.0.1:5432/test to run them"
 
 
 def server_url() -> str | None:
@@ -55,12 +55,34 @@ def _admin_blocking(url: str, sql: str) -> None:
         pool.submit(asyncio.run, _admin(url, sql)).result()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``$ASYNCJOBS_TEST_POSTGRES``, leave out every test that needs the server
+    (one summary line says so, not one per test)."""
+    if server_url() is not None:
+        return
+    needing = [item for item in items if "pg_database" in getattr(item, "fixturenames", ())]
+    if needing:
+        config.hook.pytest_deselected(items=needing)
+        items[:] = [item for item in items if item not in set(needing)]
+        config.stash[_LEFT_OUT] = len(needing)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    left_out = config.stash.get(_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"SKIPPED {left_out} PostgreSQL tests: {HOW}")
+
+
+_LEFT_OUT = pytest.StashKey[int]()
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
-    """The URL of this run's scratch database (skips the test without ``$ASYNCJOBS_TEST_…``)."""
+    """The URL of this run's scratch database (a test needing it is left out without
+    ``$ASYNCJOBS_TEST_POSTGRES``: see :func:`pytest_collection_modifyitems`)."""
     url = server_url()
     if url is None:
-        pytest.skip(HOW)
+        pytest.skip(f"PostgreSQL tests: {HOW}")
     name = f"asyncjobs_test_{uuid.uuid4().hex[:12]}"
     try:
         _admin_blocking(url, f'CREATE DATABASE "{name}"')
