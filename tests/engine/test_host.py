@@ -15,9 +15,9 @@ import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, wait_gone
 
 from asyncjobs.config import Settings
-from asyncjobs.store.factory import DB_FILE
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
 from asyncjobs.models import OutcomeKind, Status
+from asyncjobs.store.factory import DB_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED, COMPLETED = OutcomeKind.INTERRUPTED, OutcomeKind.COMPLETED
