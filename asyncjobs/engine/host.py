@@ -252,6 +252,15 @@ class Host:
         assert self.scheduler is not None
         return await self.scheduler.listing()
 
+    async def hosts(self) -> list[dict[str, JSONValue]]:
+        """The hosts registered in the store (``asyncjobs hosts``), this one marked."""
+        now = self.clock.now()
+        rows = await self.store.hosts(now)
+        return [{"id": h.id, "url": h.url, "pid": h.pid, "hostname": h.hostname,
+                 "started_at": iso(h.started_at), "heartbeat_at": iso(h.heartbeat_at),
+                 "alive": h.alive(now), "running": h.running, "this": h.id == self.id}
+                for h in rows]
+
     async def prune(self) -> dict[str, int]:
         """Apply the retention rules now (``asyncjobs prune``)."""
         if self.pruner is None:
