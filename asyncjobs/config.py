@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .backend_url import check_store
 from .cron import CronError, CronExpr
 from .errors import ConfigError
 from .models import Isolation, Priority
-from .store.urls import check_store
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 MODULE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")

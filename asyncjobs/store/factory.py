@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import importlib
 
+from ..backend_url import STORE_FORMS, redact_url
 from ..config import Settings
 from ..errors import ConfigError
 from . import Store
-from .urls import STORE_FORMS, redact_url
 
 DB_FILE = "asyncjobs.db"
 POSTGRES_MODULE = "asyncjobs.store.postgres"  # defines PostgresStore(url, *, durability=...)

@@ -1,8 +1,9 @@
-"""The ``store`` setting's values: which forms are accepted, and how one is shown safely."""
+"""The ``store`` setting's values: the accepted forms, and how one is shown safely (outside
+the store package, so the client can load the config without importing any store)."""
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 STORE_FORMS = "'sqlite', 'sqlite:///path/to/file.db' or 'postgresql://user@host:5432/db'"
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
