@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .backend_url import check_store
 from .cron import CronError, CronExpr
 from .errors import ConfigError
 from .models import Isolation, Priority
@@ -81,30 +82,6 @@ class Schedule:
     @property
     def expression(self) -> str:
         return self.cron if self.cron is not None else f"every {self.every:g}s"
-
-
-STORE_FORMS = "'sqlite', 'sqlite:///path/to/file.db' or 'postgresql://user@host:5432/db'"
-STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: store URLs go into errors and logs."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
-
-
-def check_store(path: str, value: object) -> str | None:
-    """Validate a ``store`` value: None or "" is the default SQLite file in ``data_dir``."""
-    if value is None or value == "":
-        return None
-    text = _expect(path, value, str, STORE_FORMS)
-    scheme = text.partition("://")[0] if "://" in text else text
-    if scheme not in STORE_SCHEMES or (scheme != "sqlite" and "://" not in text):
-        raise ConfigError(path, STORE_FORMS, redact_url(text))
-    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,8 @@ from common import (
 
 from asyncjobs.config import load_settings
 from asyncjobs.engine.host import Host
-from asyncjobs.store.factory import DB_FILE
 from asyncjobs.models import Priority
+from asyncjobs.store.factory import DB_FILE
 
 
 def emit(**fields: Any) -> None:

@@ -369,6 +369,12 @@ class AsyncJobsClient:
         schedules: Records = answer["schedules"]
         return schedules
 
+    async def hosts(self) -> Records:
+        """The hosts sharing the store: id, address, heartbeat, running attempts, alive."""
+        answer = await self._call("GET", "/api/hosts")
+        hosts: Records = answer["hosts"]
+        return hosts
+
     async def prune(self) -> dict[str, int]:
         """Apply the retention rules now; how many finished jobs were deleted, per rule."""
         answer = await self._call("POST", "/api/prune")

@@ -23,7 +23,7 @@ from ..workers import procs
 from . import display
 
 if TYPE_CHECKING:
-    from .api_client import AsyncJobsClient, SubmitOptions
+    from .api_client import AsyncJobsClient, Records, SubmitOptions
 
 T = TypeVar("T")
 
@@ -248,13 +248,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_schedules(args: argparse.Namespace) -> int:
-    schedules = _with_client(args, lambda c: c.schedules())
+def _listing(args: argparse.Namespace, fetch: Callable[[AsyncJobsClient], Awaitable[Records]],
+             render: Callable[[Records], str]) -> int:
+    records = _with_client(args, fetch)
     if args.json:
-        _print_json(schedules)
+        _print_json(records)
     else:
-        print(display.schedule_rows(schedules))
+        print(render(records))
     return EXIT_OK
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    return _listing(args, lambda c: c.schedules(), display.schedule_rows)
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    return _listing(args, lambda c: c.hosts(), display.host_rows)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -340,6 +349,8 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--lines", type=int, default=50, metavar="N")
     add("stats", cmd_stats, "counts per status and class, throughput, workers", job_id=None)
     add("schedules", cmd_schedules, "list recurring schedules with their next run",
+        job_id=None)
+    add("hosts", cmd_hosts, "list the hosts sharing the store: heartbeat, running jobs",
         job_id=None)
     add("prune", cmd_prune, "delete finished jobs past their retention now", job_id=None)
     add("dashboard", cmd_dashboard, "print a one-time sign-in URL for the dashboard",

@@ -188,5 +188,13 @@ def schedule_rows(schedules: Sequence[Mapping[str, JSONValue]],
     return table(["NAME", "JOB", "WHEN", "NEXT RUN", "LAST RUN", "LAST JOB"], rows)
 
 
+def host_rows(hosts: Sequence[Mapping[str, JSONValue]], now: float | None = None) -> str:
+    rows = [[f"{h['id']}{' *' if h['this'] else ''}", str(h["url"] or "-"),
+             f"{h['hostname']}:{h['pid']}", ago(h["heartbeat_at"], now),
+             "alive" if h["alive"] else "gone", str(h["running"])] for h in hosts]
+    return table(["HOST (* this one)", "ADDRESS", "MACHINE:PID", "HEARTBEAT", "STATE",
+                  "RUNNING"], rows)
+
+
 def _indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())

@@ -214,8 +214,9 @@ class Dispatcher:
         try:
             stopped = self._stop_before_start.pop(claimed.id, None)
             if stopped is not None:  # never reached a worker: no execution to count
-                outcome = Outcome(stopped, error=ErrorInfo("Cancelled", "cancelled by request")
-                                  if stopped is OutcomeKind.CANCELLED else None, started=False)
+                outcome = Outcome(stopped, error=ErrorInfo(
+                    stopped.value.capitalize(), f"{stopped.value} before it started"),
+                    started=False)
             else:
                 outcome = await self.launcher.run(claimed, self._isolation(claimed.cls),
                                                   self._on_progress)

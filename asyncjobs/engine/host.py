@@ -147,7 +147,6 @@ class Host:
             stack.push_async_callback(runner.cleanup)
             # Lets the client find a host started on port 0, or on a port from the env.
             (self.data_dir / HOST_FILE).write_bytes(orjson.dumps({"url": self.url}))
-            await store.register_host(self._row(self.clock.now()))  # now with its address
         # Registered last, so it runs first at close: the API still answers (503 for
         # submits, health "stopping") while running jobs get their shutdown grace.
         stack.push_async_callback(self._stop_dispatching, dispatcher)
@@ -158,7 +157,9 @@ class Host:
                 asyncio.create_task(self.pruner.run(), name="asyncjobs-pruner"),
                 asyncio.create_task(liveness.run(), name="asyncjobs-liveness")]
         self.started_at = time.time()
-        self._accepting = True
+        self._accepting = True  # before any await: the API is already answering
+        if self.url:
+            await store.register_host(self._row(self.clock.now()))  # now with its address
         log.info("host started on %s", self.data_dir)
 
     def _row(self, now: float) -> HostRow:
@@ -251,6 +252,15 @@ class Host:
     async def schedules(self) -> list[dict[str, JSONValue]]:
         assert self.scheduler is not None
         return await self.scheduler.listing()
+
+    async def hosts(self) -> list[dict[str, JSONValue]]:
+        """The hosts registered in the store (``asyncjobs hosts``), this one marked."""
+        now = self.clock.now()
+        rows = await self.store.hosts(now)
+        return [{"id": h.id, "url": h.url, "pid": h.pid, "hostname": h.hostname,
+                 "started_at": iso(h.started_at), "heartbeat_at": iso(h.heartbeat_at),
+                 "alive": h.alive(now), "running": h.running, "this": h.id == self.id}
+                for h in rows]
 
     async def prune(self) -> dict[str, int]:
         """Apply the retention rules now (``asyncjobs prune``)."""

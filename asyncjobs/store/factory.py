@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..config import STORE_FORMS, Settings, redact_url
+from ..backend_url import STORE_FORMS, redact_url
+from ..config import Settings
 from ..errors import ConfigError
 from . import Store
 

@@ -37,13 +37,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-import orjson
 
 from ..engine.events import EventBus
 from ..engine.roles import Leader, Notifier, SoleLeader
 from ..errors import Unavailable
-from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, HostRow, Page, Round, ScheduleState, Stats, Submitted, writes
+from ..models import Claimed, JobRecord, JobSpec, Status
+from . import (
+    CancelResult,
+    Finished,
+    HostRow,
+    Page,
+    Round,
+    ScheduleState,
+    Stats,
+    Submitted,
+    housekeeping,
+    writes,
+)
+from .rows import JOB_COLUMNS, attempt_from_row, job_from_row
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -55,33 +66,6 @@ HEAVY_SUBMIT = 50  # jobs in one submit beyond which it is written on the thread
 CHECKPOINT_EVERY = 200  # inline commits between two looks at the WAL's size
 CHECKPOINT_BYTES = 4 << 20  # WAL size that starts a checkpoint (SQLite's own default)
 COPY_PASSES = 4  # at most, in phase 1 of a checkpoint
-
-JOB_COLUMNS = (
-    "id, class, method, args, kwargs, status, priority, attempts, max_attempts, timeout, "
-    "created_at, run_at, started_at, finished_at, result, error_type, error_message, "
-    "progress, progress_message, chain_id, unique_key"
-)
-
-
-def _job(row: Sequence[Any], history: Sequence[Attempt] = ()) -> JobRecord:
-    error = ErrorInfo(row[15], row[16] or "") if row[15] else None
-    return JobRecord(
-        id=row[0], cls=row[1], method=row[2], args=orjson.loads(row[3]),
-        kwargs=orjson.loads(row[4]), status=Status(row[5]), priority=Priority.from_rank(row[6]),
-        attempts=row[7], max_attempts=row[8], timeout=row[9], created_at=row[10],
-        run_at=row[11], started_at=row[12], finished_at=row[13],
-        result=orjson.loads(row[14]) if row[14] is not None else None, error=error,
-        progress=(row[17], row[18]) if row[17] is not None else None,
-        chain_id=row[19], unique_key=row[20], attempt_history=history,
-    )
-
-
-def _attempt(row: Sequence[Any]) -> Attempt:
-    error = ErrorInfo(row[5], row[6] or "", row[7]) if row[5] else None
-    return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
-                   started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
-                   output=row[8] or "", host=row[9])
-
 
 def _storage_error(exc: sqlite3.Error) -> Unavailable:
     return Unavailable(f"storage unavailable: {exc}")
@@ -345,32 +329,32 @@ class SqliteStore:
         return result
 
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
-        result: int = await self._write(partial(writes.prune, before=before, statuses=statuses,
-                                                limit=limit), heavy=True)
+        result: int = await self._write(partial(
+            housekeeping.prune, before=before, statuses=statuses, limit=limit), heavy=True)
         return result
 
     async def save_schedule(self, name: str, *, expression: str, next_run: float) -> None:
-        await self._write(partial(writes.save_schedule, name=name, expression=expression,
+        await self._write(partial(housekeeping.save_schedule, name=name, expression=expression,
                                   next_run=next_run))
 
     async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec, slot: float,
                             next_run: float, now: float) -> int | None:
         result: int | None = await self._write(partial(
-            writes.fire_schedule, name=name, expression=expression, spec=spec, slot=slot,
+            housekeeping.fire_schedule, name=name, expression=expression, spec=spec, slot=slot,
             next_run=next_run, now=now))
         return result
 
     # -- hosts -----------------------------------------------------------------------------
 
     async def register_host(self, host: HostRow) -> None:
-        await self._write(partial(writes.register_host, host=host))
+        await self._write(partial(housekeeping.register_host, host=host))
 
     async def heartbeat(self, host_id: str, now: float, expires_at: float) -> None:
-        await self._write(partial(writes.heartbeat, host_id=host_id, now=now,
+        await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now,
                                   expires_at=expires_at))
 
     async def retire_host(self, host_id: str, now: float) -> None:
-        await self._write(partial(writes.heartbeat, host_id=host_id, now=now, expires_at=now))
+        await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now, expires_at=now))
 
     async def hosts(self, now: float) -> list[HostRow]:
         rows = await self._read(
@@ -402,7 +386,7 @@ class SqliteStore:
             "error_message, traceback, output, host FROM attempts WHERE job_id = ? "
             "ORDER BY number",
             (job_id,))
-        return _job(rows[0], [_attempt(a) for a in attempts])
+        return job_from_row(rows[0], [attempt_from_row(a) for a in attempts])
 
     async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
                         chain: int | None = None, limit: int = 50,
@@ -426,7 +410,7 @@ class SqliteStore:
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",  # noqa: S608
             (*params, limit + 1)))
         more = len(rows) > limit
-        jobs = [_job(row) for row in rows[:limit]]
+        jobs = [job_from_row(row) for row in rows[:limit]]
         return Page(jobs, jobs[-1].id if more and jobs else None)
 
     async def stats(self, now: float) -> Stats:

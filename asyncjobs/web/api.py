@@ -271,6 +271,10 @@ async def schedules(request: web.Request) -> web.Response:
     return json_response({"schedules": await request.app[HOST_KEY].schedules()})
 
 
+async def hosts(request: web.Request) -> web.Response:
+    return json_response({"hosts": await request.app[HOST_KEY].hosts()})
+
+
 async def prune(request: web.Request) -> web.Response:
     return json_response({"pruned": await request.app[HOST_KEY].prune()})
 
@@ -376,6 +380,7 @@ def build_app(host: Host) -> web.Application:
     r.add_get("/api/events", events)
     r.add_get("/api/health", health)
     r.add_get("/api/schedules", schedules)
+    r.add_get("/api/hosts", hosts)
     r.add_post("/api/prune", prune)
     r.add_get("/api/openapi.json", openapi)
     r.add_post("/api/login-links", create_login_link)

@@ -243,6 +243,22 @@ OPENAPI: dict[str, Any] = {
                                    "last_run": _ISO,
                                    "last_job_id": {"type": ["integer", "null"]}}}}}},
                 "Schedules"), **_errors()}}},
+        "/api/hosts": {"get": {
+            "summary": "The hosts sharing this store, with their heartbeats",
+            "operationId": "hosts",
+            "responses": {"200": _json({
+                "type": "object", "required": ["hosts"],
+                "properties": {"hosts": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["id", "url", "pid", "hostname", "started_at", "heartbeat_at",
+                                 "alive", "running", "this"],
+                    "properties": {"id": {"type": "string"}, "url": {"type": "string"},
+                                   "pid": {"type": "integer"}, "hostname": {"type": "string"},
+                                   "started_at": _ISO, "heartbeat_at": _ISO,
+                                   "alive": {"type": "boolean"},
+                                   "running": {"type": "integer"},
+                                   "this": {"type": "boolean"}}}}}},
+                "Hosts"), **_errors()}}},
         "/api/prune": {"post": {
             "summary": "Apply the retention rules now", "operationId": "prune",
             "responses": {"200": _json({

@@ -354,3 +354,12 @@ def test_client_commands_never_load_the_store_or_the_host(served: ServedHost) ->
                           env=clean_env(ASYNCJOBS_CONFIG=str(served.config)), check=False,
                           timeout=30)
     assert done.stdout.splitlines()[-1] == "0 []", done.stderr
+
+
+def test_hosts_lists_the_serving_host(run: Any, served: ServedHost) -> None:
+    (host,) = run("hosts", "--json").json()
+    assert (host["url"], host["alive"], host["this"], host["running"]) == (
+        served.url, True, True, 0)
+    assert len(host["id"]) == 32
+    table = run("hosts").out
+    assert f"{host['id']} *" in table and served.url in table and "alive" in table

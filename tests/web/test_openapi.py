@@ -152,6 +152,7 @@ async def test_real_responses_match_the_schemas(env: InProcess) -> None:
     await check("GET", "/api/logs", f"/api/logs?file=errors&job={bad['id']}", 200)
     await check("GET", "/api/health", "/api/health", 200, auth=False)
     await check("GET", "/api/schedules", "/api/schedules", 200)
+    await check("GET", "/api/hosts", "/api/hosts", 200)
     await check("POST", "/api/prune", "/api/prune", 200)
     await check("POST", "/api/login-links", "/api/login-links", 201)
 

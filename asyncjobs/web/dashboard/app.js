@@ -519,7 +519,8 @@
     }
     return el("li", {"data-outcome": attempt.outcome, "data-number": attempt.number},
       el("div", {class: "attempt-row"},
-        el("span", {class: "attempt-number"}, `#${attempt.number}`),
+        el("span", {class: "attempt-number", title: attempt.host ? `ran on host ${attempt.host}` : ""},
+          `#${attempt.number}`),
         statusBadge(attempt.outcome),
         el("span", {class: "attempt-started"}, timeAgo(attempt.started_at)),
         el("span", {class: "num attempt-duration", title: "duration"},
