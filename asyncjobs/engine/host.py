@@ -25,8 +25,9 @@ from typing import IO
 import orjson
 
 from .. import registry
+from ..backend_url import redact_url
 from ..clock import Clock, SystemClock
-from ..config import Settings, redact_url
+from ..config import Settings
 from ..errors import HostLocked, JobNotFound, Unavailable
 from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
 from ..store import HostRow, Page, Store, Submitted

@@ -7,7 +7,7 @@ A connection error (the server restarting, a network cut, ``pg_terminate_backend
 :class:`~asyncjobs.errors.Unavailable`, which the API answers with 503 and the dispatcher
 retries; the pool opens fresh connections as they are needed, so the store heals itself once
 the server is back.  The connection URL's password never leaves this module: every message
-names the server by :func:`~asyncjobs.config.redact_url`.
+names the server by :func:`~asyncjobs.backend_url.redact_url`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ..config import redact_url
+from ..backend_url import redact_url
 from ..engine.roles import Leader, Notifier
 from ..errors import Unavailable
 from ..models import Claimed, JobRecord, JobSpec, Status
@@ -27,7 +27,7 @@ from . import CancelResult, Finished, HostRow, Page, Round, ScheduleState, Stats
 from . import postgres_writes as writes
 from .postgres_roles import PgLeader, PgNotifier
 from .postgres_schema import migrate
-from .sqlite import JOB_COLUMNS, _attempt, _job
+from .rows import JOB_COLUMNS, attempt_from_row, job_from_row
 from .writes import CLAIM_COLUMNS, claimed_from_row
 
 log = logging.getLogger("asyncjobs.store")
@@ -206,7 +206,7 @@ class PostgresStore:
             "error_message, traceback, output, host FROM attempts WHERE job_id = $1 "
             "ORDER BY number",
             job_id)
-        return _job(rows[0], [_attempt(a) for a in attempts])
+        return job_from_row(rows[0], [attempt_from_row(a) for a in attempts])
 
     async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
                         chain: int | None = None, limit: int = 50,
@@ -223,7 +223,7 @@ class PostgresStore:
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC "  # noqa: S608
             f"LIMIT ${len(params) + 1}", *params, limit + 1)
         more = len(rows) > limit
-        jobs = [_job(row) for row in rows[:limit]]
+        jobs = [job_from_row(row) for row in rows[:limit]]
         return Page(jobs, jobs[-1].id if more and jobs else None)
 
     async def stats(self, now: float) -> Stats:
