@@ -32,7 +32,7 @@ from ..errors import HostLocked, JobNotFound, Unavailable
 from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
 from ..store import HostRow, Page, Store, Submitted
 from ..store.factory import open_store
-from ..web.auth import load_or_create_token
+from ..web.auth import load_or_create_token, replace_token
 from ..workers import procs
 from ..workers.launcher import Launcher, SubprocessLauncher
 from . import policy
@@ -117,6 +117,10 @@ class Host:
         store = self._store = open_store(self.settings)
         await store.open()
         stack.push_async_callback(store.close)
+        shared = await store.shared_token(self.token)
+        if shared != self.token:  # another host of this store was first: use its token
+            replace_token(self.data_dir, shared)
+            self.token = shared
         self.events = store.notifier()
         await self.events.start()
         stack.push_async_callback(self.events.close)

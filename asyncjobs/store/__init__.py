@@ -147,6 +147,12 @@ class Store(Protocol):
         raises nothing: a host whose row is gone simply stays unlisted until it registers)."""
         ...
 
+    async def shared_token(self, proposed: str) -> str:
+        """The API token every host of this store accepts: the one stored by the first host
+        that asked, or ``proposed`` (stored now) if none was.  A single-host store returns
+        ``proposed``."""
+        ...
+
     async def retire_host(self, host_id: str, now: float) -> None:
         """End ``host_id``'s lease now (clean shutdown); its row stays for the history."""
         ...

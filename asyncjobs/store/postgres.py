@@ -172,6 +172,17 @@ class PostgresStore:
     async def heartbeat(self, host_id: str, now: float, expires_at: float) -> None:
         await self._write(writes.heartbeat, host_id=host_id, now=now, expires_at=expires_at)
 
+    async def shared_token(self, proposed: str) -> str:
+        # The first host's token wins; the rest adopt it, so a client holding it may talk to
+        # any host.  Whoever can read this table can run jobs anyway.
+        async with self._connection() as conn:
+            value: str = await conn.fetchval(
+                "WITH ins AS (INSERT INTO cluster_secrets VALUES ('api_token', $1) "
+                "ON CONFLICT (name) DO NOTHING RETURNING value) SELECT value FROM ins "
+                "UNION ALL SELECT value FROM cluster_secrets WHERE name = 'api_token' LIMIT 1",
+                proposed)
+            return value
+
     async def retire_host(self, host_id: str, now: float) -> None:
         await self._write(writes.heartbeat, host_id=host_id, now=now, expires_at=now)
 

@@ -89,6 +89,11 @@ MIGRATIONS: list[str] = [
         heartbeat_at double precision NOT NULL,
         expires_at double precision NOT NULL  -- heartbeat_at + lease; dead once passed
     );
+    -- What every host of this database shares: the API token (see PostgresStore.shared_token).
+    CREATE TABLE cluster_secrets (
+        name text PRIMARY KEY,
+        value text NOT NULL
+    );
     """,
 ]
 

@@ -353,6 +353,9 @@ class SqliteStore:
         await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now,
                                   expires_at=expires_at))
 
+    async def shared_token(self, proposed: str) -> str:
+        return proposed  # one host at a time: its own token file is the truth
+
     async def retire_host(self, host_id: str, now: float) -> None:
         await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now, expires_at=now))
 

@@ -31,6 +31,19 @@ def load_or_create_token(data_dir: Path) -> str:
     return token
 
 
+def replace_token(data_dir: Path, token: str) -> None:
+    """Make ``token`` this data directory's token (mode 0600, replaced atomically): a host
+    adopts the token its store's other hosts share."""
+    path = data_dir / TOKEN_FILE
+    tmp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def read_token(data_dir: Path) -> str | None:
     try:
         return (data_dir / TOKEN_FILE).read_text(encoding="ascii").strip() or None

@@ -110,6 +110,8 @@ async def test_three_hosts_drain_jobs_submitted_round_robin_each_once(
         cluster: Any, tmp_path: Path, pg_url: str) -> None:
     hosts = cluster().start(3)
     ran = tmp_path / "ran.txt"
+    # One token for the cluster: the first host's, adopted by the others into their files.
+    assert len({h.token for h in hosts}) == 1
 
     ids = await submit_round_robin(hosts, [record(ran, f"j{i}") for i in range(300)])
     await wait_finished(pg_url, ids, 60)

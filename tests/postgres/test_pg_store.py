@@ -218,6 +218,14 @@ async def test_a_killed_connection_is_one_unavailable_then_the_store_heals(
     assert all(isinstance(o, Unavailable) or o == 1 for o in outcomes)
 
 
+async def test_the_first_hosts_token_is_every_hosts_token(stores: StoreFactory) -> None:
+    a, b = await stores(), await stores()
+
+    assert await a.shared_token("first") == "first"
+    assert await b.shared_token("second") == "first"
+    assert await a.shared_token("third") == "first"
+
+
 def test_the_url_is_shown_without_its_password_only() -> None:
     assert PostgresStore("postgresql://app:s3cr%40t@db.example:5432/jobs").where == \
         "postgresql://app:***@db.example:5432/jobs"
