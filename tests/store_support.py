@@ -68,3 +68,11 @@ async def claim(store: Store, now: float, limit: int,
 def host_row(host_id: str = HOST, now: float = NOW, lease: float = LEASE) -> HostRow:
     return HostRow(id=host_id, url=f"http://{host_id}", pid=1, hostname="box", started_at=now,
                    heartbeat_at=now, expires_at=now + lease)
+
+
+async def claim_as(store: Store, host_id: str, now: float, limit: int = 1,
+                   lease: float = LEASE) -> list[Claimed]:
+    """Register ``host_id`` (alive for ``lease`` seconds from ``now``) and claim for it: what
+    another host sharing the store does."""
+    await store.register_host(host_row(host_id, now=now, lease=lease))
+    return await claim(store, now, limit, host=host_id)

@@ -64,8 +64,12 @@ class Leader(Protocol):
         ...
 
 
-class SoleLeader:
-    """The leader of a store that admits one host (SQLite): always this host."""
+class FixedLeader:
+    """A leader role that never changes hands: always this host for a store that admits one
+    host (SQLite), or never (a host told another one leads)."""
+
+    def __init__(self, leading: bool = True) -> None:
+        self._leading = leading
 
     async def start(self) -> None:
         return None
@@ -75,4 +79,4 @@ class SoleLeader:
 
     @property
     def is_leader(self) -> bool:
-        return True
+        return self._leading

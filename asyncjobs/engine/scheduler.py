@@ -25,7 +25,7 @@ from ..cron import CronExpr
 from ..errors import AsyncJobsError
 from ..models import JSONValue, Status, iso
 from ..store import Store
-from .roles import Leader, SoleLeader
+from .roles import FixedLeader, Leader
 
 log = logging.getLogger("asyncjobs.engine.scheduler")
 
@@ -51,7 +51,7 @@ class Scheduler:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.leader: Leader = leader or SoleLeader()
+        self.leader: Leader = leader or FixedLeader()
         self.on_submitted = on_submitted
         self.next_run: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -137,7 +137,7 @@ class Pruner:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.leader: Leader = leader or SoleLeader()
+        self.leader: Leader = leader or FixedLeader()
 
     async def prune(self) -> dict[str, int]:
         """Delete what retention allows, batch by batch; return how many per rule."""

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ..engine.events import EventBus
-from ..engine.roles import Leader, Notifier, SoleLeader
+from ..engine.roles import FixedLeader, Leader, Notifier
 from ..errors import Unavailable
 from ..models import Claimed, JobRecord, JobSpec, Status
 from . import (
@@ -128,7 +128,7 @@ class SqliteStore:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._notifier = EventBus()
-        self._leader = SoleLeader()
+        self._leader = FixedLeader()
 
     # -- lifecycle -------------------------------------------------------------------------
 

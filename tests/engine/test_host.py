@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, wait_gone
+from store_support import claim_as
 
 from asyncjobs.config import Settings
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
 from asyncjobs.models import OutcomeKind, Status
-from asyncjobs.store import HostRow
 from asyncjobs.store.factory import DB_FILE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -447,11 +447,7 @@ async def test_recovery_leaves_a_live_hosts_attempts_alone(
     async with make_host(settings) as host:
         job_id = (await host.submit("Ok", "run")).id
         # Another host (a row with a live lease) claims the job and runs it.
-        await host.store.register_host(HostRow(
-            id="other", url="", pid=1, hostname="elsewhere", started_at=clock.now(),
-            heartbeat_at=clock.now(), expires_at=clock.now() + 15))
-        await host.store.dispatch_round(host="other", progress={}, finished=[],
-                                        now=clock.now(), limit=1, concurrency={})
+        await claim_as(host.store, "other", clock.now())
 
         assert await host.dispatcher.recover() == 0
         assert (await host.get(job_id)).status is Status.RUNNING
