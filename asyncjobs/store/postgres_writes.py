@@ -20,9 +20,9 @@ import asyncpg
 import orjson
 
 from ..errors import JobNotFound, WrongState
-from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Status
-from . import CancelResult, Finished, HostRow, Round, Submitted, check_transition
-from .writes import CLAIM_COLUMNS, claimed_from_row, dumps
+from ..models import TERMINAL, Claimed, JobSpec, Status
+from . import CancelResult, Finished, Round, Submitted, check_transition
+from .writes import CLAIM_COLUMNS, claimed_from_row, dumps, job_update
 
 log = logging.getLogger("asyncjobs.store")
 
@@ -217,7 +217,7 @@ async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list
         "$6::text[], $7::int[], $8::int[], $9::text[], $10::bigint[], $11::int[]) "
         "AS u(s, r, fin, res, et, em, da, dr, i, id, n) "
         "WHERE jobs.id = u.id AND jobs.status = 'running' AND jobs.runs = u.n RETURNING jobs.id",
-        *_columns([_job_update(f) for f in finished], 11))
+        *_columns([(*job_update(f), f.claimed.attempt) for f in finished], 11))
     done = {r[0] for r in changed}
     if len(done) < len(finished):  # a compare-and-set missed: someone else moved the job
         log.error("finish: %d of %d job(s) were no longer running as this attempt: %s",
@@ -233,21 +233,6 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def _error(error: Any) -> tuple[str | None, str | None, str | None]:
     return (error.type, error.message, error.traceback) if error else (None, None, None)
-
-
-def _job_update(f: Finished) -> tuple[Any, ...]:
-    t = f.transition
-    if not f.outcome.started:
-        interruptions = "keep"
-    elif f.outcome.kind is OutcomeKind.INTERRUPTED:
-        interruptions = "add"
-    else:
-        interruptions = "reset"
-    return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,
-            dumps(t.result) if t.status is Status.COMPLETED else None,
-            t.error.type if t.error else None, t.error.message if t.error else None,
-            0 if t.counts else 1, 0 if f.outcome.started else 1, interruptions, f.claimed.id,
-            f.claimed.attempt)
 
 
 async def _follow_chains(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
@@ -355,57 +340,3 @@ async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
             "RETURNING id", *position)
         ids += [row[0] for row in rows]
     return ids
-
-
-async def save_schedule(conn: asyncpg.Connection, name: str, *, expression: str,
-                        next_run: float, last_run: float | None = None,
-                        last_job_id: int | None = None) -> None:
-    await conn.execute(
-        "INSERT INTO schedules (name, expression, next_run, last_run, last_job_id) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET "
-        "expression = excluded.expression, next_run = excluded.next_run, "
-        "last_run = coalesce(excluded.last_run, schedules.last_run), "
-        "last_job_id = coalesce(excluded.last_job_id, schedules.last_job_id)",
-        name, expression, next_run, last_run, last_job_id)
-
-
-async def fire_schedule(conn: asyncpg.Connection, name: str, *, expression: str,
-                        spec: JobSpec, slot: float, next_run: float, now: float) -> int | None:
-    """Compare-and-set on the slot: of several hosts firing it, one moves ``next_run`` off
-    ``slot`` and enqueues the job (the others' update waits on its row lock, then matches
-    nothing); the rest get None."""
-    moved = await conn.fetchval(
-        "UPDATE schedules SET next_run = $1, last_run = $2 WHERE name = $3 AND expression = $4 "
-        "AND next_run = $5 RETURNING name", next_run, now, name, expression, slot)
-    if moved is None:
-        return None
-    (submitted,) = await submit(conn, [spec], now)
-    await conn.execute("UPDATE schedules SET last_job_id = $1 WHERE name = $2", submitted.id,
-                       name)
-    return submitted.id
-
-
-async def register_host(conn: asyncpg.Connection, host: HostRow) -> None:
-    """Insert or replace ``host``'s row; other hosts' rows are theirs to keep alive."""
-    await conn.execute(
-        "INSERT INTO hosts (id, url, pid, hostname, started_at, heartbeat_at, expires_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET url = excluded.url, "
-        "pid = excluded.pid, hostname = excluded.hostname, started_at = excluded.started_at, "
-        "heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at",
-        host.id, host.url, host.pid, host.hostname, host.started_at, host.heartbeat_at,
-        host.expires_at)
-
-
-async def heartbeat(conn: asyncpg.Connection, host_id: str, now: float,
-                    expires_at: float) -> None:
-    await conn.execute("UPDATE hosts SET heartbeat_at = $1, expires_at = $2 WHERE id = $3",
-                       now, expires_at, host_id)
-
-
-async def prune(conn: asyncpg.Connection, before: float, statuses: Sequence[Status],
-                limit: int) -> int:
-    rows = await conn.fetch(
-        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < $1 AND "
-        "status = ANY($2::text[]) LIMIT $3) RETURNING id",
-        before, [s.value for s in statuses], limit)
-    return len(rows)

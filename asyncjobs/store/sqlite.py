@@ -54,7 +54,7 @@ from . import (
     housekeeping,
     writes,
 )
-from .rows import JOB_COLUMNS, attempt_from_row, job_from_row
+from .rows import JOB_COLUMNS, attempt_from_row, job_from_row, stats_from_rows
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -417,24 +417,8 @@ class SqliteStore:
         return Page(jobs, jobs[-1].id if more and jobs else None)
 
     async def stats(self, now: float) -> Stats:
-        counts = {s.value: 0 for s in Status}
-        by_class: dict[str, dict[str, int]] = {}
-        for cls, status, n in await self._read("SELECT class, status, n FROM job_counts"):
-            counts[status] += n
-            by_class.setdefault(cls, {s.value: 0 for s in Status})[status] = n
         minute = int(now // 60) * 60
-        per_minute: dict[int, list[int]] = {minute - 60 * i: [0, 0] for i in range(60)}
-        for start, completed, failed in await self._read(
-                "SELECT minute, completed, failed FROM attempt_minutes WHERE minute >= ?",
-                (minute - 59 * 60,)):
-            if start in per_minute:
-                per_minute[start] = [completed, failed]
-        # "The last minute" is the previous whole minute plus the current one, pro rata.
-        now_part = (now - minute) / 60
-        current, previous = per_minute[minute], per_minute[minute - 60]
-        last_minute = round(sum(current) + sum(previous) * (1 - now_part))
-        return Stats(
-            counts=counts, by_class=by_class, finished_last_minute=last_minute,
-            finished_last_hour=sum(c + f for c, f in per_minute.values()),
-            per_minute=sorted((t, c, f) for t, (c, f) in per_minute.items()),
-        )
+        return stats_from_rows(
+            await self._read("SELECT class, status, n FROM job_counts"),
+            await self._read("SELECT minute, completed, failed FROM attempt_minutes "
+                             "WHERE minute >= ?", (minute - 59 * 60,)), now)

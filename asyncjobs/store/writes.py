@@ -229,7 +229,7 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
         "runs = runs - ?, interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
         "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL, cancel_requested = 0 "
         "WHERE id = ? AND status = 'running'",
-        [_job_update(f) for f in finished]).rowcount
+        [job_update(f) for f in finished]).rowcount
     if changed == len(finished):
         adjust_counts(conn, _moves(Counter((f.claimed.cls, "running", f.transition.status.value)
                                            for f in finished)))
@@ -270,7 +270,7 @@ def _count_minutes(conn: sqlite3.Connection, finished: Sequence[Finished]) -> No
                      [(minute, c, f) for minute, (c, f) in per_minute.items()])
 
 
-def _job_update(f: Finished) -> tuple[Any, ...]:
+def job_update(f: Finished) -> tuple[Any, ...]:
     t = f.transition
     if not f.outcome.started:
         interruptions = "keep"

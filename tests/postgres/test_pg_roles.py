@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -11,6 +11,24 @@ import pytest
 from asyncjobs.engine.roles import Event
 from asyncjobs.store.postgres import PostgresStore
 from asyncjobs.store.postgres_roles import PAYLOAD_BYTES, PgLeader, PgNotifier, pack
+
+NotifierFactory = Callable[..., Awaitable[PgNotifier]]
+
+
+@pytest.fixture
+async def notifiers(pg_url: str) -> AsyncIterator[NotifierFactory]:
+    """Started notifiers on the test's schema, one per host a test asks for."""
+    started: list[PgNotifier] = []
+
+    async def make(**options: float) -> PgNotifier:
+        notifier = PgNotifier(pg_url, "db", **options)
+        await notifier.start()
+        started.append(notifier)
+        return notifier
+
+    yield make
+    for notifier in started:
+        await notifier.close()
 
 
 @pytest.fixture
@@ -32,21 +50,16 @@ async def next_event(queue: asyncio.Queue[Event], kind: str, timeout: float = 5.
                 return event
 
 
-async def test_an_event_published_on_one_host_reaches_the_other_once(pg_url: str) -> None:
-    a, b = PgNotifier(pg_url, "db"), PgNotifier(pg_url, "db")
-    await a.start()
-    await b.start()
-    try:
-        with a.subscribe() as on_a, b.subscribe() as on_b:
-            a.publish({"type": "job", "id": 7, "status": "completed"})
-            assert (await next_event(on_b, "job"))["id"] == 7
-            assert (await next_event(on_a, "job"))["id"] == 7
-            # No echo: a's own event came back from the server and was not delivered again.
-            await asyncio.sleep(0.2)
-            assert all(e.get("type") != "job" for e in _drain(on_a))
-    finally:
-        await a.close()
-        await b.close()
+async def test_an_event_published_on_one_host_reaches_the_other_once(
+        notifiers: NotifierFactory) -> None:
+    a, b = await notifiers(), await notifiers()
+    with a.subscribe() as on_a, b.subscribe() as on_b:
+        a.publish({"type": "job", "id": 7, "status": "completed"})
+        assert (await next_event(on_b, "job"))["id"] == 7
+        assert (await next_event(on_a, "job"))["id"] == 7
+        # No echo: a's own event came back from the server and was not delivered again.
+        await asyncio.sleep(0.2)
+        assert all(e.get("type") != "job" for e in _drain(on_a))
 
 
 def _drain(queue: asyncio.Queue[Event]) -> list[Event]:
@@ -56,19 +69,14 @@ def _drain(queue: asyncio.Queue[Event]) -> list[Event]:
     return events
 
 
-async def test_a_burst_of_events_arrives_whole_and_in_order(pg_url: str) -> None:
-    a, b = PgNotifier(pg_url, "db"), PgNotifier(pg_url, "db")
-    await a.start()
-    await b.start()
-    try:
-        with b.subscribe() as on_b:
-            for i in range(600):  # several payloads' worth, published in one turn
-                a.publish({"type": "job", "id": i, "status": "completed"})
-            received = [(await next_event(on_b, "job"))["id"] for _ in range(600)]
-        assert received == list(range(600))
-    finally:
-        await a.close()
-        await b.close()
+async def test_a_burst_of_events_arrives_whole_and_in_order(
+        notifiers: NotifierFactory) -> None:
+    a, b = await notifiers(), await notifiers()
+    with b.subscribe() as on_b:
+        for i in range(600):  # several payloads' worth, published in one turn
+            a.publish({"type": "job", "id": i, "status": "completed"})
+        received = [(await next_event(on_b, "job"))["id"] for _ in range(600)]
+    assert received == list(range(600))
 
 
 def test_payloads_stay_under_the_servers_limit() -> None:
@@ -81,43 +89,33 @@ def test_payloads_stay_under_the_servers_limit() -> None:
 
 
 async def test_a_listener_whose_connection_is_killed_reconnects_and_says_so(
-        pg_url: str) -> None:
-    a = PgNotifier(pg_url, "db")
-    b = PgNotifier(pg_url, "db", safety_poll=0.2)
-    await a.start()
-    await b.start()
-    try:
-        with b.subscribe() as on_b:
-            conn = await asyncpg.connect(pg_url)
-            try:
-                killed = await conn.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-                    "query LIKE 'LISTEN%' AND pid <> pg_backend_pid() "
-                    "AND datname = current_database()")
-            finally:
-                await conn.close()
-            assert killed >= 1
-            # Told that events may have been lost (re-read), then signals flow again.
-            await next_event(on_b, "overflow")
-            async with asyncio.timeout(5):
-                while not b.listening:
-                    await asyncio.sleep(0.02)
-            a.publish({"type": "cancel", "id": 3})
-            assert (await next_event(on_b, "cancel"))["id"] == 3
-    finally:
-        await a.close()
-        await b.close()
+        notifiers: NotifierFactory, pg_url: str) -> None:
+    a, b = await notifiers(), await notifiers(safety_poll=0.2)
+    with b.subscribe() as on_b:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                "query LIKE 'LISTEN%' AND pid <> pg_backend_pid() "
+                "AND datname = current_database()")
+        finally:
+            await conn.close()
+        assert killed >= 1
+        # Told that events may have been lost (re-read), then signals flow again.
+        await next_event(on_b, "overflow")
+        async with asyncio.timeout(5):
+            while not b.listening:
+                await asyncio.sleep(0.02)
+        a.publish({"type": "cancel", "id": 3})
+        assert (await next_event(on_b, "cancel"))["id"] == 3
 
 
-async def test_the_safety_poll_wakes_dispatchers_without_any_notification(pg_url: str) -> None:
-    notifier = PgNotifier(pg_url, "db", safety_poll=0.1)
+async def test_the_safety_poll_wakes_dispatchers_without_any_notification(
+        notifiers: NotifierFactory) -> None:
     heard: list[Event] = []
+    notifier = await notifiers(safety_poll=0.1)
     notifier.listen(heard.append)
-    await notifier.start()
-    try:
-        await asyncio.sleep(0.35)
-    finally:
-        await notifier.close()
+    await asyncio.sleep(0.35)
     assert sum(e["type"] == "due" for e in heard) >= 3
 
 

@@ -14,40 +14,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from store_support import NOW, claim, claim_as, done, interrupted, spec
 
 from asyncjobs.errors import Unavailable
-from asyncjobs.models import (
-    Claimed,
-    ErrorInfo,
-    JobSpec,
-    Outcome,
-    OutcomeKind,
-    Priority,
-    Status,
-    Transition,
-)
-from asyncjobs.store import Finished, HostRow
+from asyncjobs.models import OutcomeKind, Status
 from asyncjobs.store.postgres import PostgresStore
 
-NOW = 1_800_000_000.0
-
 StoreFactory = Callable[[], Awaitable[PostgresStore]]
-
-
-def spec(cls: str = "A", *, run_at: float = NOW, unique_key: str | None = None) -> JobSpec:
-    return JobSpec(cls=cls, method="run", args=[], kwargs={}, priority=Priority.MEDIUM,
-                   run_at=run_at, timeout=10.0, max_attempts=3, unique_key=unique_key)
-
-
-def completed(c: Claimed, at: float = NOW + 1) -> Finished:
-    return Finished(c, Outcome(OutcomeKind.COMPLETED, result=c.id),
-                    Transition(Status.COMPLETED, result=c.id), at)
-
-
-def interrupted(c: Claimed, at: float = NOW + 1) -> Finished:
-    error = ErrorInfo("Interrupted", "the host stopped while this attempt ran")
-    return Finished(c, Outcome(OutcomeKind.INTERRUPTED, error=error),
-                    Transition(Status.PENDING, run_at=at, error=error, counts=False), at)
 
 
 @pytest.fixture
@@ -66,20 +39,13 @@ async def stores(pg_url: str) -> AsyncIterator[StoreFactory]:
         await store.close()
 
 
-async def claim(store: PostgresStore, host: str, limit: int,
-                concurrency: dict[str, int] | None = None) -> list[Claimed]:
-    done = await store.dispatch_round(host=host, progress={}, finished=[], now=NOW,
-                                      limit=limit, concurrency=concurrency or {})
-    return done.claimed
-
-
 async def test_hosts_claiming_at_once_never_share_a_job(stores: StoreFactory) -> None:
     hosts = [await stores() for _ in range(4)]
     submitted = await hosts[0].submit([spec() for _ in range(300)], NOW)
     taken: dict[str, list[int]] = {f"h{i}": [] for i in range(len(hosts))}
 
     async def drain(store: PostgresStore, host: str) -> None:
-        while batch := await claim(store, host, 7):
+        while batch := await claim(store, NOW, 7, host=host):
             taken[host] += [c.id for c in batch]
             await asyncio.sleep(0)
 
@@ -97,7 +63,7 @@ async def test_concurrency_holds_across_hosts_claiming_at_once(stores: StoreFact
                                                                   for _ in range(20)], NOW)
 
     async with asyncio.timeout(30):
-        rounds = await asyncio.gather(*(claim(s, f"h{i}", 5, {"Capped": 2})
+        rounds = await asyncio.gather(*(claim(s, NOW, 5, {"Capped": 2}, host=f"h{i}")
                                         for i, s in enumerate(hosts)))
 
     capped = [c for batch in rounds for c in batch if c.cls == "Capped"]
@@ -106,8 +72,8 @@ async def test_concurrency_holds_across_hosts_claiming_at_once(stores: StoreFact
     # room went to the uncapped class.
     assert sum(len(batch) for batch in rounds) == 20
     # Finishing one makes room for exactly one more, on any host.
-    await hosts[0].finish([completed(capped[0])])
-    more = await asyncio.gather(*(claim(s, f"h{i}", 5, {"Capped": 2})
+    await hosts[0].finish([done(capped[0])])
+    more = await asyncio.gather(*(claim(s, NOW, 5, {"Capped": 2}, host=f"h{i}")
                                   for i, s in enumerate(hosts)))
     assert [c.cls for batch in more for c in batch].count("Capped") == 1
 
@@ -116,37 +82,30 @@ async def test_a_late_finish_from_a_host_presumed_dead_changes_nothing(
         stores: StoreFactory) -> None:
     a, b = await stores(), await stores()
     (job,) = await a.submit([spec()], NOW)
-    (first,) = await claim(a, "host-a", 1)
+    (first,) = await claim(a, NOW, 1, host="host-a")
     # Host a's lease ran out: the leader (on b) rescues its attempt, then b runs the job.
     assert [c.id for c in await b.orphans(NOW + 60, alive="host-b")] == [job.id]
     await b.finish([interrupted(first, NOW + 60)])
-    (second,) = await claim_at(b, "host-b", NOW + 61)
+    (second,) = await claim(b, NOW + 61, 1, host="host-b")
     assert second.attempt == first.attempt + 1
 
-    await a.finish([completed(first, NOW + 62)])  # host a was alive after all
+    await a.finish([done(first, at=NOW + 62)])  # host a was alive after all
 
     job_now = await b.get(job.id)
     assert job_now is not None and job_now.status is Status.RUNNING
     assert [h.outcome for h in job_now.attempt_history] == [OutcomeKind.INTERRUPTED, None]
-    await b.finish([completed(second, NOW + 63)])
+    await b.finish([done(second, at=NOW + 63)])
     job_now = await b.get(job.id)
     assert job_now is not None and job_now.status is Status.COMPLETED
     assert [h.host for h in job_now.attempt_history] == ["host-a", "host-b"]
 
 
-async def claim_at(store: PostgresStore, host: str, now: float) -> list[Claimed]:
-    done = await store.dispatch_round(host=host, progress={}, finished=[], now=now, limit=1,
-                                      concurrency={})
-    return done.claimed
-
-
 async def test_orphans_are_the_running_jobs_of_expired_hosts_only(stores: StoreFactory) -> None:
     store = await stores()
-    for name, expires in (("alive", NOW + 30), ("dead", NOW - 1)):
-        await store.register_host(HostRow(name, "http://127.0.0.1:1", 1, "m", NOW - 60,
-                                          NOW - 20, expires))
-    await store.submit([spec(), spec(), spec()], NOW)
-    (alive,), (dead,), (mine,) = [await claim(store, h, 1) for h in ("alive", "dead", "me")]
+    await store.submit([spec(run_at=NOW - 60) for _ in range(3)], NOW - 60)
+    (alive,) = await claim_as(store, "alive", NOW - 20, lease=50)
+    (dead,) = await claim_as(store, "dead", NOW - 20, lease=19)
+    (mine,) = await claim(store, NOW, 1, host="me")
 
     assert [c.id for c in await store.orphans(NOW, alive="me")] == [dead.id]
     assert sorted(c.id for c in await store.orphans(NOW + 31, alive="me")) == [alive.id, dead.id]
