@@ -183,6 +183,27 @@ async def test_a_cancel_sent_to_one_host_stops_the_job_on_another(
                 await asyncio.sleep(0.05)
 
 
+async def test_wait_and_events_on_every_host_see_a_job_finish_wherever_it_ran(
+        cluster: Any, pg_url: str) -> None:
+    hosts = cluster().start(2)
+    async with hosts[0].client() as a, hosts[1].client() as b:
+        async with b.events() as stream:
+            job_id = await a.submit("Sleepy", "run", [0.3])
+            began = time.monotonic()
+            waits = await asyncio.gather(a.wait(job_id, timeout=10), b.wait(job_id, timeout=10))
+            took = time.monotonic() - began
+            async with asyncio.timeout(5):
+                async for event in stream:
+                    if event.get("id") == job_id and event.get("status") == "completed":
+                        break
+        listed = await b.hosts()
+
+    assert [w["status"] for w in waits] == ["completed", "completed"]
+    # Woken by the finish's notification, not by the safety poll (5 s).
+    assert took < 3.0
+    assert sorted(h["url"] for h in listed if h["alive"]) == sorted(h.url for h in hosts)
+
+
 async def test_concurrency_one_holds_across_three_hosts(
         cluster: Any, tmp_path: Path, pg_url: str) -> None:
     hosts = cluster(job_overrides={"Sleepy": {"concurrency": 1}}).start(3)
