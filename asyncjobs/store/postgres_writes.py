@@ -34,18 +34,14 @@ INSERT_JOBS = (
     "$7::float8[], $8::int[], $9::bigint[], $11::int[]) AS u(c, m, a, k, p, r, t, x, h, s) "
     "RETURNING id")
 
-# One statement: find the best due jobs no other transaction holds, leave out the classes
-# that have no room, keep at most each capped class's room, mark them running and open
-# their attempts.  $3/$4 are the capped classes and their cluster-wide limits.
+# One statement: find the best due jobs no other transaction holds (leaving out the full
+# classes, $6), keep at most each capped class's room ($3/$4: the classes with room left and
+# how much), mark them running on host $5 and open their attempts.  Without caps the
+# arrays are empty and the candidates are a range of the jobs_due index.
 CLAIM = f"""
-WITH caps AS (
-    SELECT c.cls, c.lim - (SELECT count(*) FROM jobs r
-                           WHERE r.status = 'running' AND r.class = c.cls) AS room
-    FROM unnest($3::text[], $4::int[]) AS c(cls, lim)
-), cand AS (
+WITH cand AS (
     SELECT id, class, priority, run_at FROM jobs
-    WHERE status = 'pending' AND run_at <= $1
-      AND class <> ALL (ARRAY(SELECT cls FROM caps WHERE room <= 0))
+    WHERE status = 'pending' AND run_at <= $1 AND class <> ALL ($6::text[])
     ORDER BY priority, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -53,7 +49,8 @@ WITH caps AS (
     SELECT id FROM (
         SELECT cand.id, caps.room, row_number() OVER (
             PARTITION BY cand.class ORDER BY cand.priority, cand.run_at, cand.id) AS k
-        FROM cand LEFT JOIN caps ON caps.cls = cand.class) AS ranked
+        FROM cand LEFT JOIN unnest($3::text[], $4::int[]) AS caps(cls, room)
+            ON caps.cls = cand.class) AS ranked
     WHERE room IS NULL OR k <= room
 ), moved AS (
     UPDATE jobs SET status = 'running', runs = runs + 1, attempts = attempts + 1,
@@ -67,6 +64,30 @@ WITH caps AS (
 )
 SELECT * FROM moved ORDER BY priority, run_at, id
 """  # noqa: S608 - column names only, no input
+
+
+# An attempt's end ($12-$20; its row only if still open: a rescue may have closed it) and
+# its job's transition ($1-$11), a compare-and-set on the status and the attempt number.
+FINISH = """
+WITH ended AS (
+    UPDATE attempts SET outcome = a.o, finished_at = a.at, exit_code = a.x, error_type = a.et,
+        error_message = a.em, traceback = a.tb, output = a.out
+    FROM unnest($12::bigint[], $13::int[], $14::text[], $15::float8[], $16::int[],
+                $17::text[], $18::text[], $19::text[], $20::text[])
+        AS a(id, n, o, at, x, et, em, tb, out)
+    WHERE attempts.job_id = a.id AND attempts.number = a.n AND attempts.outcome IS NULL
+)
+UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
+    result = u.res, error_type = u.et, error_message = u.em, attempts = attempts - u.da,
+    runs = runs - u.dr, host = NULL, cancel_requested = false,
+    interruptions = CASE u.i WHEN 'add' THEN interruptions + 1
+                             WHEN 'keep' THEN interruptions ELSE 0 END
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[],
+            $7::int[], $8::int[], $9::text[], $10::bigint[], $11::int[])
+    AS u(s, r, fin, res, et, em, da, dr, i, id, n)
+WHERE jobs.id = u.id AND jobs.status = 'running' AND jobs.runs = u.n
+RETURNING jobs.id
+"""
 
 
 async def submit(conn: asyncpg.Connection, specs: Sequence[JobSpec],
@@ -134,28 +155,38 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
     waits for it, and its statement then sees the committed ``running`` rows.  Claims of
     uncapped classes take no lock at all.
     """
-    classes = sorted(concurrency)
-    if classes:
-        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtext("
-                           "'asyncjobs.class:' || current_setting('search_path') || ':' || c) "
-                           "AS k FROM unnest($1::text[]) AS c ORDER BY 1) AS keys", classes)
-    caps = [concurrency[c] for c in classes]
+    room = await _room(conn, concurrency)
     claimed: list[Claimed] = []
     while len(claimed) < limit:
-        want = limit - len(claimed)
-        rows = await conn.fetch(CLAIM, now, want, classes, caps, host)
-        claimed += [claimed_from_row(r, attempt=r[5], attempts=r[6]) for r in rows]
-        # A capped class may have crowded out others among the candidates; it is full now
-        # and left out of the next pass.  Without caps, fewer rows means nothing more is due.
-        if not classes or not rows:
+        open_ = {cls: n for cls, n in room.items() if n > 0}
+        rows = await conn.fetch(CLAIM, now, limit - len(claimed), list(open_),
+                                list(open_.values()), host,
+                                [cls for cls, n in room.items() if n <= 0])
+        for row in rows:
+            claimed.append(claimed_from_row(row, attempt=row[5], attempts=row[6]))
+            if row[1] in room:
+                room[row[1]] -= 1
+        # A capped class may have crowded out others among the candidates; if one filled
+        # up, it is left out of the next pass.  Otherwise fewer rows means nothing is due.
+        if not rows or not any(n == 0 for cls, n in room.items() if open_.get(cls)):
             break
     return claimed
 
 
-async def next_due(conn: asyncpg.Connection, after: float) -> float | None:
-    value = await conn.fetchval("SELECT min(run_at) FROM jobs WHERE status = 'pending' AND "
-                                "run_at > $1", after)
-    return float(value) if value is not None else None
+async def _room(conn: asyncpg.Connection, concurrency: Mapping[str, int]) -> dict[str, int]:
+    """How many more jobs of each capped class may run, counted after taking the classes'
+    advisory locks (a statement of its own: its snapshot must start after the wait)."""
+    if not concurrency:
+        return {}
+    classes = sorted(concurrency)
+    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtext("
+                       "'asyncjobs.class:' || current_setting('search_path') || ':' || c) "
+                       "AS k FROM unnest($1::text[]) AS c ORDER BY 1) AS keys", classes)
+    rows = await conn.fetch(
+        "SELECT c, l - (SELECT count(*) FROM jobs WHERE status = 'running' AND class = c) "
+        "FROM unnest($1::text[], $2::int[]) AS u(c, l)",
+        classes, [concurrency[c] for c in classes])
+    return {row[0]: row[1] for row in rows}
 
 
 async def set_progress(conn: asyncpg.Connection,
@@ -173,14 +204,15 @@ async def dispatch_round(conn: asyncpg.Connection, *, host: str,
     if progress:
         await set_progress(conn, progress)
     advanced = await finish(conn, finished) if finished else []
-    # A cancel whose signal was lost (or raced the claim) still reaches the job here.
-    cancel = [r[0] for r in await conn.fetch(
-        "SELECT id FROM jobs WHERE status = 'running' AND host = $1 AND cancel_requested",
-        host)]
-    if limit <= 0:
-        return Round(advanced, [], None, cancel)
-    claimed = await claim(conn, now, limit, concurrency, host)
-    return Round(advanced, claimed, await next_due(conn, now), cancel)
+    claimed = await claim(conn, now, limit, concurrency, host) if limit > 0 else []
+    # A cancel whose signal was lost (or raced the claim) still reaches the job here; and
+    # the next due time, both in one round trip.
+    cancel, due = await conn.fetchrow(
+        "SELECT ARRAY(SELECT id FROM jobs WHERE status = 'running' AND host = $1 AND "
+        "cancel_requested ORDER BY id), (SELECT min(run_at) FROM jobs WHERE "
+        "status = 'pending' AND run_at > $2)", host, now)
+    return Round(advanced, claimed, float(due) if due is not None and limit > 0 else None,
+                 list(cancel))
 
 
 async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
@@ -192,32 +224,19 @@ async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list
     """
     for f in finished:
         check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
-    ran = [f for f in finished if f.outcome.started]
-    await conn.execute(
-        "UPDATE attempts SET outcome = u.o, finished_at = u.at, exit_code = u.x, "
-        "error_type = u.et, error_message = u.em, traceback = u.tb, output = u.out "
-        "FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::int[], $6::text[], "
-        "$7::text[], $8::text[], $9::text[]) AS u(id, n, o, at, x, et, em, tb, out) "
-        "WHERE attempts.job_id = u.id AND attempts.number = u.n AND attempts.outcome IS NULL",
-        *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
-                    f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output)
-                   for f in ran], 9))
     given_back = [f for f in finished if not f.outcome.started]
     if given_back:
         await conn.execute(
             "DELETE FROM attempts USING unnest($1::bigint[], $2::int[]) AS u(id, n) "
             "WHERE attempts.job_id = u.id AND attempts.number = u.n",
             [f.claimed.id for f in given_back], [f.claimed.attempt for f in given_back])
+    # One statement for both tables: a round trip per table was a third of a round's time.
     changed = await conn.fetch(
-        "UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin, "
-        "result = u.res, error_type = u.et, error_message = u.em, attempts = attempts - u.da, "
-        "runs = runs - u.dr, host = NULL, cancel_requested = false, interruptions = CASE u.i "
-        "WHEN 'add' THEN interruptions + 1 WHEN 'keep' THEN interruptions ELSE 0 END "
-        "FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], "
-        "$6::text[], $7::int[], $8::int[], $9::text[], $10::bigint[], $11::int[]) "
-        "AS u(s, r, fin, res, et, em, da, dr, i, id, n) "
-        "WHERE jobs.id = u.id AND jobs.status = 'running' AND jobs.runs = u.n RETURNING jobs.id",
-        *_columns([(*job_update(f), f.claimed.attempt) for f in finished], 11))
+        FINISH,
+        *_columns([(*job_update(f), f.claimed.attempt) for f in finished], 11),
+        *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
+                    f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output)
+                   for f in finished if f.outcome.started], 9))
     done = {r[0] for r in changed}
     if len(done) < len(finished):  # a compare-and-set missed: someone else moved the job
         log.error("finish: %d of %d job(s) were no longer running as this attempt: %s",
