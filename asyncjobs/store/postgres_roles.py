@@ -53,6 +53,13 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds, doubled per failed reconnect, 
 LEADER_KEY = "SELECT hashtext('asyncjobs.leader:' || current_setting('search_path'))"
 
 
+async def connect(url: str, role: str) -> asyncpg.Connection:
+    """A connection of a role's own, named so in ``pg_stat_activity``."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        url, timeout=CONNECT_TIMEOUT, server_settings={"application_name": f"asyncjobs-{role}"})
+    return conn
+
+
 def backoff(delay: float) -> float:
     """The next reconnect delay: doubled, capped, and jittered so hosts do not stampede."""
     return min(BACKOFF_MAX, delay * 2) * (0.5 + random.random() / 2)  # noqa: S311
@@ -158,7 +165,7 @@ class PgNotifier:
             events, self._outbox = self._outbox, []
             try:
                 if self._sender is None or self._sender.is_closed():
-                    self._sender = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
+                    self._sender = await connect(self._url, "notify")
                 await self._sender.execute(
                     "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL,
                     pack(self._origin, events))
@@ -189,7 +196,7 @@ class PgNotifier:
             delay = backoff(delay)
 
     async def _listen_once(self, first: bool) -> None:
-        conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
+        conn = await connect(self._url, "listener")
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _: lost.set())
         try:
@@ -277,7 +284,7 @@ class PgLeader:
         """Take the lock if free, or check that the session holding it is still alive."""
         if self._conn is None or self._conn.is_closed():
             self._leader = False
-            self._conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
+            self._conn = await connect(self._url, "leader")
             self._conn.add_termination_listener(lambda _: self._drop())
         if self._leader:
             await self._conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT)
