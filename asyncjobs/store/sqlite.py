@@ -372,10 +372,15 @@ class SqliteStore:
 
     async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         rows = await self._read(
-            f"SELECT {writes.CLAIM_COLUMNS} FROM jobs WHERE status = 'running' "  # noqa: S608
-            "AND (host IS NULL OR (host != ? AND host NOT IN "
+            f"SELECT {writes.CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
+            "WHERE status = 'running' AND (host IS NULL OR (host != ? AND host NOT IN "
             "(SELECT id FROM hosts WHERE expires_at > ?)))", (alive, now))
-        return [writes.claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
+        orphans = []
+        for row in rows:
+            orphan = writes.claimed_from_row(row, attempt=row[5], attempts=row[6])
+            orphan.cancel_requested = bool(row[11])
+            orphans.append(orphan)
+        return orphans
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = list(await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)))  # noqa: S608
