@@ -230,6 +230,7 @@ class Claimed:
     timeout: float
     interruptions: int
     chain_id: int | None = None  # set for a step of a chain: finishing it moves the chain on
+    cancel_requested: bool = False  # (orphans only) cancelled while its host was gone
 
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS

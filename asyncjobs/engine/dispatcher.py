@@ -292,17 +292,18 @@ class Dispatcher:
             await self._wait(self._sleep_time())
 
     async def recover(self) -> int:
-        """Record attempts dead hosts left running as interrupted; requeue their jobs.
+        """Record attempts dead hosts left running as interrupted (their jobs run again) or,
+        if a cancel came for them meanwhile, cancelled.
 
         Only attempts whose host is gone (see :meth:`Store.orphans`): a live host's are
         left alone, and so are this host's own."""
         orphans = await self.store.orphans(self.clock.now(), alive=self.host_id)
         now = self.clock.now()
-        error = ErrorInfo("Interrupted", "the host stopped while this attempt ran")
-        finished = [self._decide(c, Outcome(OutcomeKind.INTERRUPTED, error=error), now, 0.0)
-                    for c in orphans]
+        finished = [self._decide(c, _orphaned(c), now, 0.0) for c in orphans]
         if finished:
             await self.store.finish(finished)
+            for f in finished:
+                self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
             log.warning("recovered %d interrupted job(s): %s", len(finished),
                         ", ".join(str(c.id) for c in orphans[:20]))
         return len(finished)
@@ -316,6 +317,16 @@ class Dispatcher:
     def interrupt_all(self) -> None:
         for job_id in list(self.running):
             self.launcher.stop(job_id, OutcomeKind.INTERRUPTED)
+
+
+def _orphaned(claimed: Claimed) -> Outcome:
+    """How an attempt whose host died ends: interrupted (it runs again), or cancelled if a
+    cancel came for it meanwhile (the host that would have killed it is gone)."""
+    if claimed.cancel_requested:
+        return Outcome(OutcomeKind.CANCELLED, error=ErrorInfo(
+            "Cancelled", "cancelled by request; its host stopped while it ran"))
+    return Outcome(OutcomeKind.INTERRUPTED, error=ErrorInfo(
+        "Interrupted", "the host stopped while this attempt ran"))
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

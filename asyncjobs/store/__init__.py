@@ -206,7 +206,8 @@ class Store(Protocol):
 
     async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         """Running jobs whose host is gone (lease ended by ``now``, or no host recorded), as
-        they were claimed; never those of ``alive`` (the caller's own host)."""
+        they were claimed, with ``cancel_requested`` set for those cancelled meanwhile;
+        never those of ``alive`` (the caller's own host)."""
         ...
 
     async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult:

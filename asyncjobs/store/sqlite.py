@@ -25,7 +25,6 @@ starts over.  Blocking writes for the whole copy put 20 ms stalls in the latency
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sqlite3
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import aiosqlite
 
@@ -56,57 +55,17 @@ from . import (
 )
 from .rows import JOB_COLUMNS, attempt_from_row, job_from_row, stats_from_rows
 from .schema import MIGRATIONS
+from .sqlite_io import Op, checkpoint, storage_error, take_lock
+from .sqlite_io import run_transaction as _transaction  # bench/child.py's OpTimer times it here
 
 log = logging.getLogger("asyncjobs.store")
 
 T = TypeVar("T")
-Op = Callable[[sqlite3.Connection], Any]
 
 HEAVY_SUBMIT = 50  # jobs in one submit beyond which it is written on the thread
 CHECKPOINT_EVERY = 200  # inline commits between two looks at the WAL's size
 CHECKPOINT_BYTES = 4 << 20  # WAL size that starts a checkpoint (SQLite's own default)
 COPY_PASSES = 4  # at most, in phase 1 of a checkpoint
-
-def _storage_error(exc: sqlite3.Error) -> Unavailable:
-    return Unavailable(f"storage unavailable: {exc}")
-
-
-def _transaction(conn: sqlite3.Connection, ops: Sequence[Op]
-                 ) -> list[tuple[Any, BaseException | None]]:
-    """Run ``ops`` in one transaction (on the writer thread); storage errors fail them all."""
-    savepoints = len(ops) > 1  # a lone op needs none: the transaction is its boundary
-    results: list[tuple[Any, BaseException | None]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for op in ops:
-            if savepoints:
-                conn.execute("SAVEPOINT op")
-            try:
-                results.append((op(conn), None))
-            except sqlite3.IntegrityError as exc:
-                results.append((None, exc))
-            except sqlite3.Error:
-                raise
-            except Exception as exc:  # the op's own error (a wrong state...), for its caller
-                results.append((None, exc))
-            if savepoints:
-                if results[-1][1] is not None:
-                    conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-        if not savepoints and results[0][1] is not None:
-            conn.execute("ROLLBACK")
-        else:
-            conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):  # may already be rolled back by SQLite
-            conn.execute("ROLLBACK")
-        raise
-    return results
-
-
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
 
 class SqliteStore:
     """The :class:`~asyncjobs.store.Store` on a SQLite file in WAL mode."""
@@ -128,16 +87,22 @@ class SqliteStore:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._notifier = EventBus()
+        self._lock: IO[bytes] | None = None  # held while open: one host per SQLite store
         self._leader = FixedLeader()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store-writer")
-        await self._on_writer(self._connect)
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA query_only=1")
-        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._lock = take_lock(self.path)
+        try:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store-writer")
+            await self._on_writer(self._connect)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute("PRAGMA query_only=1")
+            await self._reader.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            await self.close()
+            raise
         self._task = asyncio.create_task(self._write_loop(), name="asyncjobs-store-writer")
 
     def _connect(self) -> None:
@@ -174,6 +139,9 @@ class SqliteStore:
                 self._conn = None
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def notifier(self) -> Notifier:
         """In-process: every party that can share a SQLite store is in this process."""
@@ -206,7 +174,7 @@ class SqliteStore:
             ((value, error),) = _transaction(self._conn, [op])
         except sqlite3.Error as exc:
             log.error("store write failed, 1 operation not applied: %s", exc)
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
         self._committed()
         if error is not None:
             raise error
@@ -225,7 +193,7 @@ class SqliteStore:
                 if self._copied:  # phase 2 of a checkpoint, between two batches
                     self._copied = False
                     assert self._conn is not None
-                    await self._checkpoint(partial(_checkpoint, self._conn))
+                    await self._checkpoint(partial(checkpoint, self._conn))
             finally:
                 self._busy = False
 
@@ -241,7 +209,7 @@ class SqliteStore:
                 results = await self._on_writer(partial(_transaction, conn, ops))
         except sqlite3.Error as exc:
             log.error("store write failed, %d operation(s) not applied: %s", len(batch), exc)
-            results = [(None, _storage_error(exc))] * len(batch)
+            results = [(None, storage_error(exc))] * len(batch)
         for (_, future, _), (value, error) in zip(batch, results, strict=True):
             if future.done():
                 continue  # the caller gave up waiting
@@ -297,7 +265,7 @@ class SqliteStore:
         try:
             return await self._reader.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -375,10 +343,15 @@ class SqliteStore:
 
     async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         rows = await self._read(
-            f"SELECT {writes.CLAIM_COLUMNS} FROM jobs WHERE status = 'running' "  # noqa: S608
-            "AND (host IS NULL OR (host != ? AND host NOT IN "
+            f"SELECT {writes.CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
+            "WHERE status = 'running' AND (host IS NULL OR (host != ? AND host NOT IN "
             "(SELECT id FROM hosts WHERE expires_at > ?)))", (alive, now))
-        return [writes.claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
+        orphans = []
+        for row in rows:
+            orphan = writes.claimed_from_row(row, attempt=row[5], attempts=row[6])
+            orphan.cancel_requested = bool(row[11])
+            orphans.append(orphan)
+        return orphans
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = list(await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)))  # noqa: S608

@@ -458,3 +458,25 @@ async def test_recovery_leaves_a_live_hosts_attempts_alone(
     assert job.status is Status.PENDING
     (attempt,) = job.attempt_history
     assert (attempt.host, attempt.outcome) == ("other", OutcomeKind.INTERRUPTED)
+
+
+async def test_a_cancel_for_a_job_whose_host_died_is_recorded_by_recovery(
+        settings: Settings, make_host: HostFactory, clock: FakeClock, drain: Drain) -> None:
+    # Its host cannot kill it any more; the leader's rescue records it cancelled rather than
+    # running it again, and the waiting cancel returns.
+    async with make_host(settings) as host:
+        job_id = (await host.submit("Ok", "run")).id
+        await claim_as(host.store, "doomed", clock.now())
+        cancelling = asyncio.create_task(host.cancel(job_id))
+        await asyncio.sleep(0.05)
+        assert not cancelling.done()
+        clock.advance(16)  # the lease of "doomed" runs out
+        assert await host.dispatcher.recover() == 1
+        async with asyncio.timeout(5):
+            job = await cancelling
+        await drain(host)
+        after = await host.get(job_id)
+
+    assert job.status is Status.CANCELLED
+    assert (after.status, [a.outcome for a in after.attempt_history]) == (
+        Status.CANCELLED, [OutcomeKind.CANCELLED])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from store_support import NOW, claim, done, failed, host_row, ids, spec
 
-from asyncjobs.errors import WrongState
+from asyncjobs.errors import HostLocked, WrongState
 from asyncjobs.models import (
     Outcome,
     OutcomeKind,
@@ -120,6 +120,21 @@ async def test_jobs_claimed_before_hosts_existed_are_orphans(tmp_path: Path) -> 
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_one_host_at_a_time_per_sqlite_file(tmp_path: Path) -> None:
+    # Whichever data directory they use, two hosts never write one SQLite file: the second
+    # is refused, so "the host that registers is the only live one" always holds.
+    first = SqliteStore(tmp_path / "shared.db")
+    await first.open()
+    try:
+        with pytest.raises(HostLocked, match="one host per SQLite store"):
+            await SqliteStore(tmp_path / "shared.db").open()
+    finally:
+        await first.close()
+    second = SqliteStore(tmp_path / "shared.db")
+    await second.open()  # the lock went with the first
+    await second.close()
 
 
 async def test_normal_durability_commits_inline_and_keeps_the_wal_bounded(

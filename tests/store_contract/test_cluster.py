@@ -7,7 +7,18 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from store_support import LEASE, NOW, claim, done, failed, host_row, ids, interrupted, spec
+from store_support import (
+    LEASE,
+    NOW,
+    claim,
+    claim_as,
+    done,
+    failed,
+    host_row,
+    ids,
+    interrupted,
+    spec,
+)
 
 from asyncjobs.errors import WrongState
 from asyncjobs.models import TRANSITIONS, Status, StepSpec
@@ -227,3 +238,13 @@ async def test_every_status_change_is_in_the_transition_table(store: Store) -> N
                        (Status.RUNNING, Status.COMPLETED), (Status.RUNNING, Status.FAILED),
                        (Status.RUNNING, Status.PENDING), (Status.FAILED, Status.PENDING),
                        (Status.CANCELLED, Status.PENDING)}
+
+
+async def test_an_orphan_says_whether_it_was_cancelled_meanwhile(store: Store) -> None:
+    await ids(store, spec(), spec())
+    kept, cancelled = (c.id for c in await claim_as(store, "a", NOW, limit=2))
+    await store.cancel(cancelled, NOW + 1, "while its host was dying")
+
+    orphans = {c.id: c.cancel_requested for c in await store.orphans(NOW + LEASE, alive="b")}
+
+    assert orphans == {kept: False, cancelled: True}
