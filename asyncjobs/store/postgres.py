@@ -203,10 +203,15 @@ class PostgresStore:
 
     async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         rows = await self._fetch(
-            f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'running' "  # noqa: S608
-            "AND (host IS NULL OR (host <> $1 AND host NOT IN "
+            f"SELECT {CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
+            "WHERE status = 'running' AND (host IS NULL OR (host <> $1 AND host NOT IN "
             "(SELECT id FROM hosts WHERE expires_at > $2)))", alive, now)
-        return [claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
+        orphans = []
+        for row in rows:
+            orphan = claimed_from_row(row, attempt=row[5], attempts=row[6])
+            orphan.cancel_requested = row[11]
+            orphans.append(orphan)
+        return orphans
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1",  # noqa: S608
