@@ -54,7 +54,8 @@ LEADER_KEY = "SELECT hashtext('asyncjobs.leader:' || current_setting('search_pat
 
 
 async def connect(url: str, role: str) -> asyncpg.Connection:
-    """A connection of a role's own, named so in ``pg_stat_activity``."""
+    """A connection of a role's own, named so in ``pg_stat_activity`` (the leader's names its
+    host: docs/scaling.md shows the query that finds the leader)."""
     conn: asyncpg.Connection = await asyncpg.connect(
         url, timeout=CONNECT_TIMEOUT, server_settings={"application_name": f"asyncjobs-{role}"})
     return conn
@@ -284,7 +285,7 @@ class PgLeader:
         """Take the lock if free, or check that the session holding it is still alive."""
         if self._conn is None or self._conn.is_closed():
             self._leader = False
-            self._conn = await connect(self._url, "leader")
+            self._conn = await connect(self._url, f"leader-{self.host_id}")
             self._conn.add_termination_listener(lambda _: self._drop())
         if self._leader:
             await self._conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT)

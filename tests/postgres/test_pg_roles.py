@@ -137,6 +137,16 @@ async def test_one_leader_and_another_takes_over_when_it_goes(pg_url: str) -> No
         first = await wait_for_leader(leaders)
         await asyncio.sleep(0.2)
         assert [leader.is_leader for leader in leaders].count(True) == 1
+        # An operator finds the leader with the query of docs/scaling.md.
+        conn = await asyncpg.connect(pg_url)
+        try:
+            names = await conn.fetch(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.granted AND "
+                "a.application_name LIKE 'asyncjobs-leader-%' AND a.datname = current_database()")
+        finally:
+            await conn.close()
+        assert [n[0] for n in names] == [f"asyncjobs-leader-{first.host_id}"]
 
         await first.close()
         second = await wait_for_leader([x for x in leaders if x is not first])
