@@ -350,7 +350,7 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     add("stats", cmd_stats, "counts per status and class, throughput, workers", job_id=None)
     add("schedules", cmd_schedules, "list recurring schedules with their next run",
         job_id=None)
-    add("hosts", cmd_hosts, "list the hosts sharing the store: heartbeat, running jobs",
+    add("hosts", cmd_hosts, "list the hosts sharing the store: heartbeat, running jobs, leader",
         job_id=None)
     add("prune", cmd_prune, "delete finished jobs past their retention now", job_id=None)
     add("dashboard", cmd_dashboard, "print a one-time sign-in URL for the dashboard",

@@ -109,6 +109,7 @@ class HostRow:
     heartbeat_at: float
     expires_at: float
     running: int = 0  # attempts this host holds (filled in by :meth:`Store.hosts`)
+    leader: bool = False  # whether it holds the leader role now (filled in likewise)
 
     def alive(self, now: float) -> bool:
         return self.expires_at > now
@@ -158,7 +159,8 @@ class Store(Protocol):
         ...
 
     async def hosts(self, now: float) -> list[HostRow]:
-        """Every registered host, oldest first, with how many attempts each holds running.
+        """Every registered host, oldest first, with how many attempts each holds running
+        and whether it is the leader now.
 
         Hosts whose lease ended more than a day before ``now`` are left out."""
         ...

@@ -190,7 +190,11 @@ class PostgresStore:
     async def hosts(self, now: float) -> list[HostRow]:
         rows = await self._fetch(
             "SELECT id, url, pid, hostname, started_at, heartbeat_at, expires_at, "
-            "(SELECT count(*) FROM jobs WHERE status = 'running' AND host = hosts.id) "
+            "(SELECT count(*) FROM jobs WHERE status = 'running' AND host = hosts.id), "
+            # The leader's session is named after its host (postgres_roles.connect).
+            "EXISTS (SELECT FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+            "WHERE a.application_name = 'asyncjobs-leader-' || hosts.id AND a.datname = "
+            "current_database() AND l.locktype = 'advisory' AND l.granted) "
             "FROM hosts WHERE expires_at > $1 ORDER BY started_at, id", now - 86400)
         return [HostRow(*row) for row in rows]
 

@@ -330,9 +330,12 @@ class SqliteStore:
     async def hosts(self, now: float) -> list[HostRow]:
         rows = await self._read(
             "SELECT id, url, pid, hostname, started_at, heartbeat_at, expires_at, "
-            "(SELECT COUNT(*) FROM jobs WHERE status = 'running' AND host = hosts.id) "
-            "FROM hosts WHERE expires_at > ? ORDER BY started_at, id", (now - 86400,))
-        return [HostRow(*row) for row in rows]
+            "(SELECT COUNT(*) FROM jobs WHERE status = 'running' AND host = hosts.id), "
+            "expires_at > ? "  # one host at a time, and it leads
+            "FROM hosts WHERE expires_at > ? ORDER BY started_at, id", (now, now - 86400))
+        return [HostRow(id=row[0], url=row[1], pid=row[2], hostname=row[3], started_at=row[4],
+                        heartbeat_at=row[5], expires_at=row[6], running=row[7],
+                        leader=bool(row[8])) for row in rows]
 
     async def schedule_states(self) -> dict[str, ScheduleState]:
         rows = await self._read("SELECT name, expression, next_run, last_run, last_job_id "

@@ -251,12 +251,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"hosts": {"type": "array", "items": {
                     "type": "object",
                     "required": ["id", "url", "pid", "hostname", "started_at", "heartbeat_at",
-                                 "alive", "running", "this"],
+                                 "alive", "running", "leader", "this"],
                     "properties": {"id": {"type": "string"}, "url": {"type": "string"},
                                    "pid": {"type": "integer"}, "hostname": {"type": "string"},
                                    "started_at": _ISO, "heartbeat_at": _ISO,
                                    "alive": {"type": "boolean"},
                                    "running": {"type": "integer"},
+                                   "leader": {"type": "boolean", "description":
+                                              "runs schedules, the pruner and rescues now"},
                                    "this": {"type": "boolean"}}}}}},
                 "Hosts"), **_errors()}}},
         "/api/prune": {"post": {

@@ -234,26 +234,27 @@ async def test_a_schedule_fires_once_per_slot_with_three_hosts(
     assert all(b - a > 0.25 for a, b in pairwise(fired))
 
 
-async def leader_url(pg_url: str, hosts: list[ServeProcess], timeout: float = 10) -> str:
-    """The URL of the host whose session holds the leader lock."""
-    async with asyncio.timeout(timeout):
+async def leader_url(hosts: list[ServeProcess], timeout: float = 10) -> str:
+    """The URL of the leader, as ``GET /api/hosts`` of a live host says (one at most)."""
+    async with asyncio.timeout(timeout), hosts[0].client() as client:
         while True:
-            logs = [h for h in hosts if h.running and "is the leader" in h.log()]
-            if logs:
-                return logs[-1].url
+            leaders = [h["url"] for h in await client.hosts() if h["leader"]]
+            assert len(leaders) <= 1
+            if leaders:
+                return str(leaders[0])
             await asyncio.sleep(0.05)
 
 
 async def test_the_leader_dies_and_another_host_takes_over(
         cluster: Any, pg_url: str) -> None:
     hosts = cluster(schedules={"tick": {"class": "Ok", "method": "run", "every": 0.3}}).start(3)
-    first = await leader_url(pg_url, hosts)
+    first = await leader_url(hosts)
     leader = next(h for h in hosts if h.url == first)
 
     leader.kill()
     killed_at = time.time()
     survivors = [h for h in hosts if h is not leader]
-    second = await leader_url(pg_url, survivors)
+    second = await leader_url(survivors)
 
     assert second != first
     # The schedule goes on under the new leader (a follower looks for leadership every

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+from store_support import NOW, host_row
 
 from asyncjobs.engine.roles import Event
 from asyncjobs.store.postgres import PostgresStore
@@ -187,4 +188,8 @@ async def test_the_store_hands_out_its_roles(opened: list[PostgresStore]) -> Non
     for store, host in ((a, "h1"), (b, "h2")):
         await store.leader(host).start()
     leader = await wait_for_leader([a.leader("h1"), b.leader("h2")])
-    assert leader in (a.leader("h1"), b.leader("h2"))
+    # The host listing names the leader (its session carries the host's id).
+    for host in ("h1", "h2"):
+        await a.register_host(host_row(host))
+    listed = {h.id: h.leader for h in await b.hosts(NOW)}
+    assert listed == {"h1": leader is a.leader("h1"), "h2": leader is b.leader("h2")}
