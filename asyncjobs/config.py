@@ -64,6 +64,11 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     max_body_bytes: int = 1024 * 1024
+    # Bounds that keep one local process from locking the API out (issue #13 item 3, 6).
+    idle_timeout: float = 15.0  # s a connection may sit without a request in progress
+    max_connections: int = 256
+    max_event_streams: int = 32
+    session_ttl: float = 8 * 3600.0  # s a dashboard sign-in lasts
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +303,8 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
         kill_grace=_number("workers.kill_grace", w.get("kill_grace", dw.kill_grace)),
     )
 
-    a = _section(doc, "api", {"host", "port", "max_body_bytes"})
+    a = _section(doc, "api", {"host", "port", "max_body_bytes", "idle_timeout",
+                              "max_connections", "max_event_streams", "session_ttl"})
     da = ApiSettings()
     port = _int("api.port", a.get("port", da.port))
     if port > 65535:
@@ -308,6 +314,14 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
         port=port,
         max_body_bytes=_int("api.max_body_bytes", a.get("max_body_bytes", da.max_body_bytes),
                             minimum=1024),
+        idle_timeout=_number("api.idle_timeout", a.get("idle_timeout", da.idle_timeout),
+                             positive=True),
+        max_connections=_int("api.max_connections",
+                             a.get("max_connections", da.max_connections), minimum=2),
+        max_event_streams=_int("api.max_event_streams",
+                               a.get("max_event_streams", da.max_event_streams), minimum=1),
+        session_ttl=_number("api.session_ttl", a.get("session_ttl", da.session_ttl),
+                            positive=True),
     )
 
     lg = _section(doc, "logs", {"max_bytes", "backups"})

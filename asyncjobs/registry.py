@@ -24,6 +24,8 @@ MAX_CHAIN = 100
 MAX_DELAY = 10 * 365 * 86400.0  # a delay or run_at further out is surely a mistake
 MAX_TIMEOUT = 30 * 86400.0  # an attempt may run a month; beyond that timers overflow
 _PRIORITIES = {p.value: p for p in Priority}
+MAX_DEPTH = 64  # JSON nesting in args/kwargs; deeper cannot be stored (orjson stops at 254)
+INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson keeps exact; see check_integers
 
 
 def check_allowed(settings: Settings, cls: object, method: object) -> JobClass:
@@ -48,11 +50,34 @@ def _number(name: str, value: object, *, positive: bool = False) -> float:
     return float(value)
 
 
+def check_depth(name: str, value: object) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH` levels (iteratively: a hostile
+    document must not exhaust the stack of the check meant to stop it)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidField(name, f"is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+
+
+def check_integers(name: str, value: int) -> None:
+    """Integers are kept exact within 64 bits (signed or unsigned); one beyond that would be
+    rounded to a float, silently, so it is refused: send it as a string."""
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise InvalidField(name, f"integer {str(value)[:40]} is outside the 64-bit range; "
+                                 "send big numbers as strings")
+
+
 def _args(name: str, value: object) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
         raise InvalidField(name, "must be a JSON array")
+    check_depth(name, value)
     return value
 
 
@@ -61,6 +86,7 @@ def _kwargs(name: str, value: object) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidField(name, "must be a JSON object")
+    check_depth(name, value)
     return value
 
 

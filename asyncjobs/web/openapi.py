@@ -81,7 +81,9 @@ _SUBMIT = {
 }
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
-    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                   "details": {"type": "object", "description": "the error's attributes, "
+                               "e.g. field and problem of invalid_field"}}}}}
 _STATS = {
     "type": "object", "required": ["counts", "classes", "throughput", "workers", "uptime"],
     "properties": {
@@ -127,7 +129,8 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "asyncjobs control API", "version": "1",
              "description": "Every request needs 'Authorization: Bearer <token>' (the token is "
-                            "in <data_dir>/token) except /api/health."},
+                            "in <data_dir>/token, or a dashboard session) except "
+                            "/api/health and /api/sessions."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {"JobSummary": _JOB_SUMMARY, "Job": _JOB, "Attempt": _ATTEMPT,
@@ -219,11 +222,16 @@ OPENAPI: dict[str, Any] = {
                                "lines": {"type": "array", "items": {"type": "string"}}}},
                 "Log lines, oldest first"), **_errors(422)}}},
         "/api/events": {"get": {
-            "summary": "Server-sent events: 'job' on every state change, 'progress'",
+            "summary": "Server-sent events: 'job' on every state change, 'progress'; "
+                       "'overflow' ends a stream that fell behind (reconnect and reload)",
             "operationId": "events",
+            "parameters": [{"name": "ticket", "in": "query", "required": False,
+                            "description": "instead of the Authorization header: a ticket "
+                                           "from POST /api/events/tickets",
+                            "schema": {"type": "string"}}],
             "responses": {"200": {"description": "An event stream",
                                   "content": {"text/event-stream": {"schema": {
-                                      "type": "string"}}}}, **_errors()}}},
+                                      "type": "string"}}}}, **_errors(503)}}},
         "/api/schedules": {"get": {
             "summary": "Recurring schedules with their next run", "operationId": "schedules",
             "responses": {"200": _json({
@@ -256,6 +264,29 @@ OPENAPI: dict[str, Any] = {
             "summary": "A one-time dashboard sign-in link", "operationId": "loginLink",
             "responses": {"201": _json({"type": "object", "required": ["path", "expires_in"],
                                         "properties": {"path": {"type": "string"},
+                                                       "expires_in": {"type": "number"}}},
+                                       "Created"), **_errors()}}},
+        "/api/sessions": {"post": {
+            "summary": "Trade a sign-in code (once) for a dashboard session token",
+            "operationId": "createSession", "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["code"],
+                "properties": {"code": {"type": "string"}}}}}},
+            "responses": {"201": _json({"type": "object", "required": ["session", "expires_in"],
+                                        "properties": {"session": {"type": "string"},
+                                                       "expires_in": {"type": "number"}}},
+                                       "Created"), **_errors(400, 413, 422)}}},
+        "/api/sessions/revoke": {"post": {
+            "summary": "End every dashboard session (the API token stays valid)",
+            "operationId": "revokeSessions",
+            "responses": {"200": _json({"type": "object", "required": ["revoked"],
+                                        "properties": {"revoked": {"type": "integer"}}},
+                                       "Revoked"), **_errors()}}},
+        "/api/events/tickets": {"post": {
+            "summary": "A single-use ticket for GET /api/events?ticket= (EventSource cannot "
+                       "send headers)", "operationId": "eventTicket",
+            "responses": {"201": _json({"type": "object", "required": ["ticket", "expires_in"],
+                                        "properties": {"ticket": {"type": "string"},
                                                        "expires_in": {"type": "number"}}},
                                        "Created"), **_errors()}}},
         "/metrics": {"get": {

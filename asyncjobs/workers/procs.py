@@ -210,3 +210,20 @@ def on_stop_signals(loop: asyncio.AbstractEventLoop, callback: Callable[[], None
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, callback)
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise this process's soft limit on open files to its hard limit; return the new soft
+    limit (None where there is no such limit: Windows).  Each API connection holds a file
+    descriptor, and the default soft limit (often 1024) is far below what the kernel allows.
+    """
+    if WINDOWS:
+        return None
+    import resource  # noqa: PLC0415 - POSIX only
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard not in (resource.RLIM_INFINITY, soft):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft

@@ -153,7 +153,11 @@ async def test_real_responses_match_the_schemas(env: InProcess) -> None:
     await check("GET", "/api/health", "/api/health", 200, auth=False)
     await check("GET", "/api/schedules", "/api/schedules", 200)
     await check("POST", "/api/prune", "/api/prune", 200)
-    await check("POST", "/api/login-links", "/api/login-links", 201)
+    link = await check("POST", "/api/login-links", "/api/login-links", 201)
+    code = link["path"].partition("code=")[2]
+    await check("POST", "/api/sessions", "/api/sessions", 201, {"code": code}, auth=False)
+    await check("POST", "/api/events/tickets", "/api/events/tickets", 201)
+    await check("POST", "/api/sessions/revoke", "/api/sessions/revoke", 200)
 
     # Errors, each in the documented shape and under a documented status.
     await check("GET", jobs, jobs, 401, auth=False)
