@@ -42,7 +42,8 @@ def prepare(data_dir: Path, files: tuple[str, ...] = ()) -> None:
 
     Refused (with how to fix it): a directory owned by another user, or writable by group
     or others.  A directory of ours that is merely readable by others is narrowed to 0700,
-    and files the host made before this rule existed to 0600.
+    and files the host made before this rule existed to 0600 (but for the token, which
+    :func:`load_or_create_token` refuses if others could have read it).
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not _posix():
@@ -68,8 +69,9 @@ def _tighten_files(directory: Path) -> None:
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in os.scandir(directory):
             info = entry.stat(follow_symlinks=False)
+            # Not the token: one that others could read is compromised, and is refused.
             if (stat.S_ISREG(info.st_mode) and info.st_uid == uid
-                    and info.st_mode & 0o077):
+                    and info.st_mode & 0o077 and entry.name != TOKEN_FILE):
                 os.chmod(entry.path, 0o600)
 
 

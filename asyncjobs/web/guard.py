@@ -43,17 +43,46 @@ class _CountedHandler(JsonErrorHandler):
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers one over-the-cap connection with a 503 and closes it."""
+    """Answers one over-the-cap connection with a 503 and closes it.
+
+    It reads (and drops) what the client sends for a moment before closing: closing with
+    its request unread would reset the connection, and the client would see the reset
+    instead of the 503.  At most :data:`LINGERING` refusals wait like this at once.
+    """
 
     BODY = error_body("unavailable", "too many connections to this host; try again shortly")
     RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
                 % len(BODY) + BODY)
+    LINGER = 0.5
+    LINGERING = 64
+    lingering = 0
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         transport.write(self.RESPONSE)
-        transport.close()
+        if _Refuse.lingering >= self.LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        _Refuse.lingering += 1
+        transport.write_eof()
+        self.timer = asyncio.get_running_loop().call_later(self.LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is refused whatever it says
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            _Refuse.lingering -= 1
 
 
 class ConnectionGuard:
