@@ -27,7 +27,7 @@ from .metrics import render_metrics
 from .openapi import OPENAPI
 from .requests import MAX_ID, int_param, job_id, read_json
 from .responses import errors_middleware, json_response
-from .sessions import Sessions
+from .sessions import SESSIONS_FILE, Sessions
 
 log = logging.getLogger("asyncjobs.web.api")
 
@@ -187,7 +187,8 @@ def build_app(host: HostAPI) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, security_middleware],
                           client_max_size=host.settings.api.max_body_bytes)
     app[HOST_KEY] = host
-    app[SESSIONS_KEY] = Sessions(host.settings.api.session_ttl)
+    app[SESSIONS_KEY] = Sessions(host.settings.api.session_ttl,
+                                 path=host.data_dir / SESSIONS_FILE)
     app[CLOSING_KEY] = asyncio.Event()
     app[STREAMS_KEY] = [0]
 

@@ -163,6 +163,18 @@ def test_2_sessions_expire() -> None:
     assert sessions.exchange(code) is None, "sign-in codes last two minutes"
 
 
+def test_2_sessions_survive_a_restart_but_not_a_revoke(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    first = Sessions(session_ttl=600.0, path=path)
+    session = first.exchange(first.login_code())
+    assert session is not None
+    assert session.encode() not in path.read_bytes(), "only hashes are kept"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Sessions(session_ttl=600.0, path=path).is_session(session)
+    first.revoke_all()
+    assert not Sessions(session_ttl=600.0, path=path).is_session(session)
+
+
 # -- 3. connections ---------------------------------------------------------------------------
 
 async def test_3_silent_and_trickling_connections_are_closed(serve: LiveServe) -> None:
