@@ -61,15 +61,24 @@ _JOB = {"allOf": [{"$ref": "#/components/schemas/JobSummary"}, {
     "type": "object", "required": ["attempt_history"],
     "properties": {"attempt_history": {"type": "array",
                                        "items": {"$ref": "#/components/schemas/Attempt"}}}}]}
+# What a job's arguments may hold (registry.check_json): any JSON, numbers within the 64-bit
+# integer range (beyond it orjson could not keep an integer exact), nested at most 64 deep.
+_JSON_VALUE = {"anyOf": [
+    {"type": ["null", "boolean", "string"]},
+    {"type": "number", "minimum": -(2**63), "maximum": 2**64 - 1},
+    {"type": "array", "items": {"$ref": "#/components/schemas/JSONValue"}},
+    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JSONValue"}}]}
+_ARGS = {"type": "array", "items": {"$ref": "#/components/schemas/JSONValue"}}
+_KWARGS = {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JSONValue"}}
 _STEP = {"type": "object", "required": ["class", "method"], "additionalProperties": False,
          "properties": {"class": {"type": "string"}, "method": {"type": "string"},
-                        "args": {"type": "array"}, "kwargs": {"type": "object"}}}
+                        "args": _ARGS, "kwargs": _KWARGS}}
 _SUBMIT = {
     "type": "object", "required": ["class", "method"], "additionalProperties": False,
     "not": {"required": ["delay", "run_at"]},  # one or the other
     "properties": {
         "class": {"type": "string"}, "method": {"type": "string"},
-        "args": {"type": "array"}, "kwargs": {"type": "object"},
+        "args": _ARGS, "kwargs": _KWARGS,
         "priority": {"type": "string", "enum": ["high", "medium", "low"]},
         "delay": {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400},
         "run_at": {"type": "string", "format": "date-time"},
@@ -134,7 +143,8 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {"JobSummary": _JOB_SUMMARY, "Job": _JOB, "Attempt": _ATTEMPT,
-                    "Submit": _SUBMIT, "Step": _STEP, "Error": _ERROR, "Stats": _STATS},
+                    "Submit": _SUBMIT, "Step": _STEP, "Error": _ERROR, "Stats": _STATS,
+                    "JSONValue": _JSON_VALUE},
     },
     "security": [{"bearer": []}],
     "paths": {

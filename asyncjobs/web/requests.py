@@ -1,14 +1,12 @@
 """Strict parsing of what a request carries: its JSON body, integer parameters, job ids.
 
 Numbers in URLs are ASCII digits only (``int()`` would also take ``١٢``, ``1_2`` and
-`` 12 ``).  JSON integers are kept exact or refused: orjson turns one beyond 64 bits into a
-float without a word, so such a body is parsed again (rarely: only when an integral float
-that large appears) to tell ``1e30`` from a 30-digit integer.
+`` 12 ``).  What a JSON body may hold (depth, number range) is the registry's rule, checked
+where a submit is parsed, so it holds for in-process submits too.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -16,12 +14,10 @@ import orjson
 from aiohttp import web
 
 from ..errors import BadRequest, InvalidField, TooLarge
-from ..registry import check_integers
 from .contract import HOST_KEY
 
 DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)
 MAX_ID = 2**63 - 1
-_SUSPECT = float(2**63)  # at or beyond this, an integral float may have been an integer
 
 
 async def read_json(request: web.Request) -> Any:
@@ -40,32 +36,7 @@ async def read_json(request: web.Request) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
-    if _has_suspect_float(value):
-        try:
-            json.loads(data, parse_int=_exact_int)
-        except RecursionError:
-            raise InvalidField("body", "is nested too deeply") from None
     return value
-
-
-def _exact_int(text: str) -> int:
-    value = int(text)
-    check_integers("body", value)
-    return value
-
-
-def _has_suspect_float(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if abs(item) >= _SUSPECT and item.is_integer():
-                return True
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-    return False
 
 
 def parse_int(name: str, text: str, low: int, high: int) -> int:
