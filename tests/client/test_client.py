@@ -178,7 +178,7 @@ async def test_api_errors_are_raised_as_the_matching_classes(inprocess: InProces
         assert (await client.cancel(job_id))["status"] == "cancelled"
         with pytest.raises(WrongState) as wrong:
             await client.cancel(job_id)
-        assert wrong.value.status == 409 and isinstance(wrong.value, AsyncJobsError)
+        assert isinstance(wrong.value, AsyncJobsError) and wrong.value.code == "wrong_state"
         assert "WrongState(" in repr(wrong.value)
 
     async with AsyncJobsClient(url, "wrong-token") as client:
