@@ -129,6 +129,8 @@ class EventStream:
 
     Entering returns once the host has subscribed this stream, so no state change made
     after that is missed.  Each event is the decoded ``data`` dict (it has a ``type``).
+    A reader that falls behind gets ``{"type": "overflow"}`` and then the stream ends:
+    reload what you track and open a new stream.
     """
 
     def __init__(self, client: AsyncJobsClient) -> None:
