@@ -367,6 +367,11 @@ class AsyncJobsClient:
         """Server-sent events, one per state change (see :class:`EventStream`)."""
         return EventStream(self)
 
+    async def revoke_sessions(self) -> int:
+        """Sign every dashboard out (the API token stays valid); how many sessions ended."""
+        answer = await self._call("POST", "/api/sessions/revoke")
+        return int(answer["revoked"])
+
     async def login_link(self) -> str:
         """A one-time dashboard sign-in URL, valid for two minutes."""
         answer = await self._call("POST", "/api/login-links")

@@ -135,10 +135,11 @@ class JsonErrorHandler(RequestHandler):
             log.debug("refused a malformed request: %r", exc)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error")
-        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
-        response = error_response(CODE_BY_STATUS.get(status, "bad_request" if status < 500
-                                                      else "internal"),
-                                  f"malformed or refused request ({status} {reason})".strip(),
-                                  status)
+        try:
+            reason = f"{status} {HTTPStatus(status).phrase}"
+        except ValueError:
+            reason = str(status)
+        code = CODE_BY_STATUS.get(status, "bad_request" if status < 500 else "internal")
+        response = error_response(code, f"malformed or refused request ({reason})", status)
         response.force_close()
         return response
