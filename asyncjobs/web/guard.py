@@ -55,7 +55,7 @@ class _Refuse(asyncio.Protocol):
                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
                 % len(BODY) + BODY)
     LINGER = 0.5
-    LINGERING = 64
+    LINGERING = 256  # beyond this many at once, close at once (the client may see a reset)
     lingering = 0
 
     def __init__(self) -> None:
@@ -128,9 +128,10 @@ class ConnectionGuard:
 def connection_cap(configured: int) -> int:
     """``configured``, lowered to fit the open-file limit (raised to its maximum first)."""
     soft = procs.raise_open_file_limit()
-    if soft is None or configured + FD_RESERVE <= soft:
+    needed = FD_RESERVE + _Refuse.LINGERING
+    if soft is None or configured + needed <= soft:
         return configured
-    cap = max(2, soft - FD_RESERVE)
+    cap = max(2, soft - needed)
     log.warning("api.max_connections %d lowered to %d: the open-file limit is %d",
                 configured, cap, soft)
     return cap
