@@ -78,7 +78,7 @@ def _attempt(row: Sequence[Any]) -> Attempt:
     error = ErrorInfo(row[5], row[6] or "", row[7]) if row[5] else None
     return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
                    started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
-                   output=row[8] or "")
+                   output=row[8] or "", strays=row[9] or 0)
 
 
 def _storage_error(exc: sqlite3.Error) -> Unavailable:
@@ -384,7 +384,8 @@ class SqliteStore:
             return None
         attempts = await self._read(
             "SELECT number, outcome, started_at, finished_at, exit_code, error_type, "
-            "error_message, traceback, output FROM attempts WHERE job_id = ? ORDER BY number",
+            "error_message, traceback, output, strays FROM attempts WHERE job_id = ? "
+            "ORDER BY number",
             (job_id,))
         return _job(rows[0], [_attempt(a) for a in attempts])
 

@@ -43,7 +43,7 @@ _JOB_SUMMARY: dict[str, Any] = {
 _ATTEMPT = {
     "type": "object",
     "required": ["number", "outcome", "started_at", "finished_at", "exit_code", "error",
-                 "output"],
+                 "output", "strays"],
     "properties": {
         "number": {"type": "integer"},
         "outcome": {"type": "string", "enum": ["running", "completed", "failed", "timeout",
@@ -55,6 +55,9 @@ _ATTEMPT = {
                   "properties": {"type": {"type": "string"}, "message": {"type": "string"},
                                  "traceback": {"type": ["string", "null"]}}},
         "output": {"type": "string"},
+        "strays": {"type": "integer", "minimum": 0,
+                   "description": "processes the job left running, killed when the attempt "
+                                  "ended"},
     },
 }
 _JOB = {"allOf": [{"$ref": "#/components/schemas/JobSummary"}, {
