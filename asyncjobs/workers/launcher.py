@@ -143,6 +143,7 @@ class WorkerProcess:
         self.on_room = on_room
         self.sent = 0
         self.strays = 0  # processes of its job killed with it (kill, crash)
+        self.exiting = False  # it said it is going away: what it still holds never started
         self.broken = False  # killed, crashed or confused: never reused
         self.queue: deque[_Slot] = deque()
         # Jobs this worker already answered for: a late or forged second answer from one of
@@ -301,16 +302,24 @@ class WorkerProcess:
             head.on_progress(head.job.id, message.fraction, message.message)
             return True
         assert isinstance(message, Done)
+        self._done(head, message.outcome)
+        return True
+
+    def _done(self, head: _Slot, outcome: Outcome) -> None:
+        """The running attempt's answer: settle it, and start the next one."""
         self.queue.popleft()
         self._answered.append(head.job.id)
         if head.timer is not None:
             head.timer.cancel()
-        head.observed = message.outcome
-        _settle(head.future, message.outcome)
-        if self.queue:
+        head.observed = outcome
+        _settle(head.future, outcome)
+        if outcome.kind is OutcomeKind.CRASHED:
+            # The worker answered for a job it is killing itself over (its memory limit):
+            # nothing queued behind it will start there.
+            self.broken = self.exiting = True
+        elif self.queue:
             self._begin(self.queue[0])
         self.on_room()
-        return True
 
     def _broken(self, why: str) -> bool:
         if self.queue:
@@ -327,14 +336,14 @@ class WorkerProcess:
         for i, slot in enumerate(self.queue):
             if slot.timer is not None:
                 slot.timer.cancel()
-            if i == 0:
+            if i == 0 and not self.exiting:
                 if slot.observed is None:
                     slot.observed = _Ended(OutcomeKind.CRASHED)
                 _settle(slot.future, slot.observed)
             else:
                 _settle(slot.future, _REQUEUE)
             if not slot.turn.done():
-                slot.turn.set_result(i == 0)
+                slot.turn.set_result(i == 0 and not self.exiting)
         self.queue.clear()
         self.on_room()
 
