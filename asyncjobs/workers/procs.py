@@ -348,10 +348,9 @@ def kill_marked(label: str) -> int:
     """
     if not CONTAINS:
         return 0
-    needle = f"\0{MARKER}={label}\0".encode()
     killed: set[int] = set()
     for _ in range(100):  # again, until none is left: one may fork while we look
-        found = [pid for pid in _all_pids() if pid not in killed and _labelled(pid, needle)]
+        found = [pid for pid in marked(MARKER, label) if pid not in killed]
         if not found:
             break
         for pid in found:
@@ -361,19 +360,27 @@ def kill_marked(label: str) -> int:
     return len(killed)
 
 
-def _all_pids() -> list[int]:
+def marked(variable: str, value: str) -> list[int]:
+    """The live processes whose environment has ``variable=value`` (Linux; [] elsewhere).
+
+    Only processes whose environment we may read (same user, or root) are seen.
+    """
+    if not CONTAINS:
+        return []
+    needle = f"\0{variable}={value}\0".encode()
     try:
-        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return []
-
-
-def _labelled(pid: int, label: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return label in b"\0" + f.read(1 << 20)
-    except OSError:
-        return False
+    found: list[int] = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in b"\0" + f.read(1 << 20):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
 
 
 _trees: dict[int, tuple[int | None, dict[int, int]]] = {}

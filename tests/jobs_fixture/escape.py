@@ -89,3 +89,11 @@ class Escape:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class EscapeProc(Escape):
+    """The same jobs, for a class configured with ``process`` isolation."""
+
+
+class Hog(Escape):
+    """The same jobs, for a class configured with a ``memory_limit``."""
