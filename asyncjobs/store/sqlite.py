@@ -42,6 +42,7 @@ import orjson
 from ..errors import Unavailable
 from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
 from . import CancelResult, Finished, Page, Round, ScheduleState, Stats, Submitted, writes
+from .backup import BackupInfo, backup
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -295,6 +296,16 @@ class SqliteStore:
             await self._on_writer(step)
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (tried again later): %s", exc)
+
+    async def backup(self, target: Path) -> BackupInfo:
+        """A consistent copy of the live database at the new file ``target`` (absolute):
+        one read snapshot on a thread of its own, so intake goes on (see :mod:`.backup`)."""
+        if self._task is None:
+            raise Unavailable("the store is closed")
+        try:
+            return await asyncio.to_thread(backup, self.path, target)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from exc
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> Iterable[Any]:
         if self._reader is None:

@@ -249,6 +249,15 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"pruned": {"type": "object", "additionalProperties": {
                     "type": "integer"}}}}, "How many job records were deleted, per rule"),
                 **_errors(503)}}},
+        "/api/backup": {"post": {
+            "summary": "A consistent copy of the live SQLite store (online backup)",
+            "description": "Taken from one read snapshot while intake goes on; the body is "
+                           "the database file. PostgreSQL stores: use pg_dump.",
+            "operationId": "backup",
+            "responses": {"200": {"description": "The copy, a SQLite database file",
+                                  "content": {"application/vnd.sqlite3": {
+                                      "schema": {"type": "string", "format": "binary"}}}},
+                          **_errors(503)}}},
         "/api/health": {"get": {
             "summary": "Liveness; no token needed", "operationId": "health", "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status", "accepting"],
