@@ -259,11 +259,16 @@ def _signal_known(known: dict[int, int], sig: int) -> None:
                 os.kill(pid, sig)
 
 
-def _reap_any() -> None:
-    """Reap every child of this process that has exited (strays reparented to it)."""
-    with contextlib.suppress(ChildProcessError):
+def _reap_any() -> bool:
+    """Reap every child of this process that has exited (strays reparented to it); whether
+    any child is left.  In a subreaper, none left means no descendant at all: each one
+    either has a living parent chain up to us or was reparented to us."""
+    try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
+    except ChildProcessError:
+        return False
+    return True
 
 
 def end_strays(grace: float, *, reap: bool = True) -> int:
@@ -283,8 +288,8 @@ def end_strays(grace: float, *, reap: bool = True) -> int:
     deadline = time.monotonic() + grace
     forced = grace <= 0
     for _ in range(1000):  # bounded: a fork bomb outrunning SIGKILL is not waited for
-        if reap:
-            _reap_any()
+        if reap and not _reap_any():
+            break  # the common case, a job that left nothing: one system call
         found = descendants(os.getpid())
         if not found:
             break
