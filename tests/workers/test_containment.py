@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -139,6 +140,26 @@ async def test_a_helper_of_a_job_whose_worker_crashes_is_killed(
     assert outcome.strays == 1
     # The next job runs normally (a fresh pool worker, or the same fork server).
     assert (await run(launcher, job("pid"), isolation)).kind is OutcomeKind.COMPLETED
+
+
+async def test_the_helpers_of_a_sigkilled_fork_servers_children_die(
+        launcher: SubprocessLauncher, tmp_path: Path) -> None:
+    pidfile = tmp_path / "helper"
+    claimed = job("leak", str(pidfile), "double_fork", "hang")
+    running = asyncio.ensure_future(run(launcher, claimed, PROCESS))
+    helper = await published(pidfile)
+    server = launcher._server
+    assert server is not None
+    (child,) = server.pids.values()
+
+    # Both at once (as the OOM killer might): no tree is left to walk, the helper is init's.
+    os.kill(server.proc.pid, signal.SIGKILL)
+    os.kill(child, signal.SIGKILL)
+    outcome = await running
+
+    assert outcome.kind is OutcomeKind.CRASHED, outcome
+    assert outcome.error is not None and "fork server went away" in outcome.error.message
+    await wait_gone(helper)  # reparented to init: found by the server's label
 
 
 @ISOLATIONS
