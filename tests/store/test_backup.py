@@ -101,6 +101,8 @@ async def test_a_backup_taken_during_a_drain_restores_and_serves(
                 for job_id in ids:
                     assert (await client.wait(job_id))["status"] == "completed"
     assert f"backed up the store to {copy}" in capsys.readouterr().out
+    assert copy.read_bytes().startswith(b"SQLite format 3\0")
+    assert not list(serve.data_dir.glob("backup-*"))  # the host's staged copy is gone
     with sqlite3.connect(copy) as conn:
         statuses = dict(conn.execute("SELECT id, status FROM jobs").fetchall())
     running = [i for i, status in statuses.items() if status == "running"]
