@@ -193,7 +193,7 @@ class ForkServerProcess:
         if pids:
             # And what their jobs started in other sessions, reparented to init with the
             # server (a subreaper) gone: found by the label they inherited.
-            kill_marked(worker_label(str(self.path)))
+            await asyncio.to_thread(kill_marked, worker_label(str(self.path)))
         if self.closing and not handles:
             return
         code: int | None = None

@@ -353,8 +353,9 @@ class WorkerProcess:
             await self.kill()
         code = await self.proc.wait()
         # It died by itself: what its job started in other sessions went to init; the
-        # label they inherited names them (procs.kill_marked).
-        self.strays += procs.kill_marked(procs.worker_label(str(self.path)))
+        # label they inherited names them (procs.kill_marked: a /proc scan, ~10 ms).
+        self.strays += await asyncio.to_thread(procs.kill_marked,
+                                               procs.worker_label(str(self.path)))
         message = ended.why or f"the worker {describe_exit(code)} before reporting a result"
         return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(ended.error_type, message),
                        exit_code=code, output=self.output_tail(), strays=self.strays)
