@@ -162,6 +162,25 @@ async def test_the_helpers_of_a_sigkilled_fork_servers_children_die(
     await wait_gone(helper)  # reparented to init: found by the server's label
 
 
+@pytest.mark.parametrize("then", ["return", "hang", "crash"])
+async def test_a_spawned_once_worker_contains_its_job_too(
+        settings: Settings, tmp_path: Path, then: str) -> None:
+    """``process`` isolation without the fork server (Windows' way, ``fork=False``)."""
+    launcher = SubprocessLauncher(settings, tmp_path / "run", fork=False)
+    pidfile = tmp_path / "helper"
+    try:
+        outcome = await run(launcher, job("leak", str(pidfile), "double_fork", then,
+                                          timeout=1.0), PROCESS)
+    finally:
+        await launcher.aclose()
+
+    expected = {"return": OutcomeKind.COMPLETED, "hang": OutcomeKind.TIMEOUT,
+                "crash": OutcomeKind.CRASHED}
+    assert outcome.kind is expected[then]
+    await wait_gone(await published(pidfile))
+    assert outcome.strays == 1
+
+
 @ISOLATIONS
 async def test_an_exited_unreaped_child_is_reaped_not_counted(
         launcher: SubprocessLauncher, isolation: Isolation) -> None:
