@@ -358,7 +358,12 @@ class ForkServer:
       child's group is SIGKILLed rather than let two copies run.
 
     Messages to the host, besides forwarded lines: ``{"t": "started", "n", "pid"}``,
-    ``{"t": "broken", "n", "why"}`` and ``{"t": "exited", "n", "code", "why"?}``.
+    ``{"t": "broken", "n", "why"}`` and ``{"t": "exited", "n", "code", "why"?, "strays"}``.
+
+    **Containment** (Linux): the server and each child are child subreapers.  A child kills
+    what its job left before it answers (:func:`asyncjobs.workers.guard.guarded`); a child
+    killed or crashed leaves its job's escaped processes to the server, which kills them
+    (the tree it walked when asked to kill, and its own children that are no attempt's).
     """
 
     def __init__(self, allow: dict[str, Any], max_result: int, output_limit: int,

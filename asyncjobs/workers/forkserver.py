@@ -57,7 +57,7 @@ async def spawn_worker(settings: Settings, allow_list: Path, mode: str, path: Pa
     """Start ``python -m asyncjobs.workers.child`` in ``mode`` (pool, once or forkserver) in its own
     process group, its stderr to a new private file at ``path``, which is returned open
     (never reopened by path: a job could have put a symlink or FIFO there).  Its environment
-    carries its label, :func:`worker_label` of ``path``, inherited by all its jobs start."""
+    carries its label, :func:`worker_label` of ``path``, inherited by whatever its jobs start."""
     stderr = create_private(path, append=append)
     limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + extra
     try:
