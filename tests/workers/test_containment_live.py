@@ -14,6 +14,7 @@ import pytest
 from conftest import config_doc, write_config
 from fakes import wait_gone
 
+from asyncjobs.client.display import job_detail
 from asyncjobs.testing import ServeProcess
 from asyncjobs.workers import procs
 
@@ -50,6 +51,7 @@ async def test_the_attempt_json_counts_the_strays_and_the_memory_outcome_is_retr
 
     assert done["status"] == "completed"
     assert [a["strays"] for a in done["attempt_history"]] == [1]
+    assert "[1 stray process killed]" in job_detail(done)  # `asyncjobs status` shows it
     assert hogged["status"] == "failed"
     attempts = hogged["attempt_history"]
     assert [a["outcome"] for a in attempts] == ["crashed", "crashed"]  # max_attempts 2
