@@ -359,6 +359,33 @@ class AsyncJobsClient:
         pruned: dict[str, int] = answer["pruned"]
         return pruned
 
+    async def backup(self, path: str | Path) -> int:
+        """Write a consistent copy of the host's live store to the new file ``path``; its
+        size in bytes.  Written aside and renamed, so ``path`` is never half a copy."""
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{target} exists already; a backup never overwrites a file")
+        staged = target.with_name(f".{target.name}.partial")
+        response = await self._open("POST", "/api/backup", read_timeout=600.0)
+        size = 0
+        try:
+            with staged.open("wb") as f:
+                async for chunk in response.content.iter_chunked(1 << 20):
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if size != response.content_length:
+                raise HostUnreachable(f"the backup from {self.url} ended after {size} bytes")
+            os.replace(staged, target)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
+                                  f"({type(exc).__name__})") from None
+        finally:
+            response.release()
+            staged.unlink(missing_ok=True)
+        return size
+
     async def health(self) -> dict[str, JSONValue]:
         health: dict[str, JSONValue] = await self._call("GET", "/api/health")
         return health

@@ -123,4 +123,8 @@ MIGRATIONS: list[str] = [
             ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
     END;
     """,
+    # 6: how many processes an attempt's job left running, killed when it ended (#15).
+    """
+    ALTER TABLE attempts ADD COLUMN strays INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -42,6 +42,7 @@ import orjson
 from ..errors import Unavailable
 from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
 from . import CancelResult, Finished, Page, Round, ScheduleState, Stats, Submitted, writes
+from .backup import BackupInfo, backup
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -78,7 +79,7 @@ def _attempt(row: Sequence[Any]) -> Attempt:
     error = ErrorInfo(row[5], row[6] or "", row[7]) if row[5] else None
     return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
                    started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
-                   output=row[8] or "")
+                   output=row[8] or "", strays=row[9] or 0)
 
 
 def _storage_error(exc: sqlite3.Error) -> Unavailable:
@@ -296,6 +297,16 @@ class SqliteStore:
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (tried again later): %s", exc)
 
+    async def backup(self, target: Path) -> BackupInfo:
+        """A consistent copy of the live database at the new file ``target`` (absolute):
+        one read snapshot on a thread of its own, so intake goes on (see :mod:`.backup`)."""
+        if self._task is None:
+            raise Unavailable("the store is closed")
+        try:
+            return await asyncio.to_thread(backup, self.path, target)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from exc
+
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> Iterable[Any]:
         if self._reader is None:
             raise Unavailable("the store is closed")
@@ -384,7 +395,8 @@ class SqliteStore:
             return None
         attempts = await self._read(
             "SELECT number, outcome, started_at, finished_at, exit_code, error_type, "
-            "error_message, traceback, output FROM attempts WHERE job_id = ? ORDER BY number",
+            "error_message, traceback, output, strays FROM attempts WHERE job_id = ? "
+            "ORDER BY number",
             (job_id,))
         return _job(rows[0], [_attempt(a) for a in attempts])
 

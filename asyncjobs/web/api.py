@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -167,6 +170,31 @@ async def prune(request: web.Request) -> web.Response:
     return json_response({"pruned": await request.app[HOST_KEY].prune()})
 
 
+async def backup(request: web.Request) -> web.StreamResponse:
+    """A consistent copy of the live SQLite store, sent as the response body.
+
+    Made beside the database (the data directory is the host's own), streamed, removed: the
+    API writes no file anywhere a caller chooses.
+    """
+    host = request.app[HOST_KEY]
+    info = await host.store.backup(host.data_dir / f"backup-{secrets.token_hex(8)}.db")
+    path = Path(info.path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    response = web.StreamResponse(headers={
+        "Content-Type": "application/vnd.sqlite3", "Content-Length": str(info.bytes),
+        "Content-Disposition": f'attachment; filename="asyncjobs-{stamp}.db"',
+        "X-Backup-Pages": str(info.pages), "X-Backup-Seconds": f"{info.seconds:.4f}"})
+    try:
+        with path.open("rb") as f:
+            await response.prepare(request)
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                await response.write(chunk)
+    finally:
+        path.unlink(missing_ok=True)
+    await response.write_eof()
+    return response
+
+
 async def health(request: web.Request) -> web.Response:
     host = request.app[HOST_KEY]
     return json_response({"status": "ok" if host.accepting else "stopping",
@@ -211,6 +239,7 @@ def build_app(host: HostAPI) -> web.Application:
     r.add_get("/api/health", health)
     r.add_get("/api/schedules", schedules)
     r.add_post("/api/prune", prune)
+    r.add_post("/api/backup", backup)
     r.add_get("/api/openapi.json", openapi)
     r.add_get("/metrics", metrics)
     signin.add_routes(r)

@@ -21,10 +21,15 @@ if TYPE_CHECKING:  # the client imports the web layer's auth rules, never the st
     from ..config import Settings
     from ..models import JobRecord, JSONValue, Status
     from ..store import Page, Submitted
+    from ..store.backup import BackupInfo
 
 
 class EventSource(Protocol):
     def subscribe(self) -> AbstractContextManager[asyncio.Queue[dict[str, Any]]]: ...
+
+
+class BackupSource(Protocol):
+    async def backup(self, target: Path) -> BackupInfo: ...
 
 
 class HostAPI(Protocol):
@@ -39,6 +44,9 @@ class HostAPI(Protocol):
 
     @property
     def accepting(self) -> bool: ...
+
+    @property
+    def store(self) -> BackupSource: ...
 
     async def submit_many(self, bodies: Sequence[object]) -> list[Submitted]: ...
 

@@ -43,7 +43,7 @@ _JOB_SUMMARY: dict[str, Any] = {
 _ATTEMPT = {
     "type": "object",
     "required": ["number", "outcome", "started_at", "finished_at", "exit_code", "error",
-                 "output"],
+                 "output", "strays"],
     "properties": {
         "number": {"type": "integer"},
         "outcome": {"type": "string", "enum": ["running", "completed", "failed", "timeout",
@@ -55,6 +55,9 @@ _ATTEMPT = {
                   "properties": {"type": {"type": "string"}, "message": {"type": "string"},
                                  "traceback": {"type": ["string", "null"]}}},
         "output": {"type": "string"},
+        "strays": {"type": "integer", "minimum": 0,
+                   "description": "processes the job left running, killed when the attempt "
+                                  "ended"},
     },
 }
 _JOB = {"allOf": [{"$ref": "#/components/schemas/JobSummary"}, {
@@ -264,6 +267,15 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"pruned": {"type": "object", "additionalProperties": {
                     "type": "integer"}}}}, "How many job records were deleted, per rule"),
                 **_errors(503)}}},
+        "/api/backup": {"post": {
+            "summary": "A consistent copy of the live SQLite store (online backup)",
+            "description": "Taken from one read snapshot while intake goes on; the body is "
+                           "the database file. PostgreSQL stores: use pg_dump.",
+            "operationId": "backup",
+            "responses": {"200": {"description": "The copy, a SQLite database file",
+                                  "content": {"application/vnd.sqlite3": {
+                                      "schema": {"type": "string", "format": "binary"}}}},
+                          **_errors(503)}}},
         "/api/health": {"get": {
             "summary": "Liveness; no token needed", "operationId": "health", "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status", "accepting"],

@@ -33,7 +33,8 @@ from asyncjobs.errors import (
 JOB_KEYS = {"id", "class", "method", "args", "kwargs", "status", "priority", "attempts",
             "max_attempts", "timeout", "created_at", "run_at", "started_at", "finished_at",
             "result", "error", "progress", "chain_id", "unique_key", "attempt_history"}
-ATTEMPT_KEYS = {"number", "outcome", "started_at", "finished_at", "exit_code", "error", "output"}
+ATTEMPT_KEYS = {"number", "outcome", "started_at", "finished_at", "exit_code", "error", "output",
+                "strays"}
 
 
 @pytest.fixture(scope="module")
