@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 from faultjobs.live import LiveServe, fault_classes, write_project
+from serve_fixture import in_process
 from test_api_hostile import Reply, bearer, get, raw
 
 from asyncjobs.engine import datadir
@@ -295,6 +296,20 @@ async def test_6_event_streams_are_capped(serve: LiveServe) -> None:
     finally:
         for writer in streams:
             writer.close()
+
+
+async def test_6_a_stream_that_falls_behind_gets_overflow_and_ends(tmp_path: Path) -> None:
+    # In process (real HTTP on loopback): the events are published in one go, faster than
+    # any reader, which a subprocess host could only do with a flood of real jobs.
+    async with in_process(tmp_path) as env:
+        async with env.http.get("/api/events", headers=env.auth) as resp:
+            assert (await resp.content.readline()).startswith(b": connected")
+            await asyncio.sleep(0.1)  # let the handler start waiting on its queue
+            for i in range(1000):
+                env.host.events.publish({"type": "job", "id": i, "status": "pending"})
+            body = await asyncio.wait_for(resp.content.read(), 10)
+    assert body.count(b"event: ") <= 256 + 1, "a bounded backlog, not 1,000 events"
+    assert body.rstrip().split(b"\n\n")[-1].startswith(b"event: overflow"), body[-200:]
 
 
 async def test_6_a_subscriber_that_falls_behind_holds_one_overflow_not_a_backlog() -> None:
