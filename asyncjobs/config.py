@@ -50,6 +50,7 @@ class JobClass:
     no_retry_on: tuple[str, ...] = ()
     concurrency: int | None = None
     isolation: Isolation | None = None
+    memory_limit: int | None = None  # MiB; None: workers.memory_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ class WorkerSettings:
     isolation: Isolation = Isolation.POOL
     max_jobs_per_worker: int = 1000
     kill_grace: float = 5.0
+    memory_limit: int | None = None  # MiB per job (a class's own wins); None: unlimited
+    max_memory_per_worker: int | None = None  # MiB; a pool worker past it after a job exits
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,11 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     max_body_bytes: int = 1024 * 1024
+    # Bounds that keep one local process from locking the API out (issue #13 item 3, 6).
+    idle_timeout: float = 15.0  # s a connection may sit without a request in progress
+    max_connections: int = 256
+    max_event_streams: int = 32
+    session_ttl: float = 8 * 3600.0  # s a dashboard sign-in lasts
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +206,7 @@ def _job_class(name: str, raw: object) -> JobClass:
         raise ConfigError("jobs", "class names made of letters, digits and _", name)
     obj = _expect(path, raw, dict, "an object")
     allowed = {"module", "methods", "priority", "timeout", "max_attempts", "retry_on",
-               "no_retry_on", "concurrency", "isolation"}
+               "no_retry_on", "concurrency", "isolation", "memory_limit"}
     _check_keys(path, obj, allowed)
     module = _expect(f"{path}.module", obj.get("module", "jobs"), str, "a module path")
     if not MODULE_RE.match(module):
@@ -225,7 +233,13 @@ def _job_class(name: str, raw: object) -> JobClass:
                      if "concurrency" in obj else None),
         isolation=(_enum(f"{path}.isolation", obj["isolation"], Isolation, "'pool', 'process'")
                    if "isolation" in obj else None),
+        memory_limit=_mib(f"{path}.memory_limit", obj.get("memory_limit")),
     )
+
+
+def _mib(path: str, value: object) -> int | None:
+    """A size in MiB (a positive integer), or None for no limit."""
+    return None if value is None else _int(path, value, minimum=1)
 
 
 def _schedule(name: str, raw: object, jobs: Mapping[str, JobClass]) -> Schedule:
@@ -300,7 +314,8 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
     if retry.jitter > 1:
         raise ConfigError("retry.jitter", "a fraction between 0 and 1", retry.jitter)
 
-    w = _section(doc, "workers", {"max", "isolation", "max_jobs_per_worker", "kill_grace"})
+    w = _section(doc, "workers", {"max", "isolation", "max_jobs_per_worker", "kill_grace",
+                                  "memory_limit", "max_memory_per_worker"})
     dw = WorkerSettings()
     workers = WorkerSettings(
         max=_int("workers.max", w.get("max", dw.max), minimum=1),
@@ -309,9 +324,13 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
         max_jobs_per_worker=_int("workers.max_jobs_per_worker",
                                  w.get("max_jobs_per_worker", dw.max_jobs_per_worker), minimum=1),
         kill_grace=_number("workers.kill_grace", w.get("kill_grace", dw.kill_grace)),
+        memory_limit=_mib("workers.memory_limit", w.get("memory_limit")),
+        max_memory_per_worker=_mib("workers.max_memory_per_worker",
+                                   w.get("max_memory_per_worker")),
     )
 
-    a = _section(doc, "api", {"host", "port", "max_body_bytes"})
+    a = _section(doc, "api", {"host", "port", "max_body_bytes", "idle_timeout",
+                              "max_connections", "max_event_streams", "session_ttl"})
     da = ApiSettings()
     port = _int("api.port", a.get("port", da.port))
     if port > 65535:
@@ -321,6 +340,14 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
         port=port,
         max_body_bytes=_int("api.max_body_bytes", a.get("max_body_bytes", da.max_body_bytes),
                             minimum=1024),
+        idle_timeout=_number("api.idle_timeout", a.get("idle_timeout", da.idle_timeout),
+                             positive=True),
+        max_connections=_int("api.max_connections",
+                             a.get("max_connections", da.max_connections), minimum=2),
+        max_event_streams=_int("api.max_event_streams",
+                               a.get("max_event_streams", da.max_event_streams), minimum=1),
+        session_ttl=_number("api.session_ttl", a.get("session_ttl", da.session_ttl),
+                            positive=True),
     )
 
     lg = _section(doc, "logs", {"max_bytes", "backups"})

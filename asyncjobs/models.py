@@ -106,6 +106,7 @@ class Outcome:
     retry_requested: bool = False
     fail_now: bool = False  # from ``raise Fail(...)``
     started: bool = True  # False: taken back before it ran (no execution, no attempt row)
+    strays: int = 0  # processes the job left running, killed when the attempt ended
 
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS
@@ -143,6 +144,7 @@ class Attempt:
     exit_code: int | None
     error: ErrorInfo | None
     output: str
+    strays: int = 0  # processes the job left running, killed when the attempt ended
     host: str | None = None  # the id of the host that ran it (None: from before hosts)
 
     def to_json(self) -> dict[str, JSONValue]:
@@ -155,6 +157,7 @@ class Attempt:
             "exit_code": self.exit_code,
             "error": self.error.to_json(with_traceback=True) if self.error else None,
             "output": self.output,
+            "strays": self.strays,
         }
 
 

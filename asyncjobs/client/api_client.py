@@ -20,20 +20,13 @@ import aiohttp
 import orjson
 
 from ..config import find_config, load_settings
-from ..errors import (
-    ERRORS_BY_CODE,
-    AsyncJobsError,
-    ConfigError,
-    HostUnreachable,
-    InvalidField,
-    JobNotFound,
-)
+from ..engine.datadir import HOST_FILE, read_token
+from ..errors import AsyncJobsError, BadResponse, ConfigError, HostUnreachable, from_wire
 from ..models import JSONValue
-from ..web.auth import read_token
+from ..web.auth import connect_host
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 DEFAULT_DATA_DIR = Path(".asyncjobs")
-HOST_FILE = "host.json"
 WAIT_SLICE = 30.0  # seconds per long-poll request; well under any proxy's idle timeout
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
@@ -85,8 +78,7 @@ def discover(config: str | Path | None = None,
     if asked or find_config(None, env).exists():
         settings = load_settings(config, env)
         data_dir = settings.data_dir
-        name = "127.0.0.1" if settings.api.host in ("0.0.0.0", "", "::") else settings.api.host  # noqa: S104
-        fallback = f"http://{name}:{settings.api.port}"
+        fallback = f"http://{connect_host(settings.api.host)}:{settings.api.port}"
     else:
         data_dir = Path(env.get("ASYNCJOBS_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
         fallback = DEFAULT_URL
@@ -94,25 +86,15 @@ def discover(config: str | Path | None = None,
     return url.rstrip("/"), token or read_token(data_dir)
 
 
-def _error(status: int, body: bytes, url: str, job_id: int | None) -> AsyncJobsError:
-    """The :mod:`errors` class for an API error response, carrying its code and message."""
+def _error(status: int, body: bytes, url: str) -> AsyncJobsError:
+    """The :mod:`errors` exception an API error response describes (see ``from_wire``)."""
     try:
         info = orjson.loads(body)["error"]
         code, message = str(info["code"]), str(info["message"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        exc = AsyncJobsError(f"{url} answered HTTP {status} without an asyncjobs error; "
-                             "is it really an asyncjobs host?")
-        exc.code, exc.status = "bad_response", status
-        return exc
-    cls = ERRORS_BY_CODE.get(code, AsyncJobsError)
-    exc = cls.__new__(cls)
-    AsyncJobsError.__init__(exc, message)  # the subclasses' own __init__ builds messages
-    exc.code, exc.status = code, status
-    if isinstance(exc, InvalidField):
-        exc.field = message.partition(":")[0]
-    if isinstance(exc, JobNotFound):
-        exc.job_id = job_id if job_id is not None else 0
-    return exc
+        details = info.get("details")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return BadResponse(url, status)
+    return from_wire(code, message, details if isinstance(details, dict) else None)
 
 
 def _step(step: Step) -> dict[str, JSONValue]:
@@ -147,6 +129,8 @@ class EventStream:
 
     Entering returns once the host has subscribed this stream, so no state change made
     after that is missed.  Each event is the decoded ``data`` dict (it has a ``type``).
+    A reader that falls behind gets ``{"type": "overflow"}`` and then the stream ends:
+    reload what you track and open a new stream.
     """
 
     def __init__(self, client: AsyncJobsClient) -> None:
@@ -228,8 +212,8 @@ class AsyncJobsClient:
         return self._session
 
     async def _open(self, method: str, path: str, *, body: JSONValue = None,
-                    params: Mapping[str, str] | None = None, read_timeout: float | None = 60.0,
-                    job_id: int | None = None) -> aiohttp.ClientResponse:
+                    params: Mapping[str, str] | None = None,
+                    read_timeout: float | None = 60.0) -> aiohttp.ClientResponse:
         url = self.url + path
         timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout,
                                         sock_read=read_timeout)
@@ -250,14 +234,14 @@ class AsyncJobsClient:
         if response.status >= 400:
             text = await response.read()
             response.release()
-            raise _error(response.status, text, self.url, job_id)
+            raise _error(response.status, text, self.url)
         return response
 
     async def _call(self, method: str, path: str, *, body: JSONValue = None,
-                    params: Mapping[str, str] | None = None, read_timeout: float = 60.0,
-                    job_id: int | None = None) -> JSONValue:
+                    params: Mapping[str, str] | None = None,
+                    read_timeout: float = 60.0) -> JSONValue:
         response = await self._open(method, path, body=body, params=params,
-                                    read_timeout=read_timeout, job_id=job_id)
+                                    read_timeout=read_timeout)
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -268,7 +252,7 @@ class AsyncJobsClient:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise _error(response.status, data, self.url, job_id) from None
+            raise _error(response.status, data, self.url) from None
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -295,17 +279,17 @@ class AsyncJobsClient:
 
     async def get(self, job_id: int) -> Job:
         """One job with its attempt history (§6)."""
-        job: Job = await self._call("GET", f"/api/jobs/{int(job_id)}", job_id=job_id)
+        job: Job = await self._call("GET", f"/api/jobs/{int(job_id)}")
         return job
 
     async def cancel(self, job_id: int) -> Job:
         """Cancel a pending job, or kill a running one; the job afterwards. Finished: 409."""
-        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/cancel", job_id=job_id)
+        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/cancel")
         return job
 
     async def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in the queue with a fresh attempt budget."""
-        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/retry", job_id=job_id)
+        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/retry")
         return job
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Job:
@@ -319,7 +303,7 @@ class AsyncJobsClient:
             left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - loop.time())
             job: Job = await self._call(
                 "GET", f"/api/jobs/{int(job_id)}/wait", params={"timeout": f"{max(0, left):.3f}"},
-                read_timeout=max(0, left) + 30, job_id=job_id)
+                read_timeout=max(0, left) + 30)
             if job["status"] in TERMINAL or (deadline is not None and loop.time() >= deadline):
                 return job
 
@@ -381,6 +365,33 @@ class AsyncJobsClient:
         pruned: dict[str, int] = answer["pruned"]
         return pruned
 
+    async def backup(self, path: str | Path) -> int:
+        """Write a consistent copy of the host's live store to the new file ``path``; its
+        size in bytes.  Written aside and renamed, so ``path`` is never half a copy."""
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{target} exists already; a backup never overwrites a file")
+        staged = target.with_name(f".{target.name}.partial")
+        response = await self._open("POST", "/api/backup", read_timeout=600.0)
+        size = 0
+        try:
+            with staged.open("wb") as f:
+                async for chunk in response.content.iter_chunked(1 << 20):
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if size != response.content_length:
+                raise HostUnreachable(f"the backup from {self.url} ended after {size} bytes")
+            os.replace(staged, target)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
+                                  f"({type(exc).__name__})") from None
+        finally:
+            response.release()
+            staged.unlink(missing_ok=True)
+        return size
+
     async def health(self) -> dict[str, JSONValue]:
         health: dict[str, JSONValue] = await self._call("GET", "/api/health")
         return health
@@ -388,6 +399,11 @@ class AsyncJobsClient:
     def events(self) -> EventStream:
         """Server-sent events, one per state change (see :class:`EventStream`)."""
         return EventStream(self)
+
+    async def revoke_sessions(self) -> int:
+        """Sign every dashboard out (the API token stays valid); how many sessions ended."""
+        answer = await self._call("POST", "/api/sessions/revoke")
+        return int(answer["revoked"])
 
     async def login_link(self) -> str:
         """A one-time dashboard sign-in URL, valid for two minutes."""

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import orjson
@@ -276,6 +277,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the live store, through the API (the host must be running;
+    with it stopped, ``asyncjobs.db`` itself is consistent and may be copied as it is)."""
+    path = Path(args.path).absolute()
+    try:
+        size = _with_client(args, lambda c: c.backup(path))
+    except OSError as exc:
+        print(f"asyncjobs: cannot write the backup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        _print_json({"path": str(path), "bytes": size})
+    else:
+        print(f"backed up the store to {path} ({size} bytes)")
+    return EXIT_OK
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     url = _with_client(args, lambda c: c.login_link())
     if args.json:
@@ -355,6 +372,9 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     add("prune", cmd_prune, "delete finished jobs past their retention now", job_id=None)
     add("dashboard", cmd_dashboard, "print a one-time sign-in URL for the dashboard",
         job_id=None)
+    p = add("backup", cmd_backup, "write a consistent copy of the live store to PATH",
+            job_id=None)
+    p.add_argument("path", metavar="PATH", help="a new file (never overwritten)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,6 +118,13 @@ def job_rows(jobs: Sequence[Mapping[str, JSONValue]], now: float | None = None) 
     return table(headers, rows, right=frozenset({0, 4}))
 
 
+def _strays(attempt: Mapping[str, JSONValue]) -> str:
+    """A job that left processes running should be visible: how many were killed."""
+    n = attempt.get("strays")
+    return f"[{n} stray process{'es' if n != 1 else ''} killed] " \
+        if isinstance(n, int) and n > 0 else ""
+
+
 def job_detail(job: Mapping[str, JSONValue], now: float | None = None) -> str:
     """The ``status`` view: every field, the progress, the last error, the attempts."""
     fields = [
@@ -146,7 +153,8 @@ def job_detail(job: Mapping[str, JSONValue], now: float | None = None) -> str:
         rows = [[str(a.get("number")), str(a.get("outcome")), ago(a.get("started_at"), now),
                  duration(a.get("started_at"), a.get("finished_at")),
                  "-" if a.get("exit_code") is None else str(a.get("exit_code")),
-                 compact(error_text(a.get("error")) if a.get("error") else "", MAX_CELL)]
+                 compact(_strays(a) + (error_text(a.get("error")) if a.get("error") else ""),
+                         MAX_CELL)]
                 for a in history]
         lines += ["", "attempts:", _indent(table(["#", "OUTCOME", "STARTED", "TOOK", "EXIT",
                                                   "ERROR"], rows, right=frozenset({0, 3})))]

@@ -1,7 +1,8 @@
 """In-process publish/subscribe of job signals: the single-host :class:`Notifier`.
 
-Subscribers get a bounded queue; a subscriber too slow to keep up loses its oldest events and
-is told so (``{"type": "overflow"}``), so one stuck browser tab cannot grow the host's memory.
+Subscribers get a bounded queue; a subscriber too slow to keep up loses its queued events and
+is told so (``{"type": "overflow"}``: reload what you show), so one stuck browser tab cannot
+grow the host's memory, and the queue of a reader that does not read stays nearly empty.
 Listeners are plain callbacks run inside :meth:`EventBus.publish`, for the few in-process
 parties that must react before the publisher's next step (the dispatcher's wake-ups).
 """
@@ -21,7 +22,7 @@ log = logging.getLogger("asyncjobs.engine.events")
 class EventBus:
     """Delivers every event to this process's subscribers and listeners, at once."""
 
-    def __init__(self, queue_size: int = 1000) -> None:
+    def __init__(self, queue_size: int = 256) -> None:
         self.queue_size = queue_size
         self._subscribers: set[asyncio.Queue[Event]] = set()
         self._listeners: list[Callable[[Event], None]] = []
@@ -45,9 +46,11 @@ class EventBus:
                 log.exception("event listener failed on %s", event)
         for queue in self._subscribers:
             if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
+                # Everything queued is stale now: one overflow replaces it, and is the only
+                # entry until the reader catches up (it ends an event stream, see web.api).
+                while not queue.empty():
                     queue.get_nowait()
-                    queue.put_nowait({"type": "overflow"})
+                queue.put_nowait({"type": "overflow"})
                 continue
             queue.put_nowait(event)
 

@@ -20,6 +20,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 import orjson
@@ -28,14 +29,14 @@ from .. import registry
 from ..backend_url import redact_url
 from ..clock import Clock, SystemClock
 from ..config import Settings
-from ..errors import HostLocked, JobNotFound, Unavailable
+from ..errors import HostLocked, JobNotFound, NotAllowed, Unavailable
 from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
-from ..store import HostRow, Page, Store, Submitted
-from ..store.factory import open_store
-from ..web.auth import load_or_create_token, replace_token
+from ..store import FileBackup, HostRow, Page, Store, Submitted
+from ..store.backup import BackupInfo
+from ..store.factory import DB_FILE, open_store
 from ..workers import procs
 from ..workers.launcher import Launcher, SubprocessLauncher
-from . import policy
+from . import datadir, policy
 from .dispatcher import Dispatcher
 from .events import EventBus
 from .liveness import Liveness, ProgressCache
@@ -46,7 +47,6 @@ from .scheduler import Pruner, Scheduler
 log = logging.getLogger("asyncjobs.engine.host")
 
 LOCK_FILE = "host.lock"
-HOST_FILE = "host.json"
 
 
 class Host:
@@ -97,8 +97,8 @@ class Host:
         await self.aclose()
 
     def _take_lock(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held while we run
+        datadir.prepare(self.data_dir, files=(DB_FILE,))
+        handle = os.fdopen(datadir.open_private(self.data_dir / LOCK_FILE), "a+b")
         if not procs.try_lock(handle):
             handle.close()
             raise HostLocked(f"another asyncjobs host is already running on "
@@ -111,7 +111,7 @@ class Host:
         stack = self._stack = contextlib.AsyncExitStack()
         self._take_lock()
         stack.callback(self._release_lock)
-        self.token = load_or_create_token(self.data_dir)
+        self.token = datadir.load_or_create_token(self.data_dir)
         job_log = self._job_log = JobLog(self.data_dir / "logs", self.settings.logs)
         stack.callback(job_log.close)
         store = self._store = open_store(self.settings)
@@ -119,7 +119,7 @@ class Host:
         stack.push_async_callback(store.close)
         shared = await store.shared_token(self.token)
         if shared != self.token:  # another host of this store was first: use its token
-            replace_token(self.data_dir, shared)
+            datadir.adopt_token(self.data_dir, shared)
             self.token = shared
         self.events = store.notifier()
         await self.events.start()
@@ -151,7 +151,7 @@ class Host:
             runner, self.url = await start_api(self)
             stack.push_async_callback(runner.cleanup)
             # Lets the client find a host started on port 0, or on a port from the env.
-            (self.data_dir / HOST_FILE).write_bytes(orjson.dumps({"url": self.url}))
+            datadir.write_atomic(self.data_dir / datadir.HOST_FILE, orjson.dumps({"url": self.url}))
         # Registered last, so it runs first at close: the API still answers (503 for
         # submits, health "stopping") while running jobs get their shutdown grace.
         stack.push_async_callback(self._stop_dispatching, dispatcher)
@@ -268,6 +268,14 @@ class Host:
                  "this": h.id == self.id}
                 for h in rows]
 
+    async def backup(self, target: Path) -> BackupInfo:
+        """A consistent copy of the live store at ``target`` (``asyncjobs backup``)."""
+        store = self.store
+        if not isinstance(store, FileBackup):
+            raise NotAllowed("this store cannot be copied to a file; back it up with the "
+                             "database's own tools")
+        return await store.backup(target)
+
     async def prune(self) -> dict[str, int]:
         """Apply the retention rules now (``asyncjobs prune``)."""
         if self.pruner is None:
@@ -364,6 +372,8 @@ class Host:
     def log_tail(self, name: str, lines: int, job_id: int | None = None) -> list[str]:
         tail = self.job_log.tail(name, lines if job_id is None else max(lines * 20, 2000))
         if job_id is not None:
-            marker = f" job={job_id} "
-            tail = [line for line in tail if marker in line][-lines:]
+            # The second field, not anywhere in the line: an entry's own text (escaped,
+            # but free) may contain " job=N ".
+            marker = f"job={job_id}"
+            tail = [line for line in tail if line.split(" ", 2)[1:2] == [marker]][-lines:]
         return tail

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import WrongState
 from ..models import TRANSITIONS, Claimed, JobRecord, JobSpec, Outcome, Status, Transition
 
 if TYPE_CHECKING:  # the roles live in the engine; only their types are needed here
     from ..engine.roles import Leader, Notifier
+    from .backup import BackupInfo
 
 
 @dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
@@ -113,6 +115,16 @@ class HostRow:
 
     def alive(self, now: float) -> bool:
         return self.expires_at > now
+
+
+@runtime_checkable
+class FileBackup(Protocol):
+    """What a store offers when it can copy itself to one file (SQLite; a PostgreSQL store
+    is backed up with the database's own tools)."""
+
+    async def backup(self, target: Path) -> BackupInfo:
+        """A consistent copy of the live store at the new file ``target``."""
+        ...
 
 
 class Store(Protocol):

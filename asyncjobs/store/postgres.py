@@ -224,7 +224,7 @@ class PostgresStore:
             return None
         attempts = await self._fetch(
             "SELECT number, outcome, started_at, finished_at, exit_code, error_type, "
-            "error_message, traceback, output, host FROM attempts WHERE job_id = $1 "
+            "error_message, traceback, output, strays, host FROM attempts WHERE job_id = $1 "
             "ORDER BY number",
             job_id)
         return job_from_row(rows[0], [attempt_from_row(a) for a in attempts])

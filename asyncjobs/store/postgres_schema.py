@@ -69,6 +69,7 @@ MIGRATIONS: list[str] = [
         error_message text,
         traceback text,
         output text,
+        strays integer NOT NULL DEFAULT 0,    -- processes it left running, killed at its end
         host text,                            -- the host that ran it
         PRIMARY KEY (job_id, number)
     );

@@ -66,15 +66,15 @@ SELECT * FROM moved ORDER BY priority, run_at, id
 """  # noqa: S608 - column names only, no input
 
 
-# An attempt's end ($12-$20; its row only if still open: a rescue may have closed it) and
+# An attempt's end ($12-$21; its row only if still open: a rescue may have closed it) and
 # its job's transition ($1-$11), a compare-and-set on the status and the attempt number.
 FINISH = """
 WITH ended AS (
     UPDATE attempts SET outcome = a.o, finished_at = a.at, exit_code = a.x, error_type = a.et,
-        error_message = a.em, traceback = a.tb, output = a.out
+        error_message = a.em, traceback = a.tb, output = a.out, strays = a.st
     FROM unnest($12::bigint[], $13::int[], $14::text[], $15::float8[], $16::int[],
-                $17::text[], $18::text[], $19::text[], $20::text[])
-        AS a(id, n, o, at, x, et, em, tb, out)
+                $17::text[], $18::text[], $19::text[], $20::text[], $21::int[])
+        AS a(id, n, o, at, x, et, em, tb, out, st)
     WHERE attempts.job_id = a.id AND attempts.number = a.n AND attempts.outcome IS NULL
 )
 UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
@@ -235,8 +235,9 @@ async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list
         FINISH,
         *_columns([(*job_update(f), f.claimed.attempt) for f in finished], 11),
         *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
-                    f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output)
-                   for f in finished if f.outcome.started], 9))
+                    f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output,
+                    f.outcome.strays)
+                   for f in finished if f.outcome.started], 10))
     done = {r[0] for r in changed}
     if len(done) < len(finished):  # a compare-and-set missed: someone else moved the job
         log.error("finish: %d of %d job(s) were no longer running as this attempt: %s",

@@ -36,7 +36,7 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
     error = ErrorInfo(row[5], row[6] or "", row[7]) if row[5] else None
     return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
                    started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
-                   output=row[8] or "", host=row[9])
+                   output=row[8] or "", strays=row[9] or 0, host=row[10])
 
 
 def stats_from_rows(counts: Iterable[Sequence[Any]], minutes: Iterable[Sequence[Any]],

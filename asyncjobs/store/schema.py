@@ -123,7 +123,11 @@ MIGRATIONS: list[str] = [
             ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
     END;
     """,
-    # 6: hosts as rows (id, address, heartbeat lease); each running job and each attempt
+    # 6: how many processes an attempt's job left running, killed when it ended (#15).
+    """
+    ALTER TABLE attempts ADD COLUMN strays INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 7: hosts as rows (id, address, heartbeat lease); each running job and each attempt
     # names the host that claimed it, so recovery interrupts only a dead host's attempts; a
     # cancel of a running job is a mark its host sees in its next round.
     """

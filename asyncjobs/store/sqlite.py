@@ -53,6 +53,7 @@ from . import (
     housekeeping,
     writes,
 )
+from .backup import BackupInfo, backup
 from .rows import JOB_COLUMNS, attempt_from_row, job_from_row, stats_from_rows
 from .schema import MIGRATIONS
 from .sqlite_io import Op, checkpoint, storage_error, take_lock
@@ -259,6 +260,16 @@ class SqliteStore:
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (tried again later): %s", exc)
 
+    async def backup(self, target: Path) -> BackupInfo:
+        """A consistent copy of the live database at the new file ``target`` (absolute):
+        one read snapshot on a thread of its own, so intake goes on (see :mod:`.backup`)."""
+        if self._task is None:
+            raise Unavailable("the store is closed")
+        try:
+            return await asyncio.to_thread(backup, self.path, target)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from exc
+
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> Iterable[Any]:
         if self._reader is None:
             raise Unavailable("the store is closed")
@@ -362,7 +373,7 @@ class SqliteStore:
             return None
         attempts = await self._read(
             "SELECT number, outcome, started_at, finished_at, exit_code, error_type, "
-            "error_message, traceback, output, host FROM attempts WHERE job_id = ? "
+            "error_message, traceback, output, strays, host FROM attempts WHERE job_id = ? "
             "ORDER BY number",
             (job_id,))
         return job_from_row(rows[0], [attempt_from_row(a) for a in attempts])

@@ -4,11 +4,13 @@ a passive checkpoint, the store's lock, and the error a storage failure becomes.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ..engine import datadir
 from ..errors import HostLocked, Unavailable
 from ..workers import procs
 
@@ -56,7 +58,8 @@ def take_lock(path: Path) -> IO[bytes]:
     """Lock the store for this host.  The store is written by one host only (its writer is
     the only writer), and that is also what lets a host that registers take every other
     registered host for dead: see :func:`.housekeeping.register_host`."""
-    handle = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held while the store is open
+    # Private like every file of the data directory (0600, never through a symlink).
+    handle = os.fdopen(datadir.open_private(Path(f"{path}.lock")), "a+b")
     if not procs.try_lock(handle):
         handle.close()
         raise HostLocked(f"another asyncjobs host is using the SQLite store {path}; one host "

@@ -213,12 +213,13 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
         check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
     conn.executemany(
         "UPDATE attempts SET outcome = ?, finished_at = ?, exit_code = ?, error_type = ?, "
-        "error_message = ?, traceback = ?, output = ? WHERE job_id = ? AND number = ?",
+        "error_message = ?, traceback = ?, output = ?, strays = ? "
+        "WHERE job_id = ? AND number = ?",
         [(f.outcome.kind.value, f.at, f.outcome.exit_code,
           f.outcome.error.type if f.outcome.error else None,
           f.outcome.error.message if f.outcome.error else None,
           f.outcome.error.traceback if f.outcome.error else None,
-          f.outcome.output, f.claimed.id, f.claimed.attempt)
+          f.outcome.output, f.outcome.strays, f.claimed.id, f.claimed.attempt)
          for f in finished if f.outcome.started])
     conn.executemany("DELETE FROM attempts WHERE job_id = ? AND number = ?",
                      [(f.claimed.id, f.claimed.attempt) for f in finished

@@ -85,14 +85,16 @@ _NOT_STARTED = {
 AttemptFuture = asyncio.Future["Outcome | _Ended"]
 
 
-def _stopped(slot: _Slot, kind: OutcomeKind, exit_code: int | None, output: str) -> Outcome:
-    """The outcome of an attempt killed for its timeout, a cancel or a shutdown."""
+def _stopped(slot: _Slot, kind: OutcomeKind, exit_code: int | None, output: str,
+             strays: int) -> Outcome:
+    """The outcome of an attempt killed for its timeout, a cancel or a shutdown; ``strays``:
+    its job's processes outside the worker's group, killed with it."""
     if kind is OutcomeKind.TIMEOUT:
         error = ErrorInfo("Timeout", f"exceeded its timeout of {slot.job.timeout:g}s; "
                           "worker killed")
     else:
         error = _STOP_ERRORS[kind]
-    return Outcome(kind, error=error, exit_code=exit_code, output=output)
+    return Outcome(kind, error=error, exit_code=exit_code, output=output, strays=strays)
 
 
 def _settle(future: AttemptFuture, value: Outcome | _Ended) -> bool:
@@ -140,6 +142,8 @@ class WorkerProcess:
         self.max_jobs = 1 if once else settings.workers.max_jobs_per_worker
         self.on_room = on_room
         self.sent = 0
+        self.strays = 0  # processes of its job killed with it (kill, crash)
+        self.exiting = False  # it said it is going away: what it still holds never started
         self.broken = False  # killed, crashed or confused: never reused
         self.queue: deque[_Slot] = deque()
         # Jobs this worker already answered for: a late or forged second answer from one of
@@ -263,7 +267,7 @@ class WorkerProcess:
                 return slot.observed  # it finished before the stop could act
             return await self._crashed(slot.observed or _Ended(OutcomeKind.CRASHED))
         await self.kill()
-        return _stopped(slot, ended.kind, self.proc.returncode, self.output_tail())
+        return _stopped(slot, ended.kind, self.proc.returncode, self.output_tail(), self.strays)
 
     async def _read_loop(self) -> None:
         """Read the channel until the worker goes away or breaks the protocol."""
@@ -298,16 +302,24 @@ class WorkerProcess:
             head.on_progress(head.job.id, message.fraction, message.message)
             return True
         assert isinstance(message, Done)
+        self._done(head, message.outcome)
+        return True
+
+    def _done(self, head: _Slot, outcome: Outcome) -> None:
+        """The running attempt's answer: settle it, and start the next one."""
         self.queue.popleft()
         self._answered.append(head.job.id)
         if head.timer is not None:
             head.timer.cancel()
-        head.observed = message.outcome
-        _settle(head.future, message.outcome)
-        if self.queue:
+        head.observed = outcome
+        _settle(head.future, outcome)
+        if outcome.kind is OutcomeKind.CRASHED:
+            # The worker answered for a job it is killing itself over (its memory limit):
+            # nothing queued behind it will start there.
+            self.broken = self.exiting = True
+        elif self.queue:
             self._begin(self.queue[0])
         self.on_room()
-        return True
 
     def _broken(self, why: str) -> bool:
         if self.queue:
@@ -324,14 +336,14 @@ class WorkerProcess:
         for i, slot in enumerate(self.queue):
             if slot.timer is not None:
                 slot.timer.cancel()
-            if i == 0:
+            if i == 0 and not self.exiting:
                 if slot.observed is None:
                     slot.observed = _Ended(OutcomeKind.CRASHED)
                 _settle(slot.future, slot.observed)
             else:
                 _settle(slot.future, _REQUEUE)
             if not slot.turn.done():
-                slot.turn.set_result(i == 0)
+                slot.turn.set_result(i == 0 and not self.exiting)
         self.queue.clear()
         self.on_room()
 
@@ -340,18 +352,24 @@ class WorkerProcess:
         if ended.error_type == "ProtocolError":
             await self.kill()
         code = await self.proc.wait()
+        # It died by itself: what its job started in other sessions went to init; the
+        # label they inherited names them (procs.kill_marked: a /proc scan, ~10 ms).
+        self.strays += await asyncio.to_thread(procs.kill_marked,
+                                               procs.worker_label(str(self.path)))
         message = ended.why or f"the worker {describe_exit(code)} before reporting a result"
         return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(ended.error_type, message),
-                       exit_code=code, output=self.output_tail())
+                       exit_code=code, output=self.output_tail(), strays=self.strays)
 
     async def kill(self) -> None:
-        """SIGTERM to the group, SIGKILL after the grace, and always reap."""
+        """SIGTERM to the group, SIGKILL after the grace, and always reap.
+
+        Processes of its job outside the group get the same (``procs.signal_tree``)."""
         self.broken = True
         signal_group(self.proc.pid, force=False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), self.grace)
         # Also after a clean exit: grandchildren that ignored SIGTERM are still in the group.
-        signal_group(self.proc.pid, force=True)
+        self.strays = max(self.strays, signal_group(self.proc.pid, force=True))
         await self.proc.wait()
 
     async def close(self) -> None:
@@ -398,6 +416,7 @@ class ForkedJob:
         self.key = 0
         self.pid: int | None = None
         self.returncode: int | None = None
+        self.strays = 0  # its job's processes the server killed when it was killed or died
         self._exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._answered = False  # a done line came: later ones are the job's own doing
         self._broken = False
@@ -430,7 +449,7 @@ class ForkedJob:
         if slot.observed is not None:
             return await self._crashed(slot.observed)  # it died before the stop could act
         await self.kill()
-        return _stopped(slot, ended.kind, self.returncode, self.output_tail())
+        return _stopped(slot, ended.kind, self.returncode, self.output_tail(), self.strays)
 
     # -- what the server's reader tells us (ForkedHandle) ----------------------------------
 
@@ -463,8 +482,9 @@ class ForkedJob:
     def on_broken(self, why: str) -> None:
         self._protocol_error(why)  # the server has SIGKILLed the group already
 
-    def on_exited(self, code: int | None, why: str | None) -> None:
+    def on_exited(self, code: int | None, why: str | None, strays: int = 0) -> None:
         self.returncode = code
+        self.strays = strays
         if self.queue and not self._answered:
             slot = self.queue[0]
             if slot.observed is None:
@@ -511,7 +531,7 @@ class ForkedJob:
         code = await self.wait()
         message = ended.why or f"the worker {describe_exit(code)} before reporting a result"
         return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(ended.error_type, message),
-                       exit_code=code, output=self.output_tail())
+                       exit_code=code, output=self.output_tail(), strays=self.strays)
 
     def output_tail(self) -> str:
         """What the job printed, read by the host when the child cannot tell us itself;
@@ -542,13 +562,17 @@ def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
     for pattern in ("worker-*.out", "forkserver-*.err"):
         for stale in run_dir.glob(pattern):
             stale.unlink(missing_ok=True)
-    jobs = {name: {"module": job.module, "methods": list(job.methods)}
+    jobs = {name: {"module": job.module, "methods": list(job.methods),
+                   "memory_limit": job.memory_limit or settings.workers.memory_limit}
             for name, job in settings.jobs.items()}
+    # The bounds a worker enforces around each job (asyncjobs.workers.guard.Limits).
+    limits = {"kill_grace": settings.workers.kill_grace,
+              "max_memory_per_worker": settings.workers.max_memory_per_worker}
     # Written aside and renamed over: a symlink a job left at the name is replaced, not
     # followed.
     staged = run_dir / f"{ALLOW_LIST}.new"
     with procs.create_private(staged) as f:
-        f.write(orjson.dumps({"jobs": jobs}))
+        f.write(orjson.dumps({"jobs": jobs, "limits": limits}))
     os.replace(staged, run_dir / ALLOW_LIST)
 
 

@@ -5,7 +5,10 @@ Host -> worker (the child's stdin): ``{"t": "job", "id", "attempt", "class", "me
 (a private dup of the child's original stdout; the job's own stdout and stderr go to a
 capture file instead, so a ``print`` can never corrupt the channel):
 ``{"t": "progress", "id", "fraction", "message"}``, ``{"t": "skipped", "id", "skipped"}``
-and ``{"t": "done", "id", "ok", "result" | "error", "retry", "delay", "fail", "output"}``.
+and ``{"t": "done", "id", "ok", "result" | "error", "retry", "delay", "fail", "output",
+"strays"?, "crashed"?}`` (``strays``: how many processes the job left running, killed by the
+worker; ``crashed``: the worker kills itself after this answer -- its job went over its
+``memory_limit``).
 
 The host treats anything else on the channel as a protocol violation by the job and ends the
 attempt as ``crashed``: a job can be malicious, the host must not be.
@@ -17,8 +20,9 @@ file) and ``{"t": "kill", "n", "force"}``,
 where ``n`` is a key the host picks per attempt.  Server -> host: each line a forked child
 wrote, verbatim behind its key (``b"<n> " + line``), decoded with :func:`decode` like any
 worker's; and the server's own ``{"t": "started", "n", "pid"}``, ``{"t": "broken", "n",
-"why"}`` and ``{"t": "exited", "n", "code", "why"?}``.  The key comes from the server, never
-from the child, so a job cannot answer for another.
+"why"}`` and ``{"t": "exited", "n", "code", "why"?, "strays"?}`` (``strays``: processes of
+the child's job the server killed, when it was killed or died).  The key comes from the
+server, never from the child, so a job cannot answer for another.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class Exited:
     key: int
     code: int | None
     why: str | None
+    strays: int = 0
 
 
 def decode_server(line: bytes) -> Forwarded | Started | Broken | Exited:
@@ -130,8 +135,14 @@ def decode_server(line: bytes) -> Forwarded | Started | Broken | Exited:
         code = msg.get("code")
         why = msg.get("why")
         return Exited(key, code if isinstance(code, int) else None,
-                      why if isinstance(why, str) else None)
+                      why if isinstance(why, str) else None, _count(msg, "strays"))
     raise ProtocolError(f"unknown fork server message {kind!r}")
+
+
+def _count(obj: dict[str, JSONValue], key: str) -> int:
+    """A non-negative integer field, 0 if absent or not one."""
+    value = obj.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _str(obj: dict[str, JSONValue], key: str, default: str = "") -> str:
@@ -177,14 +188,16 @@ def decode(line: bytes) -> Progress | Skipped | Done:
     if kind != "done":
         raise ProtocolError(f"unknown message type {kind!r}")
     output = _str(msg, "output")
+    strays = _count(msg, "strays")
     if msg.get("ok") is True:
         return Done(msg["id"], Outcome(OutcomeKind.COMPLETED, result=msg.get("result"),
-                                       exit_code=None, output=output))
+                                       exit_code=None, output=output, strays=strays))
     delay = msg.get("delay")
     return Done(msg["id"], Outcome(
-        OutcomeKind.FAILED,
+        OutcomeKind.CRASHED if msg.get("crashed") is True else OutcomeKind.FAILED,
         error=_error(msg.get("error")),
         output=output,
+        strays=strays,
         retry_requested=msg.get("retry") is True,
         retry_delay=float(delay) if isinstance(delay, int | float) and delay >= 0 else None,
         fail_now=msg.get("fail") is True,
