@@ -28,7 +28,13 @@ from . import postgres_housekeeping as housekeeping
 from . import postgres_writes as writes
 from .postgres_roles import PgLeader, PgNotifier
 from .postgres_schema import migrate
-from .rows import JOB_COLUMNS, attempt_from_row, job_from_row, stats_from_rows
+from .rows import (
+    JOB_COLUMNS,
+    attempt_from_row,
+    job_from_row,
+    page_from_rows,
+    stats_from_rows,
+)
 from .writes import CLAIM_COLUMNS, claimed_from_row
 
 log = logging.getLogger("asyncjobs.store")
@@ -243,9 +249,7 @@ class PostgresStore:
         rows = await self._fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC "  # noqa: S608
             f"LIMIT ${len(params) + 1}", *params, limit + 1)
-        more = len(rows) > limit
-        jobs = [job_from_row(row) for row in rows[:limit]]
-        return Page(jobs, jobs[-1].id if more and jobs else None)
+        return page_from_rows(rows, limit)
 
     async def stats(self, now: float) -> Stats:
         # Counted, not kept in counter rows: a counter row per class would be one hot row

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from ..models import Attempt, ErrorInfo, JobRecord, OutcomeKind, Priority, Status
-from . import Stats
+from . import Page, Stats
 
 JOB_COLUMNS = (
     "id, class, method, args, kwargs, status, priority, attempts, max_attempts, timeout, "
@@ -37,6 +37,13 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
     return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
                    started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
                    output=row[8] or "", strays=row[9] or 0, host=row[10])
+
+
+def page_from_rows(rows: Sequence[Sequence[Any]], limit: int) -> Page:
+    """A page from up to ``limit + 1`` job rows, newest first (one more than the page says
+    whether another page follows)."""
+    jobs = [job_from_row(row) for row in rows[:limit]]
+    return Page(jobs, jobs[-1].id if len(rows) > limit and jobs else None)
 
 
 def stats_from_rows(counts: Iterable[Sequence[Any]], minutes: Iterable[Sequence[Any]],

@@ -54,7 +54,13 @@ from . import (
     writes,
 )
 from .backup import BackupInfo, backup
-from .rows import JOB_COLUMNS, attempt_from_row, job_from_row, stats_from_rows
+from .rows import (
+    JOB_COLUMNS,
+    attempt_from_row,
+    job_from_row,
+    page_from_rows,
+    stats_from_rows,
+)
 from .schema import MIGRATIONS
 from .sqlite_io import Op, checkpoint, storage_error, take_lock
 from .sqlite_io import run_transaction as _transaction  # bench/child.py's OpTimer times it here
@@ -399,9 +405,7 @@ class SqliteStore:
         rows = list(await self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",  # noqa: S608
             (*params, limit + 1)))
-        more = len(rows) > limit
-        jobs = [job_from_row(row) for row in rows[:limit]]
-        return Page(jobs, jobs[-1].id if more and jobs else None)
+        return page_from_rows(rows, limit)
 
     async def stats(self, now: float) -> Stats:
         minute = int(now // 60) * 60
