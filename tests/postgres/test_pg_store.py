@@ -185,6 +185,18 @@ async def test_the_first_hosts_token_is_every_hosts_token(stores: StoreFactory) 
     assert await a.shared_token("third") == "first"
 
 
+@pytest.mark.parametrize(("durability", "setting"), [("full", "on"), ("normal", "off")])
+async def test_durability_sets_synchronous_commit(pg_url: str, durability: str,
+                                                  setting: str) -> None:
+    store = PostgresStore(pg_url, durability=durability)
+    await store.open()
+    try:
+        async with store._connection() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == setting
+    finally:
+        await store.close()
+
+
 def test_the_url_is_shown_without_its_password_only() -> None:
     assert PostgresStore("postgresql://app:s3cr%40t@db.example:5432/jobs").where == \
         "postgresql://app:***@db.example:5432/jobs"
