@@ -57,12 +57,12 @@ WITH cand AS (
         started_at = $1, host = $5, cancel_requested = false
     FROM chosen WHERE jobs.id = chosen.id AND jobs.status = 'pending'
     RETURNING {", ".join(f"jobs.{c}" for c in CLAIM_COLUMNS.split(", "))},
-        jobs.priority, jobs.run_at
+        jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
 ), opened AS (
     INSERT INTO attempts (job_id, number, started_at, host)
     SELECT id, runs, $1, $5 FROM moved
 )
-SELECT * FROM moved ORDER BY priority, run_at, id
+SELECT * FROM moved ORDER BY sort_priority, sort_run_at, id
 """  # noqa: S608 - column names only, no input
 
 
