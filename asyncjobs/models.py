@@ -215,7 +215,10 @@ class JobRecord:
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class Claimed:
-    """A job the dispatcher has just moved to ``running``, with its new attempt number."""
+    """A job the dispatcher has just reserved for an attempt, with that attempt's number.
+
+    It is still ``pending`` to every reader until a worker reports that it starts it.
+    """
 
     id: int
     cls: str
@@ -228,6 +231,7 @@ class Claimed:
     timeout: float
     interruptions: int
     chain_id: int | None = None  # set for a step of a chain: finishing it moves the chain on
+    priority: int = 1  # Priority.rank: the launcher starts better-ranked attempts first
 
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS

@@ -163,7 +163,7 @@ class Host:
             await asyncio.wait_for(asyncio.shield(self._run_task), self.settings.shutdown_grace)
         except TimeoutError:
             log.warning("shutdown grace over; interrupting %d running job(s)",
-                        len(dispatcher.running))
+                        dispatcher.started)
             dispatcher.interrupt_all()
             await self._run_task
         self._run_task = None
@@ -294,7 +294,7 @@ class Host:
     async def stats(self) -> dict[str, JSONValue]:
         now = self.clock.now()
         stats = await self.store.stats(now)
-        running = len(self._dispatcher.running) if self._dispatcher else 0
+        running = self._dispatcher.started if self._dispatcher else 0
         return {
             "counts": dict(stats.counts),
             "classes": {cls: dict(counts) for cls, counts in stats.by_class.items()},

@@ -21,6 +21,14 @@ class Submitted:
 
 
 @dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
+class Start:
+    """A worker began a reserved attempt at ``at`` (its own clock): now it is running."""
+
+    claimed: Claimed
+    at: float
+
+
+@dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
 class Finished:
     """One attempt's end, ready to store: what happened and what it leads to."""
 
@@ -35,7 +43,7 @@ class Round:
     """What one dispatcher round wrote and read, in one transaction."""
 
     advanced: list[int]  # chain steps the finished attempts made due
-    claimed: list[Claimed]
+    claimed: list[Claimed]  # reserved: still pending to readers until started
     next_due: float | None  # the earliest later run_at, read after the claim
 
 
@@ -81,14 +89,19 @@ class Store(Protocol):
         ...
 
     async def claim(self, now: float, limit: int, capacity: Mapping[str, int]) -> list[Claimed]:
-        """Move up to ``limit`` due jobs to running, best first; ``capacity`` caps classes."""
+        """Reserve up to ``limit`` due jobs, best first; ``capacity`` caps classes.
+
+        A reserved job stays ``pending`` to readers and is skipped by later claims."""
         ...
 
     async def dispatch_round(self, *, progress: Mapping[int, tuple[float, str | None]],
-                             finished: Sequence[Finished], now: float, limit: int,
-                             capacity: Mapping[str, int]) -> Round:
-        """One dispatcher round in one transaction: store progress, record ``finished``,
-        claim up to ``limit`` due jobs (none if 0) and read the next due time."""
+                             started: Sequence[Start] = (), finished: Sequence[Finished],
+                             now: float, limit: int, capacity: Mapping[str, int],
+                             outrank: tuple[int, int] | None = None) -> Round:
+        """One dispatcher round in one transaction: store progress, make ``started``
+        attempts running, record ``finished``, reserve up to ``limit`` due jobs (none if 0)
+        -- or, with ``limit`` 0 and ``outrank`` ``(rank, n)``, up to ``n`` due jobs of a
+        better priority than ``rank`` -- and read the next due time."""
         ...
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:

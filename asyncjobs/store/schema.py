@@ -123,4 +123,11 @@ MIGRATIONS: list[str] = [
             ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
     END;
     """,
+    # 6: a claim *reserves* a job for an attempt (reserved_at: when) and leaves it
+    # 'pending': it becomes 'running', with started_at and an attempt row, only when a worker
+    # reports that it really starts it (§4).  Other claims skip reserved jobs; an attempt
+    # given back before it started clears the mark; at start-up every mark is stale.
+    """
+    ALTER TABLE jobs ADD COLUMN reserved_at REAL;
+    """,
 ]

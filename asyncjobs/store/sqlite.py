@@ -41,7 +41,17 @@ import orjson
 
 from ..errors import Unavailable
 from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Page, Round, ScheduleState, Stats, Submitted, writes
+from . import (
+    CancelResult,
+    Finished,
+    Page,
+    Round,
+    ScheduleState,
+    Start,
+    Stats,
+    Submitted,
+    writes,
+)
 from .schema import MIGRATIONS
 
 log = logging.getLogger("asyncjobs.store")
@@ -165,6 +175,9 @@ class SqliteStore:
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
                                "COMMIT;")
             log.info("store schema migrated to version %s", number)
+        # One host per SQLite file, and it is only starting: every reservation is a dead
+        # host's (its attempts never started), so its jobs are simply due again.
+        conn.execute("UPDATE jobs SET reserved_at = NULL WHERE reserved_at IS NOT NULL")
         self._conn = conn
 
     async def close(self) -> None:
@@ -317,11 +330,12 @@ class SqliteStore:
         return result
 
     async def dispatch_round(self, *, progress: Mapping[int, tuple[float, str | None]],
-                             finished: Sequence[Finished], now: float, limit: int,
-                             capacity: Mapping[str, int]) -> Round:
+                             started: Sequence[Start] = (), finished: Sequence[Finished],
+                             now: float, limit: int, capacity: Mapping[str, int],
+                             outrank: tuple[int, int] | None = None) -> Round:
         result: Round = await self._write(partial(
-            writes.dispatch_round, progress=dict(progress), finished=finished, now=now,
-            limit=limit, capacity=dict(capacity)))
+            writes.dispatch_round, progress=dict(progress), started=started,
+            finished=finished, now=now, limit=limit, capacity=dict(capacity), outrank=outrank))
         return result
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:

@@ -18,12 +18,12 @@ import orjson
 
 from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Round, Submitted
+from . import CancelResult, Finished, Round, Start, Submitted
 
 log = logging.getLogger("asyncjobs.store")
 
 CLAIM_COLUMNS = ("id, class, method, args, kwargs, runs, attempts, max_attempts, timeout, "
-                 "interruptions, chain_id")
+                 "interruptions, chain_id, priority")
 INSERT_JOB = ("INSERT INTO jobs (class, method, args, kwargs, status, priority, run_at, "
               "timeout, max_attempts, created_at, chain_id, chain_pos, unique_key) "
               "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -68,7 +68,8 @@ def dumps(value: Any) -> str:
 def claimed_from_row(row: Sequence[Any], *, attempt: int, attempts: int) -> Claimed:
     return Claimed(id=row[0], cls=row[1], method=row[2], args=orjson.loads(row[3]),
                    kwargs=orjson.loads(row[4]), attempt=attempt, attempts=attempts,
-                   max_attempts=row[7], timeout=row[8], interruptions=row[9], chain_id=row[10])
+                   max_attempts=row[7], timeout=row[8], interruptions=row[9], chain_id=row[10],
+                   priority=row[11])
 
 
 def submit(conn: sqlite3.Connection, specs: Sequence[JobSpec], now: float) -> list[Submitted]:
@@ -107,13 +108,18 @@ def _insert_one(conn: sqlite3.Connection, spec: JobSpec, now: float) -> Submitte
 
 
 def claim(conn: sqlite3.Connection, now: float, limit: int,
-          capacity: dict[str, int]) -> list[Claimed]:
-    """Move up to ``limit`` due jobs to running: priority, then run_at, then id."""
+          capacity: dict[str, int], *, below: int | None = None) -> list[Claimed]:
+    """Reserve up to ``limit`` due jobs: priority, then run_at, then id (``below``: only
+    of a priority ranked better than that).
+
+    They stay ``pending`` (readers see no difference) until :func:`start`; the mark only
+    keeps other claims off them.
+    """
     claimed: list[Claimed] = []
     while len(claimed) < limit:
         full = [cls for cls, left in capacity.items() if left <= 0]
         want = limit - len(claimed)
-        rows = _due(conn, now, want, full)
+        rows = _due(conn, now, want, full, below)
         capped = False
         for row in rows:
             left = capacity.get(row[1])
@@ -126,26 +132,45 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
         if not capped or len(rows) < want:
             break
     if claimed:
-        conn.executemany(
-            "UPDATE jobs SET status = 'running', runs = runs + 1, attempts = attempts + 1, "
-            "started_at = ? WHERE id = ? AND status = 'pending'",
-            [(now, c.id) for c in claimed])
-        conn.executemany("INSERT INTO attempts (job_id, number, started_at) VALUES (?, ?, ?)",
-                         [(c.id, c.attempt, now) for c in claimed])
-        adjust_counts(conn, _moves(Counter((c.cls, "pending", "running") for c in claimed)))
+        conn.executemany("UPDATE jobs SET reserved_at = ? WHERE id = ? AND status = 'pending'",
+                         [(now, c.id) for c in claimed])
     return claimed
+
+
+def start(conn: sqlite3.Connection, started: Sequence[Start]) -> None:
+    """Reserved attempts a worker has begun: ``running`` from the worker's own start time,
+    with their attempt rows (numbered as claimed)."""
+    changed = conn.executemany(
+        "UPDATE jobs SET status = 'running', runs = ?, attempts = ?, started_at = ?, "
+        "reserved_at = NULL WHERE id = ? AND status = 'pending'",
+        [(s.claimed.attempt, s.claimed.attempts, s.at, s.claimed.id) for s in started]).rowcount
+    conn.executemany("INSERT INTO attempts (job_id, number, started_at) VALUES (?, ?, ?)",
+                     [(s.claimed.id, s.claimed.attempt, s.at) for s in started])
+    if changed == len(started):
+        adjust_counts(conn, _moves(Counter((s.claimed.cls, "pending", "running")
+                                           for s in started)))
+    else:
+        log.error("start: %d of %d job(s) were no longer pending: %s", len(started) - changed,
+                  len(started), [s.claimed.id for s in started])
+        recount(conn, {s.claimed.cls for s in started})
 
 
 def dispatch_round(conn: sqlite3.Connection, *,
                    progress: Mapping[int, tuple[float, str | None]],
-                   finished: Sequence[Finished], now: float, limit: int,
-                   capacity: dict[str, int]) -> Round:
+                   started: Sequence[Start] = (), finished: Sequence[Finished], now: float,
+                   limit: int, capacity: dict[str, int],
+                   outrank: tuple[int, int] | None = None) -> Round:
     """A dispatcher round: one op, so one transaction and no future per part."""
     if progress:
         set_progress(conn, progress)
+    if started:  # before the finishes: an attempt may start and end within one round
+        start(conn, started)
     advanced = finish(conn, finished) if finished else []
     if limit <= 0:
-        return Round(advanced, [], None)
+        if outrank is None:
+            return Round(advanced, [], None)
+        rank, most = outrank
+        return Round(advanced, claim(conn, now, most, capacity, below=rank), None)
     claimed = claim(conn, now, limit, capacity)
     return Round(advanced, claimed, next_due(conn, now))
 
@@ -160,7 +185,8 @@ def next_due(conn: sqlite3.Connection, after: float) -> float | None:
     return float(row[0]) if row else None
 
 
-def _due(conn: sqlite3.Connection, now: float, want: int, full: list[str]) -> list[Any]:
+def _due(conn: sqlite3.Connection, now: float, want: int, full: list[str],
+         below: int | None = None) -> list[Any]:
     """Up to ``want`` due jobs, best first, skipping the classes in ``full``.
 
     One query per priority level: each is then a tight range of the (priority, run_at, id)
@@ -171,11 +197,11 @@ def _due(conn: sqlite3.Connection, now: float, want: int, full: list[str]) -> li
     exclude = f"AND class NOT IN ({','.join('?' * len(full))})" if full else ""
     rows: list[Any] = []
     for rank in sorted(p.rank for p in Priority):
-        if len(rows) >= want:
+        if len(rows) >= want or (below is not None and rank >= below):
             break
         rows += conn.execute(
             f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'pending' AND priority = ? "  # noqa: S608
-            f"AND run_at <= ? {exclude} ORDER BY run_at, id LIMIT ?",
+            f"AND run_at <= ? AND reserved_at IS NULL {exclude} ORDER BY run_at, id LIMIT ?",
             (rank, now, *full, want - len(rows))).fetchall()
     return rows
 
@@ -183,9 +209,12 @@ def _due(conn: sqlite3.Connection, now: float, want: int, full: list[str]) -> li
 def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
     """Record attempt ends and their transitions; return chain steps made due.
 
-    An attempt given back before it ran (``outcome.started`` false) was no execution: its
-    row goes, and it counts neither as an attempt nor as an interruption.
+    An attempt given back before it ran (``outcome.started`` false) was no execution: it
+    only loses its reservation (see :func:`_give_back`).
     """
+    ran = [f for f in finished if f.outcome.started]
+    if len(ran) < len(finished):
+        _give_back(conn, [f for f in finished if not f.outcome.started])
     conn.executemany(
         "UPDATE attempts SET outcome = ?, finished_at = ?, exit_code = ?, error_type = ?, "
         "error_message = ?, traceback = ?, output = ? WHERE job_id = ? AND number = ?",
@@ -194,23 +223,20 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
           f.outcome.error.message if f.outcome.error else None,
           f.outcome.error.traceback if f.outcome.error else None,
           f.outcome.output, f.claimed.id, f.claimed.attempt)
-         for f in finished if f.outcome.started])
-    conn.executemany("DELETE FROM attempts WHERE job_id = ? AND number = ?",
-                     [(f.claimed.id, f.claimed.attempt) for f in finished
-                      if not f.outcome.started])
+         for f in ran])
     changed = conn.executemany(
         "UPDATE jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, "
         "result = ?, error_type = ?, error_message = ?, attempts = attempts - ?, "
-        "runs = runs - ?, interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
+        "interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
         "WHEN 'keep' THEN interruptions ELSE 0 END WHERE id = ? AND status = 'running'",
-        [_job_update(f) for f in finished]).rowcount
-    if changed == len(finished):
+        [_job_update(f) for f in ran]).rowcount
+    if changed == len(ran):
         adjust_counts(conn, _moves(Counter((f.claimed.cls, "running", f.transition.status.value)
-                                           for f in finished)))
+                                           for f in ran)))
     else:  # a compare-and-set missed: someone else moved a job; which ones is unknown
-        log.error("finish: %d of %d job(s) were no longer running: %s", len(finished) - changed,
-                  len(finished), [f.claimed.id for f in finished])
-        recount(conn, {f.claimed.cls for f in finished})
+        log.error("finish: %d of %d job(s) were no longer running: %s", len(ran) - changed,
+                  len(ran), [f.claimed.id for f in ran])
+        recount(conn, {f.claimed.cls for f in ran})
     _count_minutes(conn, finished)
     advanced: list[int] = []
     for f in finished:
@@ -221,6 +247,23 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
         elif f.transition.status in TERMINAL:
             break_chain(conn, f.claimed.id, f.transition.status, f.at)
     return advanced
+
+
+def _give_back(conn: sqlite3.Connection, returned: Sequence[Finished]) -> None:
+    """Attempts that never started: no attempt row, nothing counted, the job keeps its
+    ``run_at`` (and so its place in line); only a cancel ends it."""
+    ended = [f for f in returned if f.transition.status in TERMINAL]
+    conn.executemany("UPDATE jobs SET reserved_at = NULL WHERE id = ?",
+                     [(f.claimed.id,) for f in returned if f.transition.status not in TERMINAL])
+    if not ended:
+        return
+    # The trigger of migration 5 counts these (pending -> cancelled is not a hot move).
+    conn.executemany(
+        "UPDATE jobs SET status = ?, reserved_at = NULL, finished_at = ?, error_type = ?, "
+        "error_message = ? WHERE id = ? AND status = 'pending'",
+        [(f.transition.status.value, f.at, f.transition.error.type if f.transition.error
+          else None, f.transition.error.message if f.transition.error else None, f.claimed.id)
+         for f in ended])
 
 
 def recount(conn: sqlite3.Connection, classes: set[str]) -> None:
@@ -246,16 +289,11 @@ def _count_minutes(conn: sqlite3.Connection, finished: Sequence[Finished]) -> No
 
 def _job_update(f: Finished) -> tuple[Any, ...]:
     t = f.transition
-    if not f.outcome.started:
-        interruptions = "keep"
-    elif f.outcome.kind is OutcomeKind.INTERRUPTED:
-        interruptions = "add"
-    else:
-        interruptions = "reset"
+    interruptions = "add" if f.outcome.kind is OutcomeKind.INTERRUPTED else "reset"
     return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,
             dumps(t.result) if t.status is Status.COMPLETED else None,
             t.error.type if t.error else None, t.error.message if t.error else None,
-            0 if t.counts else 1, 0 if f.outcome.started else 1, interruptions, f.claimed.id)
+            0 if t.counts else 1, interruptions, f.claimed.id)
 
 
 def _chain_position(conn: sqlite3.Connection, job_id: int) -> tuple[int, int] | None:
@@ -301,12 +339,19 @@ def status_of(conn: sqlite3.Connection, job_id: int) -> Status:
     return Status(row[0])
 
 
+def _reserved(conn: sqlite3.Connection, job_id: int) -> bool:
+    row = conn.execute("SELECT reserved_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row is not None and row[0] is not None
+
+
 def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> CancelResult:
     status = status_of(conn, job_id)
     if status in TERMINAL:
         raise WrongState(f"job {job_id} is already {status.value}")
-    if status is Status.RUNNING:
-        return CancelResult(status, [])
+    if status is Status.RUNNING or _reserved(conn, job_id):
+        # Held by a worker (running, or reserved and maybe starting this very moment): the
+        # dispatcher stops it there, and its outcome is recorded like any other.
+        return CancelResult(Status.RUNNING, [])
     conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = "
                  "'Cancelled', error_message = ? WHERE id = ? AND status = 'pending'",
                  (now, reason, job_id))

@@ -14,11 +14,13 @@ gets SIGTERM, then SIGKILL after ``kill_grace``, and the process is always reape
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -32,21 +34,37 @@ from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from . import procs
 from .forkserver import ForkServerProcess, spawn_worker
 from .procs import describe_exit, signal_group
-from .protocol import Done, Progress, ProtocolError, Skipped, decode, encode_job, encode_skip
+from .protocol import (
+    Began,
+    Done,
+    Progress,
+    ProtocolError,
+    Skipped,
+    decode,
+    encode_job,
+    encode_skip,
+)
 
 log = logging.getLogger("asyncjobs.workers.launcher")
 
 ALLOW_LIST = "allow.json"
-PIPELINE_DEPTH = 8  # attempts sent ahead to one warm worker (see WorkerProcess)
+PIPELINE_DEPTH = 8  # at most, attempts in one warm worker's queue (see WorkerProcess)
 STEAL_AFTER = 0.05  # seconds a job must have run before an idle worker takes what waits behind it
+QUEUE_AHEAD_COVERS = 0.005  # seconds of the host's round trip that jobs queued ahead cover
+RUNTIME_WEIGHT = 0.2  # of the newest sample in a class's moving average run time
 
 ProgressCallback = Callable[[int, float, "str | None"], None]
+StartCallback = Callable[[int, float], None]  # job id, seconds since the worker started it
 
 
 class Launcher(Protocol):
-    async def run(self, job: Claimed, isolation: Isolation,
-                  on_progress: ProgressCallback) -> Outcome:
-        """Run one attempt to its end, whatever that end is; never raises for job faults."""
+    async def run(self, job: Claimed, isolation: Isolation, on_progress: ProgressCallback,
+                  on_start: StartCallback | None = None) -> Outcome:
+        """Run one attempt to its end, whatever that end is; never raises for job faults.
+
+        ``on_start`` is called when a worker really begins the job, with how long ago that
+        was by the worker's own clock (so the caller can place it on its own clock).
+        """
         ...
 
     def stop(self, job_id: int, kind: OutcomeKind) -> bool:
@@ -111,6 +129,9 @@ class _Slot:
     future: AttemptFuture
     on_progress: ProgressCallback
     turn: asyncio.Future[bool]  # True once it runs; False if it never will on this worker
+    on_start: StartCallback | None = None
+    key: tuple[int, int] = (0, 0)  # (priority rank, claim order): the better, the sooner
+    wake: asyncio.Future[None] | None = None  # while it waits for a worker (see _assign)
     observed: Outcome | _Ended | None = None  # what the worker said, even after a stop won
     timer: asyncio.TimerHandle | None = None
     skip_pending: bool = False  # a skip was sent; its answer decides ``turn``
@@ -294,10 +315,9 @@ class WorkerProcess:
         if not self.queue or message.job_id != self.queue[0].job.id:
             return self._broken("the worker answered for a job it was not running")
         head = self.queue[0]
-        if isinstance(message, Progress):
-            head.on_progress(head.job.id, message.fraction, message.message)
+        if not isinstance(message, Done):
+            _report(head, message)
             return True
-        assert isinstance(message, Done)
         self.queue.popleft()
         self._answered.append(head.job.id)
         if head.timer is not None:
@@ -452,10 +472,9 @@ class ForkedJob:
         if self._answered:
             log.warning("ignoring a second answer for job %s from forked worker %s",
                         message.job_id, self.pid)
-        elif isinstance(message, Progress):
-            slot.on_progress(slot.job.id, message.fraction, message.message)
+        elif not isinstance(message, Done):
+            _report(slot, message)
         else:
-            assert isinstance(message, Done)
             self._answered = True
             slot.observed = message.outcome
             _settle(slot.future, message.outcome)
@@ -557,8 +576,11 @@ class SubprocessLauncher:
 
     At most ``workers.max`` workers are busy at once (a pool worker with a non-empty queue,
     or a ``process`` attempt), which is the §4 limit on concurrent attempts.  Attempts beyond
-    what can run wait here — already ``running`` on disk, as claimed — either in a warm
-    worker's queue or for a free worker.
+    what can run wait -- reserved on disk, still ``pending`` to readers -- here, best first
+    (priority, then claim order), or a few in a warm worker's queue: only as many as cover
+    the host's round trip for that class's measured run time (so none behind long jobs).
+    Whatever waits in a queue is taken back (a skip) when an attempt of a better priority
+    needs its place, or when an idle worker could start that better one now.
 
     ``fork``: run ``process`` attempts through the fork server (the default where the OS
     can fork, :data:`asyncjobs.workers.procs.CAN_FORK`), or spawn an interpreter per attempt.
@@ -576,17 +598,20 @@ class SubprocessLauncher:
         self._server_lock = asyncio.Lock()
         self._spawning = 0
         self._attempts: dict[int, _Slot] = {}
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiting: list[_Slot] = []  # in _assign, sorted by key: only the first may pick
+        self._claims = itertools.count()
+        self._runtime: dict[str, float] = {}  # moving average run time per class, seconds
         self._steal_timer: asyncio.TimerHandle | None = None
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
 
     def _room_changed(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake_first()
         self._steal()
+
+    def _wake_first(self) -> None:
+        if self._waiting:
+            _wake(self._waiting[0])
 
     def _steal(self) -> None:
         """An idle warm worker takes work queued behind a *long* job on another one.
@@ -616,8 +641,42 @@ class SubprocessLauncher:
     def _busy(self) -> int:
         return sum(1 for w in self._pool if w.queue) + len(self._fresh) + self._spawning
 
-    def _pick(self, isolation: Isolation) -> WorkerProcess | None:
-        """A worker with room for one more attempt, or None (then spawn, or wait)."""
+    def _depth(self, cls: str) -> int:
+        """How many attempts of ``cls`` one warm worker may hold (the running one included):
+        enough queued ahead to cover the host's round trip, none behind a long job (nor
+        behind one never measured: it may be long)."""
+        runtime = self._runtime.get(cls)
+        if runtime is None:
+            return 1
+        return 1 + min(PIPELINE_DEPTH - 1, int(QUEUE_AHEAD_COVERS / max(runtime, 1e-6)))
+
+    def _measured(self, cls: str, seconds: float) -> None:
+        old = self._runtime.get(cls)
+        self._runtime[cls] = seconds if old is None else \
+            old + RUNTIME_WEIGHT * (seconds - old)
+
+    def _queued(self) -> list[tuple[WorkerProcess, _Slot]]:
+        """Attempts waiting in a warm worker's queue that it has not started (nor is asked
+        to give back): the ones a better attempt may take back."""
+        return [(w, slot) for w in self._pool if w.alive for slot in list(w.queue)[1:]
+                if not slot.skip_pending and not slot.turn.done()]
+
+    def _overtake(self, slot: _Slot) -> bool:
+        """Keep priority order across workers; True if ``slot`` must wait for it.
+
+        A queued attempt of a better priority goes first: it is taken back (to start on the
+        worker ``slot`` would take), and ``slot`` waits.  Attempts of a worse priority queued
+        ahead are taken back, so ``slot`` goes before them.
+        """
+        rank = slot.key[0]
+        queued = self._queued()
+        better = [(w, s) for w, s in queued if s.key[0] < rank]
+        for worker, other in better or [(w, s) for w, s in queued if s.key[0] > rank]:
+            worker.request_skip(other)
+        return bool(better)
+
+    def _pick(self, slot: _Slot, isolation: Isolation) -> WorkerProcess | None:
+        """A worker with room for ``slot``, or None (then spawn, or wait)."""
         for worker in [w for w in self._pool if not w.accepting and not w.queue]:
             self._pool.remove(worker)
             self._retire(worker)
@@ -628,23 +687,33 @@ class SubprocessLauncher:
                 return next((w for w in self._pool if w.accepting and not w.queue), None)
             return None
         if isolation is Isolation.POOL:
-            queued = [w for w in self._pool if w.accepting and 0 < len(w.queue) < PIPELINE_DEPTH]
+            depth = self._depth(slot.job.cls)
+            queued = [w for w in self._pool if w.accepting and 0 < len(w.queue) < depth]
             if queued:
                 return min(queued, key=lambda w: len(w.queue))
         return None
 
     async def _assign(self, isolation: Isolation, slot: _Slot) -> Worker | None:
-        """Find or start a worker for ``slot``; None if it was stopped while waiting."""
-        while not slot.future.done():
-            worker = self._pick(isolation)
-            if worker is not None:
-                return worker
-            if self._busy() < self.settings.workers.max:
-                return await self._spawn(isolation)
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-        return None
+        """Find or start a worker for ``slot``, best attempt first; None if it was stopped
+        while waiting."""
+        bisect.insort(self._waiting, slot, key=_key)
+        try:
+            while not slot.future.done():
+                if self._waiting[0] is slot and not self._overtake(slot):
+                    worker = self._pick(slot, isolation)
+                    if worker is not None:
+                        return worker
+                    if self._busy() < self.settings.workers.max:
+                        self._waiting.remove(slot)  # the next may go while this one spawns
+                        self._wake_first()
+                        return await self._spawn(isolation)
+                slot.wake = asyncio.get_running_loop().create_future()
+                await slot.wake
+            return None
+        finally:
+            if slot in self._waiting:
+                self._waiting.remove(slot)
+            self._wake_first()
 
     async def _spawn(self, isolation: Isolation) -> Worker:
         self._spawning += 1
@@ -685,12 +754,14 @@ class SubprocessLauncher:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def run(self, job: Claimed, isolation: Isolation,
-                  on_progress: ProgressCallback) -> Outcome:
+    async def run(self, job: Claimed, isolation: Isolation, on_progress: ProgressCallback,
+                  on_start: StartCallback | None = None) -> Outcome:
         loop = asyncio.get_running_loop()
+        key = (job.priority, next(self._claims))
         try:
             while True:
-                slot = _Slot(job, loop.create_future(), on_progress, loop.create_future())
+                slot = _Slot(job, loop.create_future(), on_progress, loop.create_future(),
+                             on_start, key)
                 self._attempts[job.id] = slot
                 try:
                     worker = await self._assign(isolation, slot)
@@ -703,6 +774,8 @@ class SubprocessLauncher:
                     return Outcome(ended.kind, error=_NOT_STARTED[ended.kind], started=False)
                 outcome = await worker.execute(slot)
                 if isinstance(outcome, Outcome):
+                    if outcome.started and slot.began:
+                        self._measured(job.cls, loop.time() - slot.began)
                     return await self._release(worker, outcome)
                 # It never started (the worker died with it queued): run it elsewhere.
                 if isinstance(worker, ForkedJob):
@@ -728,7 +801,8 @@ class SubprocessLauncher:
         slot = self._attempts.get(job_id)
         if slot is None or not _settle(slot.future, _Ended(kind)):
             return False
-        self._room_changed()  # wakes it if it was waiting for a worker
+        _wake(slot)  # if it was waiting for a worker
+        self._room_changed()
         return True
 
     def release_waiting(self, kind: OutcomeKind) -> None:
@@ -737,10 +811,6 @@ class SubprocessLauncher:
         for job_id, slot in list(self._attempts.items()):
             if id(slot) not in sent:
                 self.stop(job_id, kind)
-
-    @property
-    def running(self) -> int:
-        return len(self._attempts)
 
     async def aclose(self) -> None:
         if self._steal_timer is not None:
@@ -752,6 +822,25 @@ class SubprocessLauncher:
         server, self._server = self._server, None
         closing = [server.close()] if server is not None else []
         await asyncio.gather(*(w.close() for w in workers), *closing, *self._closing)
+
+
+def _report(slot: _Slot, message: Began | Progress) -> None:
+    """What a worker says about its running attempt before the answer."""
+    if isinstance(message, Progress):
+        slot.on_progress(slot.job.id, message.fraction, message.message)
+    elif slot.on_start is not None:
+        # Host and worker share the machine's wall clock: the message's age is exact even
+        # when the host reads it late (a busy loop), and it holds for any injected clock.
+        slot.on_start(slot.job.id, max(0.0, time.time() - message.at))
+
+
+def _key(slot: _Slot) -> tuple[int, int]:
+    return slot.key
+
+
+def _wake(slot: _Slot) -> None:
+    if slot.wake is not None and not slot.wake.done():
+        slot.wake.set_result(None)
 
 
 def _with_exit_code(outcome: Outcome, code: int | None) -> Outcome:

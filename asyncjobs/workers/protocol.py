@@ -1,39 +1,158 @@
-"""Messages on the host <-> worker channel: one orjson object per line.
+"""Every message of the worker channels, as typed records: encode and decode, both ways.
 
-Host -> worker (the child's stdin): ``{"t": "job", "id", "attempt", "class", "method",
-"args", "kwargs"}`` and ``{"t": "skip", "id"}`` (take a queued job back).  Worker -> host
-(a private dup of the child's original stdout; the job's own stdout and stderr go to a
-capture file instead, so a ``print`` can never corrupt the channel):
-``{"t": "progress", "id", "fraction", "message"}``, ``{"t": "skipped", "id", "skipped"}``
-and ``{"t": "done", "id", "ok", "result" | "error", "retry", "delay", "fail", "output"}``.
+Host -> worker (the child's stdin): :class:`JobRequest` ``{"t": "job", "id", "attempt",
+"class", "method", "args", "kwargs"}`` and :class:`SkipRequest` ``{"t": "skip", "id"}``
+(take a queued job back).  Worker -> host (a private dup of the child's original stdout; the
+job's own stdout and stderr go to a capture file instead, so a ``print`` can never corrupt
+the channel): ``{"t": "started", "id", "at"}`` (:class:`Began`: the job's code is about to
+run, ``at`` being the child's wall clock), ``{"t": "progress", "id", "fraction",
+"message"}``, ``{"t": "skipped", "id", "skipped"}`` and ``{"t": "done", "id", "ok", "result"
+| "error", "retry", "delay", "fail", "output"}``.
 
 The host treats anything else on the channel as a protocol violation by the job and ends the
-attempt as ``crashed``: a job can be malicious, the host must not be.
+attempt as ``crashed``: a job can be malicious, the host must not be.  What the child reads
+comes from the host and is trusted.
 
 The fork server (``process`` isolation on POSIX) has a channel of its own.  Host -> server:
-``{"t": "fork", "n", "output", "file": [dev, ino], "job": {...as above}}`` (``output``: the
-capture file the host created and keeps open; the child opens it only if it is still that
-file) and ``{"t": "kill", "n", "force"}``,
+:class:`ForkRequest` ``{"t": "fork", "n", "output", "file": [dev, ino], "job": {...as
+above}}`` (``output``: the capture file the host created and keeps open; the child opens it
+only if it is still that file) and :class:`KillRequest` ``{"t": "kill", "n", "force"}``,
 where ``n`` is a key the host picks per attempt.  Server -> host: each line a forked child
 wrote, verbatim behind its key (``b"<n> " + line``), decoded with :func:`decode` like any
 worker's; and the server's own ``{"t": "started", "n", "pid"}``, ``{"t": "broken", "n",
 "why"}`` and ``{"t": "exited", "n", "code", "why"?}``.  The key comes from the server, never
 from the child, so a job cannot answer for another.
+
+The worker child imports this module, so it stays cheap to import: :mod:`asyncjobs.models`
+(enums, datetime: ~6 ms) is imported only by the host-side decoders that build its records.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..models import Claimed, ErrorInfo, JSONValue, Outcome, OutcomeKind
+if TYPE_CHECKING:
+    from ..models import Claimed, ErrorInfo, Outcome
 
 MAX_MESSAGE_TEXT = 2000
 
 
 class ProtocolError(Exception):
     """The worker sent something that is not a valid message."""
+
+
+def _line(message: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(message) + b"\n"
+
+
+# -- host -> worker ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """An attempt to run, as the child sees it."""
+
+    id: int
+    attempt: int
+    cls: str
+    method: str
+    args: Sequence[Any]
+    kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SkipRequest:
+    """Take back job ``id`` if it has not started; answered by exactly one ``skipped``."""
+
+    id: int
+
+
+def _job(job: Claimed) -> dict[str, object]:
+    return {"t": "job", "id": job.id, "attempt": job.attempt, "class": job.cls,
+            "method": job.method, "args": job.args, "kwargs": job.kwargs}
+
+
+def encode_job(job: Claimed) -> bytes:
+    return _line(_job(job))
+
+
+def encode_skip(job_id: int) -> bytes:
+    return _line({"t": "skip", "id": job_id})
+
+
+def _job_request(msg: Mapping[str, Any]) -> JobRequest:
+    return JobRequest(msg["id"], msg.get("attempt", 1), msg["class"], msg["method"],
+                      msg.get("args") or [], msg.get("kwargs") or {})
+
+
+def decode_request(line: bytes) -> JobRequest | SkipRequest:
+    """In the child: one message from the host."""
+    msg = orjson.loads(line)
+    if msg.get("t") == "skip":
+        return SkipRequest(msg["id"])
+    return _job_request(msg)
+
+
+# -- worker -> host ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReport:
+    """What the child says about an exception: names only, never the object."""
+
+    type: str
+    message: str
+    traceback: str
+    mro: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The child's answer for one job, before its output tail is attached."""
+
+    ok: bool
+    result: Any = None
+    error: ErrorReport | None = None
+    retry: bool = False  # raise Retry(...)
+    delay: float | None = None
+    fail: bool = False  # raise Fail(...), a refusal, or arguments that cannot fit
+
+
+def encode_began(job_id: int, at: float) -> bytes:
+    return _line({"t": "started", "id": job_id, "at": at})
+
+
+def encode_progress(job_id: int, fraction: float, message: str | None) -> bytes:
+    return _line({"t": "progress", "id": job_id, "fraction": fraction, "message": message})
+
+
+def encode_skipped(job_id: int, skipped: bool) -> bytes:
+    return _line({"t": "skipped", "id": job_id, "skipped": skipped})
+
+
+def encode_done(job_id: int, reply: Reply, output: str) -> bytes:
+    if reply.ok:
+        return _line({"t": "done", "id": job_id, "ok": True, "result": reply.result,
+                      "output": output})
+    error = reply.error
+    assert error is not None
+    return _line({"t": "done", "id": job_id, "ok": False, "retry": reply.retry,
+                  "delay": reply.delay, "fail": reply.fail, "output": output, "error": {
+                      "type": error.type, "message": error.message,
+                      "traceback": error.traceback, "mro": list(error.mro)}})
+
+
+@dataclass(frozen=True, slots=True)
+class Began:
+    """The worker is starting the job's code now (``at``: its wall clock, epoch seconds)."""
+
+    job_id: int
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +176,125 @@ class Done:
     outcome: Outcome
 
 
-def _job(job: Claimed) -> dict[str, object]:
-    return {"t": "job", "id": job.id, "attempt": job.attempt, "class": job.cls,
-            "method": job.method, "args": job.args, "kwargs": job.kwargs}
+def _str(obj: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = obj.get(key, default)
+    return value if isinstance(value, str) else default
 
 
-def encode_job(job: Claimed) -> bytes:
-    return orjson.dumps(_job(job)) + b"\n"
+def _error(obj: object) -> ErrorInfo:
+    from ..models import ErrorInfo  # noqa: PLC0415 - host side only (see the docstring)
+
+    if not isinstance(obj, dict):
+        raise ProtocolError("error is not an object")
+    mro = obj.get("mro", [])
+    if not isinstance(mro, list) or not all(isinstance(m, str) for m in mro):
+        raise ProtocolError("error.mro is not a list of names")
+    tb = obj.get("traceback")
+    return ErrorInfo(type=_str(obj, "type", "Error")[:200],
+                     message=_str(obj, "message")[:MAX_MESSAGE_TEXT],
+                     traceback=tb if isinstance(tb, str) else None,
+                     mro=tuple(mro[:64]))
+
+
+def decode(line: bytes) -> Began | Progress | Skipped | Done:
+    """Parse one worker message; raise :class:`ProtocolError` on anything unexpected."""
+    try:
+        msg = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("id"), int):
+        raise ProtocolError("message without a job id")
+    kind = msg.get("t")
+    if kind == "progress":
+        fraction = msg.get("fraction")
+        if not isinstance(fraction, int | float) or isinstance(fraction, bool):
+            raise ProtocolError("progress without a numeric fraction")
+        message = msg.get("message")
+        return Progress(msg["id"], min(1.0, max(0.0, float(fraction))),
+                        message[:500] if isinstance(message, str) else None)
+    if kind == "started":
+        at = msg.get("at")
+        if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
+            raise ProtocolError("started without a numeric time")
+        return Began(msg["id"], float(at))
+    if kind == "skipped":
+        return Skipped(msg["id"], msg.get("skipped") is True)
+    if kind != "done":
+        raise ProtocolError(f"unknown message type {kind!r}")
+    return Done(msg["id"], _outcome(msg))
+
+
+def _outcome(msg: Mapping[str, Any]) -> Outcome:
+    from ..models import Outcome, OutcomeKind  # noqa: PLC0415 - host side only
+
+    output = _str(msg, "output")
+    if msg.get("ok") is True:
+        return Outcome(OutcomeKind.COMPLETED, result=msg.get("result"), exit_code=None,
+                       output=output)
+    delay = msg.get("delay")
+    return Outcome(
+        OutcomeKind.FAILED,
+        error=_error(msg.get("error")),
+        output=output,
+        retry_requested=msg.get("retry") is True,
+        retry_delay=float(delay) if isinstance(delay, int | float) and delay >= 0 else None,
+        fail_now=msg.get("fail") is True,
+    )
+
+
+# -- host -> fork server -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ForkRequest:
+    key: int
+    output: str
+    identity: tuple[int, int]  # (st_dev, st_ino) of the capture file the host created
+    job: JobRequest
+
+
+@dataclass(frozen=True, slots=True)
+class KillRequest:
+    key: int
+    force: bool
 
 
 def encode_fork(key: int, output: str, identity: tuple[int, int], job: Claimed) -> bytes:
     """Ask the fork server for a child running ``job``, its output captured in ``output``:
     the file the host created there, ``identity`` being its ``(st_dev, st_ino)``."""
-    return orjson.dumps({"t": "fork", "n": key, "output": output, "file": list(identity),
-                         "job": _job(job)}) + b"\n"
+    return _line({"t": "fork", "n": key, "output": output, "file": list(identity),
+                  "job": _job(job)})
 
 
 def encode_kill(key: int, *, force: bool) -> bytes:
-    return orjson.dumps({"t": "kill", "n": key, "force": force}) + b"\n"
+    return _line({"t": "kill", "n": key, "force": force})
+
+
+def decode_server_request(line: bytes) -> ForkRequest | KillRequest:
+    """In the fork server: one request from the host."""
+    msg = orjson.loads(line)
+    if msg["t"] == "kill":
+        return KillRequest(msg["n"], msg["force"])
+    dev, ino = msg["file"]
+    return ForkRequest(msg["n"], msg["output"], (dev, ino), _job_request(msg["job"]))
+
+
+# -- fork server -> host -------------------------------------------------------------------
+
+
+def encode_server_started(key: int, pid: int) -> bytes:
+    return _line({"t": "started", "n": key, "pid": pid})
+
+
+def encode_broken(key: int, why: str) -> bytes:
+    return _line({"t": "broken", "n": key, "why": why})
+
+
+def encode_exited(key: int, code: int | None, why: str | None = None) -> bytes:
+    message: dict[str, Any] = {"t": "exited", "n": key, "code": code}
+    if why is not None:
+        message["why"] = why
+    return _line(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +307,8 @@ class Forwarded:
 
 @dataclass(frozen=True, slots=True)
 class Started:
+    """The server forked the child for attempt ``key``: its pid."""
+
     key: int
     pid: int
 
@@ -132,60 +354,3 @@ def decode_server(line: bytes) -> Forwarded | Started | Broken | Exited:
         return Exited(key, code if isinstance(code, int) else None,
                       why if isinstance(why, str) else None)
     raise ProtocolError(f"unknown fork server message {kind!r}")
-
-
-def _str(obj: dict[str, JSONValue], key: str, default: str = "") -> str:
-    value = obj.get(key, default)
-    return value if isinstance(value, str) else default
-
-
-def _error(obj: object) -> ErrorInfo:
-    if not isinstance(obj, dict):
-        raise ProtocolError("error is not an object")
-    mro = obj.get("mro", [])
-    if not isinstance(mro, list) or not all(isinstance(m, str) for m in mro):
-        raise ProtocolError("error.mro is not a list of names")
-    tb = obj.get("traceback")
-    return ErrorInfo(type=_str(obj, "type", "Error")[:200],
-                     message=_str(obj, "message")[:MAX_MESSAGE_TEXT],
-                     traceback=tb if isinstance(tb, str) else None,
-                     mro=tuple(mro[:64]))
-
-
-def encode_skip(job_id: int) -> bytes:
-    return orjson.dumps({"t": "skip", "id": job_id}) + b"\n"
-
-
-def decode(line: bytes) -> Progress | Skipped | Done:
-    """Parse one worker message; raise :class:`ProtocolError` on anything unexpected."""
-    try:
-        msg = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("id"), int):
-        raise ProtocolError("message without a job id")
-    kind = msg.get("t")
-    if kind == "progress":
-        fraction = msg.get("fraction")
-        if not isinstance(fraction, int | float) or isinstance(fraction, bool):
-            raise ProtocolError("progress without a numeric fraction")
-        message = msg.get("message")
-        return Progress(msg["id"], min(1.0, max(0.0, float(fraction))),
-                        message[:500] if isinstance(message, str) else None)
-    if kind == "skipped":
-        return Skipped(msg["id"], msg.get("skipped") is True)
-    if kind != "done":
-        raise ProtocolError(f"unknown message type {kind!r}")
-    output = _str(msg, "output")
-    if msg.get("ok") is True:
-        return Done(msg["id"], Outcome(OutcomeKind.COMPLETED, result=msg.get("result"),
-                                       exit_code=None, output=output))
-    delay = msg.get("delay")
-    return Done(msg["id"], Outcome(
-        OutcomeKind.FAILED,
-        error=_error(msg.get("error")),
-        output=output,
-        retry_requested=msg.get("retry") is True,
-        retry_delay=float(delay) if isinstance(delay, int | float) and delay >= 0 else None,
-        fail_now=msg.get("fail") is True,
-    ))

@@ -18,6 +18,7 @@ from asyncjobs.config import Settings
 from asyncjobs.engine.host import DB_FILE
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
 from asyncjobs.models import OutcomeKind, Status
+from asyncjobs.store import Start
 
 REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED, COMPLETED = OutcomeKind.INTERRUPTED, OutcomeKind.COMPLETED
@@ -163,8 +164,8 @@ async def test_cancel_a_job_queued_behind_another_never_runs_it(
         second = (await host.submit("Ok", "record", [str(record), "second"])).id
         draining = asyncio.create_task(drain(host))
         await wait_for_file(tmp_path / "first.started")
-        # Claimed with the first (sent ahead to the same warm worker) but not started.
-        assert (await host.get(second)).status is Status.RUNNING
+        # Reserved with the first (waiting for the one worker) but not started: pending.
+        assert (await host.get(second)).status is Status.PENDING
 
         async with asyncio.timeout(5):
             cancelled = await host.cancel(second)
@@ -262,7 +263,12 @@ async def leave_running(make_host: HostFactory, settings: Settings, clock: FakeC
     """Open a host that claims the due jobs and goes away without recording any outcome,
     the way a host killed mid-attempt leaves its data directory."""
     async with make_host(settings) as host:
-        assert await host.store.claim(clock.now(), 10, {})
+        claimed = await host.store.claim(clock.now(), 10, {})
+        assert claimed
+        # ... and its workers started them.
+        started = [Start(c, clock.now()) for c in claimed]
+        await host.store.dispatch_round(progress={}, started=started, finished=[],
+                                        now=clock.now(), limit=0, capacity={})
 
 
 async def test_an_interruption_does_not_use_up_an_attempt(settings: Settings,

@@ -23,7 +23,7 @@ from asyncjobs.models import (
     StepSpec,
     Transition,
 )
-from asyncjobs.store import Finished
+from asyncjobs.store import Finished, Start
 from asyncjobs.store.sqlite import SqliteStore
 
 NOW = 1_800_000_000.0
@@ -52,6 +52,16 @@ def failed(c: Claimed, status: Status = Status.FAILED, run_at: float | None = No
     error = ErrorInfo("ValueError", "bad", "Traceback ...")
     return finished(c, OutcomeKind.FAILED, Transition(status, run_at=run_at, error=error),
                     error=error)
+
+
+async def claim(store: SqliteStore, now: float, limit: int,
+                capacity: dict[str, int]) -> list[Claimed]:
+    """Reserve due jobs and have their workers start them at once (at ``now``)."""
+    claimed = await store.claim(now, limit, capacity)
+    if claimed:
+        await store.dispatch_round(progress={}, started=[Start(c, now) for c in claimed],
+                                   finished=[], now=now, limit=0, capacity={})
+    return claimed
 
 
 @pytest.fixture
@@ -110,7 +120,7 @@ async def test_claim_orders_by_priority_then_run_at_then_id(store: SqliteStore) 
         spec(run_at=NOW - 5), spec(priority=Priority.HIGH, run_at=NOW),
         spec(run_at=NOW - 1))
 
-    claimed = await store.claim(NOW, 10, {})
+    claimed = await claim(store, NOW, 10, {})
 
     assert [c.id for c in claimed] == [high, med_early, med_late, med_late2, low]
 
@@ -118,12 +128,12 @@ async def test_claim_orders_by_priority_then_run_at_then_id(store: SqliteStore) 
 async def test_claim_takes_only_due_jobs_up_to_the_limit(store: SqliteStore) -> None:
     a, b, _c, later = await ids(store, spec(), spec(), spec(), spec(run_at=NOW + 60))
 
-    first = await store.claim(NOW, 2, {})
+    first = await claim(store, NOW, 2, {})
     assert [c.id for c in first] == [a, b]
     assert [c.attempt for c in first] == [1, 1]
-    assert len(await store.claim(NOW, 10, {})) == 1
-    assert await store.claim(NOW, 10, {}) == []  # later is not due; nothing left twice
-    assert [c.id for c in await store.claim(NOW + 60, 10, {})] == [later]
+    assert len(await claim(store, NOW, 10, {})) == 1
+    assert await claim(store, NOW, 10, {}) == []  # later is not due; nothing left twice
+    assert [c.id for c in await claim(store, NOW + 60, 10, {})] == [later]
 
 
 async def test_future_jobs_of_a_higher_priority_do_not_hide_due_ones(store: SqliteStore,
@@ -134,7 +144,7 @@ async def test_future_jobs_of_a_higher_priority_do_not_hide_due_ones(store: Sqli
                         for i in range(2000)], NOW)
     medium, low = await ids(store, spec("Due"), spec("Due", priority=Priority.LOW))
 
-    assert [c.id for c in await store.claim(NOW, 5, {})] == [medium, low]
+    assert [c.id for c in await claim(store, NOW, 5, {})] == [medium, low]
     with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
         plan = conn.execute(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status = 'pending' AND priority = 1"
@@ -142,33 +152,92 @@ async def test_future_jobs_of_a_higher_priority_do_not_hide_due_ones(store: Sqli
     assert "USING INDEX jobs_due (priority=? AND run_at<?)" in plan[0][3]
 
 
-async def test_claim_marks_running_and_opens_an_attempt(store: SqliteStore) -> None:
+async def test_a_claim_reserves_and_only_a_start_makes_running(store: SqliteStore) -> None:
     (job_id,) = await ids(store, spec())
 
-    await store.claim(NOW + 3, 1, {})
+    (reserved,) = await store.claim(NOW + 3, 1, {})
+    job = await store.get(job_id)
+    assert job is not None
+    # Reserved for a worker but not started: pending to every reader, and claimed once.
+    assert (job.status, job.attempts, job.started_at, job.attempt_history) == (
+        Status.PENDING, 0, None, [])
+    assert (await store.stats(NOW)).counts.get("pending") == 1
+    assert await store.claim(NOW + 3, 1, {}) == []
+
+    await store.dispatch_round(progress={}, started=[Start(reserved, NOW + 4)], finished=[],
+                               now=NOW + 5, limit=0, capacity={})
     job = await store.get(job_id)
 
     assert job is not None
-    assert (job.status, job.attempts, job.started_at) == (Status.RUNNING, 1, NOW + 3)
+    assert (job.status, job.attempts, job.started_at) == (Status.RUNNING, 1, NOW + 4)
     (attempt,) = job.attempt_history
-    assert (attempt.number, attempt.outcome, attempt.started_at) == (1, None, NOW + 3)
+    assert (attempt.number, attempt.outcome, attempt.started_at) == (1, None, NOW + 4)
     assert [c.id for c in await store.running()] == [job_id]
+    assert (await store.stats(NOW)).counts.get("running") == 1
+
+
+async def test_an_attempt_given_back_unreserved_keeps_its_place(store: SqliteStore) -> None:
+    first, second = await ids(store, spec(run_at=NOW - 2), spec(run_at=NOW - 1))
+    c1, c2 = await store.claim(NOW, 2, {})
+    back = Outcome(OutcomeKind.INTERRUPTED, started=False)
+
+    await store.finish([Finished(c1, back, Transition(Status.PENDING, run_at=NOW + 9,
+                                                      counts=False), NOW + 1)])
+    job = await store.get(first)
+
+    assert job is not None
+    assert (job.status, job.run_at, job.attempts, job.attempt_history) == (
+        Status.PENDING, NOW - 2, 0, [])
+    assert [c.id for c in await store.claim(NOW + 1, 5, {})] == [first]
+
+
+async def test_a_reserved_job_is_cancelled_through_its_worker(store: SqliteStore) -> None:
+    (job_id,) = await ids(store, spec())
+    (c,) = await store.claim(NOW, 1, {})
+
+    # Held by a worker: the host must stop it there (the outcome is then recorded).
+    assert (await store.cancel(job_id, NOW, "by request")).previous is Status.RUNNING
+    stopped = Outcome(OutcomeKind.CANCELLED, error=ErrorInfo("Cancelled", "before it started"),
+                      started=False)
+    await store.finish([Finished(c, stopped, Transition(
+        Status.CANCELLED, error=stopped.error, counts=False), NOW + 1)])
+    job = await store.get(job_id)
+
+    assert job is not None
+    assert (job.status, job.attempts, job.attempt_history) == (Status.CANCELLED, 0, [])
+    assert (await store.stats(NOW)).counts.get("cancelled") == 1
+    assert not (await store.stats(NOW)).counts.get("pending")
+
+
+async def test_reservations_left_by_a_dead_host_are_cleared_at_open(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.open()
+    (job_id,) = await ids(store, spec())
+    assert await store.claim(NOW, 1, {})
+    await store.close()
+
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.open()
+    try:
+        assert [c.id for c in await store.claim(NOW, 1, {})] == [job_id]
+    finally:
+        await store.close()
 
 
 async def test_claim_respects_class_capacity(store: SqliteStore) -> None:
     a1, a2, b1, a3, b2 = await ids(store, spec("A"), spec("A"), spec("B"), spec("A"),
                                    spec("B"))
 
-    claimed = await store.claim(NOW, 10, {"A": 1, "B": 5})
+    claimed = await claim(store, NOW, 10, {"A": 1, "B": 5})
 
     assert [c.id for c in claimed] == [a1, b1, b2]
-    assert [c.id for c in await store.claim(NOW, 10, {"A": 0})] == []
-    assert [c.id for c in await store.claim(NOW, 10, {"A": 2})] == [a2, a3]
+    assert [c.id for c in await claim(store, NOW, 10, {"A": 0})] == []
+    assert [c.id for c in await claim(store, NOW, 10, {"A": 2})] == [a2, a3]
 
 
 async def test_completed_attempt_stores_result_and_history(store: SqliteStore) -> None:
     (job_id,) = await ids(store, spec())
-    (c,) = await store.claim(NOW, 1, {})
+    (c,) = await claim(store, NOW, 1, {})
 
     assert await store.finish([done(c, {"ok": [1, 2]}, at=NOW + 2)]) == []
 
@@ -183,7 +252,7 @@ async def test_completed_attempt_stores_result_and_history(store: SqliteStore) -
 
 async def test_retry_transition_requeues_with_the_error_kept(store: SqliteStore) -> None:
     (job_id,) = await ids(store, spec())
-    (c,) = await store.claim(NOW, 1, {})
+    (c,) = await claim(store, NOW, 1, {})
     await store.finish([failed(c, Status.PENDING, run_at=NOW + 5)])
 
     job = await store.get(job_id)
@@ -193,19 +262,19 @@ async def test_retry_transition_requeues_with_the_error_kept(store: SqliteStore)
     assert job.error == ErrorInfo("ValueError", "bad")
     assert job.attempt_history[0].error == ErrorInfo("ValueError", "bad", "Traceback ...")
     assert await store.next_due(NOW) == NOW + 5
-    assert await store.claim(NOW + 4.9, 1, {}) == []
+    assert await claim(store, NOW + 4.9, 1, {}) == []
 
-    (again,) = await store.claim(NOW + 5, 1, {})
+    (again,) = await claim(store, NOW + 5, 1, {})
     assert (again.attempt, again.attempts) == (2, 2)
 
 
 async def test_an_interrupted_attempt_does_not_count(store: SqliteStore) -> None:
     (job_id,) = await ids(store, spec(max_attempts=1))
-    (c,) = await store.claim(NOW, 1, {})
+    (c,) = await claim(store, NOW, 1, {})
     await store.finish([finished(c, OutcomeKind.INTERRUPTED,
                                  Transition(Status.PENDING, run_at=NOW, counts=False))])
 
-    (again,) = await store.claim(NOW, 1, {})
+    (again,) = await claim(store, NOW, 1, {})
 
     assert (again.attempt, again.attempts, again.interruptions) == (2, 1, 1)
     await store.finish([done(again)])
@@ -218,7 +287,7 @@ async def test_an_interrupted_attempt_does_not_count(store: SqliteStore) -> None
 
 async def test_cancel_pending_running_and_finished(store: SqliteStore) -> None:
     pending, running, _ = await ids(store, spec(run_at=NOW + 60), spec(), spec(run_at=NOW + 60))
-    (c,) = await store.claim(NOW, 1, {})
+    (c,) = await claim(store, NOW, 1, {})
     assert c.id == running
 
     result = await store.cancel(pending, NOW, "by request")
@@ -241,12 +310,12 @@ async def test_a_cancelled_job_is_never_claimed(store: SqliteStore) -> None:
     (job_id,) = await ids(store, spec())
     await store.cancel(job_id, NOW, "x")
 
-    assert await store.claim(NOW, 10, {}) == []
+    assert await claim(store, NOW, 10, {}) == []
 
 
 async def test_manual_retry_gives_a_fresh_budget_and_keeps_history(store: SqliteStore) -> None:
     (job_id,) = await ids(store, spec(max_attempts=1))
-    (c,) = await store.claim(NOW, 1, {})
+    (c,) = await claim(store, NOW, 1, {})
     await store.finish([failed(c)])
 
     assert await store.retry(job_id, NOW + 10) == [job_id]
@@ -256,7 +325,7 @@ async def test_manual_retry_gives_a_fresh_budget_and_keeps_history(store: Sqlite
     assert (job.status, job.attempts, job.run_at, job.error, job.finished_at) == (
         Status.PENDING, 0, NOW + 10, None, None)
     assert len(job.attempt_history) == 1
-    (again,) = await store.claim(NOW + 10, 1, {})
+    (again,) = await claim(store, NOW + 10, 1, {})
     assert (again.attempt, again.attempts) == (2, 1)
 
 
@@ -265,7 +334,7 @@ async def test_manual_retry_needs_a_failed_or_cancelled_job(store: SqliteStore,
                                                             state: str) -> None:
     (job_id,) = await ids(store, spec())
     if state != "pending":
-        (c,) = await store.claim(NOW, 1, {})
+        (c,) = await claim(store, NOW, 1, {})
         if state == "completed":
             await store.finish([done(c)])
 
@@ -278,7 +347,7 @@ async def test_unique_key_returns_the_live_job(store: SqliteStore) -> None:
     (second,) = await store.submit([spec(unique_key="k")], NOW)
     assert (second.id, second.duplicate) == (first.id, True)
 
-    (c,) = await store.claim(NOW, 1, {})
+    (c,) = await claim(store, NOW, 1, {})
     (while_running,) = await store.submit([spec(unique_key="k")], NOW)
     assert (while_running.id, while_running.status) == (first.id, Status.RUNNING)
 
@@ -309,24 +378,24 @@ async def test_chain_steps_wait_then_receive_the_previous_result(store: SqliteSt
     jobs = [await store.get(i) for i in (head, second, third)]
     assert [(j.cls, j.chain_id, j.run_at) for j in jobs] == [  # type: ignore[union-attr]
         ("A", head, NOW), ("B", head, None), ("C", head, None)]
-    (c,) = await store.claim(NOW, 10, {})  # only the head is due
+    (c,) = await claim(store, NOW, 10, {})  # only the head is due
     assert (c.id, c.chain_id) == (head, head)
 
     assert await store.finish([done(c, [1], at=NOW + 1)]) == [second]
 
-    (c2,) = await store.claim(NOW + 1, 10, {})
+    (c2,) = await claim(store, NOW + 1, 10, {})
     assert (c2.id, c2.kwargs) == (second, {"previous": [1]})
     assert await store.finish([done(c2, [1, 2])]) == [third]
-    (c3,) = await store.claim(NOW + 1, 10, {})
+    (c3,) = await claim(store, NOW + 1, 10, {})
     assert c3.kwargs == {"k": "v", "previous": [1, 2]}
 
 
 async def test_a_failed_step_cancels_the_rest_and_retry_revives_it(store: SqliteStore) -> None:
     steps = [StepSpec("B", "run"), StepSpec("C", "run")]
     (head,) = await ids(store, spec("A", then=steps))
-    (c,) = await store.claim(NOW, 10, {})
+    (c,) = await claim(store, NOW, 10, {})
     await store.finish([done(c, "a")])
-    (c2,) = await store.claim(NOW + 1, 10, {})
+    (c2,) = await claim(store, NOW + 1, 10, {})
     await store.finish([failed(c2)])
 
     last = await store.get(head + 2)
@@ -377,7 +446,7 @@ async def test_list_filters_and_pages_newest_first(store: SqliteStore) -> None:
 
 async def test_stats_count_jobs_and_finished_attempts(store: SqliteStore) -> None:
     await ids(store, spec("A"), spec("A"), spec("B"))
-    claimed = await store.claim(NOW, 2, {})
+    claimed = await claim(store, NOW, 2, {})
     await store.finish([done(claimed[0], at=NOW + 1), failed(claimed[1])])
 
     stats = await store.stats(NOW + 2)
@@ -454,7 +523,8 @@ async def test_job_counts_match_the_jobs_through_every_transition(
                               now=NOW)
     await _assert_counts_match(store, db)
 
-    a1, a2, a3, a4 = await store.claim(NOW, 4, {})
+    a1, a2, a3 = await claim(store, NOW, 3, {})
+    (a4,) = await store.claim(NOW, 1, {})  # reserved, given back before it starts
     not_started = Finished(a4, Outcome(OutcomeKind.INTERRUPTED, started=False),
                            Transition(Status.PENDING, counts=False), NOW + 1)
     await store.finish([done(a1), failed(a2), failed(a3, Status.PENDING, NOW + 5), not_started])
@@ -463,7 +533,7 @@ async def test_job_counts_match_the_jobs_through_every_transition(
     await store.retry(a2.id, NOW + 2)  # failed -> pending (trigger)
     pending_b = (await store.list_jobs(status=Status.PENDING, cls="B")).jobs[0].id
     await store.cancel(pending_b, NOW + 2, "no")  # pending -> cancelled (trigger)
-    claimed = await store.claim(NOW + 10, 20, {})
+    claimed = await claim(store, NOW + 10, 20, {})
     head = next(c for c in claimed if c.id == chain)
     rest = [c for c in claimed if c.id != chain]
     await store.finish([failed(head)] + [done(c) for c in rest])  # breaks the chain (trigger)
@@ -476,7 +546,7 @@ async def test_job_counts_match_the_jobs_through_every_transition(
 async def test_a_finish_that_misses_a_job_recounts_its_class(store: SqliteStore,
                                                               tmp_path: Path) -> None:
     await ids(store, spec("A"), spec("A"))
-    c1, c2 = await store.claim(NOW, 2, {})
+    c1, c2 = await claim(store, NOW, 2, {})
 
     with contextlib.closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
         conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (c2.id,))
