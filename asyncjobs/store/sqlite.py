@@ -176,8 +176,11 @@ class SqliteStore:
                                "COMMIT;")
             log.info("store schema migrated to version %s", number)
         # One host per SQLite file, and it is only starting: every reservation is a dead
-        # host's (its attempts never started), so its jobs are simply due again.
-        conn.execute("UPDATE jobs SET reserved_at = NULL WHERE reserved_at IS NOT NULL")
+        # host's, and its jobs are due again.
+        conn.execute("BEGIN IMMEDIATE")
+        if writes.release_reservations(conn):
+            log.warning("released the jobs a stopped host had handed to its workers")
+        conn.execute("COMMIT")
         self._conn = conn
 
     async def close(self) -> None:

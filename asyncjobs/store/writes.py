@@ -137,6 +137,26 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
     return claimed
 
 
+def release_reservations(conn: sqlite3.Connection) -> int:
+    """At start-up: every reservation is a dead host's; its jobs are due again.
+
+    Such an attempt may have started in the moment before the host died (its start is
+    recorded by the round after the worker reports it), so each leaves an ``interrupted``
+    attempt row that says so: a job that then runs again shows why.  The row counts neither
+    as an attempt nor as an interruption (poison-pill detection counts real ones only).
+    """
+    rows = conn.execute("SELECT id, runs + 1, reserved_at FROM jobs WHERE reserved_at IS NOT "
+                        "NULL").fetchall()
+    conn.executemany(
+        "INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error_type, "
+        "error_message) VALUES (?, ?, ?, ?, 'interrupted', 'Interrupted', ?)",
+        [(job_id, number, at, at, "the host stopped while this was handed to a worker; it "
+          "may have started") for job_id, number, at in rows])
+    conn.executemany("UPDATE jobs SET runs = ?, reserved_at = NULL WHERE id = ?",
+                     [(number, job_id) for job_id, number, _ in rows])
+    return len(rows)
+
+
 def start(conn: sqlite3.Connection, started: Sequence[Start]) -> None:
     """Reserved attempts a worker has begun: ``running`` from the worker's own start time,
     with their attempt rows (numbered as claimed)."""
@@ -373,11 +393,12 @@ def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     if twin is not None:
         raise WrongState(f"job {job_id} cannot be retried while job {twin[0]} with the same "
                          "unique_key is pending or running")
+    position = _chain_position(conn, job_id)
+    run_at = _retried_step_due(conn, job_id, position, now) if position else now
     conn.execute("UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, "
                  "interruptions = 0, finished_at = NULL, error_type = NULL, "
                  "error_message = NULL, result = NULL WHERE id = ? AND status = ?",
-                 (now, job_id, status.value))
-    position = _chain_position(conn, job_id)
+                 (run_at, job_id, status.value))
     if position is None:
         return [job_id]
     rows = conn.execute(
@@ -386,6 +407,36 @@ def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
         "AND chain_pos > ? AND status = 'cancelled' AND error_type = 'ChainBroken' "
         "RETURNING id", position).fetchall()
     return [job_id, *(row[0] for row in rows)]
+
+
+def _retried_step_due(conn: sqlite3.Connection, job_id: int, position: tuple[int, int],
+                      now: float) -> float | None:
+    """When a retried chain step may run: a step runs only after the one before it
+    completed, with that result as ``previous``.
+
+    Completed: due now, ``previous`` set afresh.  Pending or running: back to waiting (run_at
+    NULL) until it completes.  Failed or cancelled: refused, naming the step to retry.
+    """
+    chain_id, pos = position
+    if pos == 0:
+        return now
+    row = conn.execute("SELECT id, status, result FROM jobs WHERE chain_id = ? AND "
+                       "chain_pos = ?", (chain_id, pos - 1)).fetchone()
+    if row is None:
+        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
+                         "was pruned: its result, this step's 'previous', is gone")
+    before, status, result = row[0], Status(row[1]), row[2]
+    if status in (Status.PENDING, Status.RUNNING):
+        return None
+    if status is not Status.COMPLETED:
+        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
+                         f"(job {before}) ended {status.value}: retry job {before}, and the "
+                         "chain goes on from there")
+    kwargs = orjson.loads(conn.execute("SELECT kwargs FROM jobs WHERE id = ?",
+                                       (job_id,)).fetchone()[0])
+    kwargs["previous"] = orjson.loads(result) if result is not None else None
+    conn.execute("UPDATE jobs SET kwargs = ? WHERE id = ?", (dumps(kwargs), job_id))
+    return now
 
 
 def set_progress(conn: sqlite3.Connection,

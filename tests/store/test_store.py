@@ -219,9 +219,17 @@ async def test_reservations_left_by_a_dead_host_are_cleared_at_open(tmp_path: Pa
     store = SqliteStore(tmp_path / "jobs.db")
     await store.open()
     try:
-        assert [c.id for c in await store.claim(NOW, 1, {})] == [job_id]
+        (again,) = await store.claim(NOW, 1, {})
+        job = await store.get(job_id)
     finally:
         await store.close()
+
+    # Due again; and as it may have started just before the host died, its history says so
+    # (without using up an attempt), and the next attempt is numbered after it.
+    assert job is not None
+    assert (again.id, again.attempt, job.status, job.attempts) == (job_id, 2, Status.PENDING, 0)
+    (maybe,) = job.attempt_history
+    assert (maybe.outcome, maybe.started_at) == (OutcomeKind.INTERRUPTED, NOW)
 
 
 async def test_claim_respects_class_capacity(store: SqliteStore) -> None:
