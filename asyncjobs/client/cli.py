@@ -114,6 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     params = parse_params(args.params, args.json_args)
+    # A refusal is this command's own answer (printed below); the registry's log line of it
+    # is for a host's log, and would print it a second time here.
+    logging.getLogger("asyncjobs.registry").addHandler(logging.NullHandler())
     outcome = asyncio.run(run_once(settings, args.cls, args.method, params,
                                    parse_kw(args.kw), timeout=args.timeout))
     if outcome.output:
@@ -122,8 +125,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_json(outcome.result)
         return EXIT_OK
     error = outcome.error
-    _print_json({"outcome": outcome.kind.value, "exit_code": outcome.exit_code,
-                 "error": error.to_json(with_traceback=True) if error else None})
+    answer: dict[str, JSONValue] = {"outcome": outcome.kind.value}
+    if outcome.exit_code:  # the worker's own exit status: shown only when it did not exit 0
+        answer["worker_exit_code"] = outcome.exit_code
+    answer["error"] = error.to_json(with_traceback=True) if error else None
+    _print_json(answer)
     return EXIT_JOB_FAILED
 
 

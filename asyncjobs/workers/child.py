@@ -230,8 +230,11 @@ def check_arguments(func: Any, job: JobRequest) -> None:
     try:
         signature.bind(*job.args, **job.kwargs)
     except TypeError as exc:
-        raise ArgumentsError(f"{job.cls}.{job.method}{signature} cannot take the arguments "
-                             f"given: {exc}") from None
+        # Names and defaults only: annotations are often strings (postponed evaluation).
+        bare = signature.replace(return_annotation=inspect.Signature.empty, parameters=[
+            p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()])
+        raise ArgumentsError(f"{job.cls}.{job.method}{bare} cannot take the arguments given: "
+                             f"{exc}") from None
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

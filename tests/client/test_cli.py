@@ -354,3 +354,34 @@ def test_client_commands_never_load_the_store_or_the_host(served: ServedHost) ->
                           env=clean_env(ASYNCJOBS_CONFIG=str(served.config)), check=False,
                           timeout=30)
     assert done.stdout.splitlines()[-1] == "0 []", done.stderr
+
+
+# -- rough edges of `run` and of arguments (issue #14) -------------------------------------
+
+def test_run_prints_a_refusal_once(served: ServedHost) -> None:
+    refused = served.cli("run", "NotAllowed", "run")
+
+    assert refused.returncode == 2
+    assert refused.stderr.count("is not in the allow-list") == 1, refused.stderr
+
+
+def test_run_of_a_failing_job_shows_no_exit_status_of_a_worker_that_exited_normally(
+        served: ServedHost) -> None:
+    failed = served.cli("run", "UserLoginService", "handle", "--json", '[""]')
+
+    assert failed.returncode == 1
+    answer = json.loads(failed.stdout)
+    assert answer["outcome"] == "failed" and answer["error"]["type"] == "ValueError"
+    assert "exit_code" not in answer and "worker_exit_code" not in answer
+
+
+def test_arguments_that_do_not_fit_the_signature_fail_at_once(served: ServedHost) -> None:
+    submitted = served.cli("submit", "SampleJob", "process", "--kw", "nope=1", "--json")
+    job_id = str(json.loads(submitted.stdout)["id"])
+    assert served.cli("wait", job_id, "--timeout", "20").returncode == 1
+    job = json.loads(served.cli("status", job_id, "--json").stdout)
+
+    assert (job["status"], job["attempts"]) == ("failed", 1)  # no retry: it can never fit
+    assert job["error"]["type"] == "ArgumentsError"
+    assert "SampleJob.process(*params, previous=None) cannot take" in job["error"]["message"]
+    assert "unexpected keyword argument 'nope'" in job["error"]["message"]

@@ -62,7 +62,7 @@ async def test_a_step_retried_while_its_predecessor_runs_waits_for_it(
 async def test_a_step_retried_after_its_predecessor_completed_gets_its_result(
         settings: Settings, make_host: HostFactory, drain: Drain, tmp_path: Path) -> None:
     async with make_host(settings) as host:
-        head, step, hold = await _held_chain(host, tmp_path)
+        _, step, hold = await _held_chain(host, tmp_path)
         draining = asyncio.create_task(drain(host))
         try:
             await _wait_for_file(tmp_path / "first.started")

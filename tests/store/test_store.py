@@ -177,8 +177,8 @@ async def test_a_claim_reserves_and_only_a_start_makes_running(store: SqliteStor
 
 
 async def test_an_attempt_given_back_unreserved_keeps_its_place(store: SqliteStore) -> None:
-    first, second = await ids(store, spec(run_at=NOW - 2), spec(run_at=NOW - 1))
-    c1, c2 = await store.claim(NOW, 2, {})
+    first, _ = await ids(store, spec(run_at=NOW - 2), spec(run_at=NOW - 1))
+    c1, _ = await store.claim(NOW, 2, {})
     back = Outcome(OutcomeKind.INTERRUPTED, started=False)
 
     await store.finish([Finished(c1, back, Transition(Status.PENDING, run_at=NOW + 9,
