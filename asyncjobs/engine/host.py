@@ -25,7 +25,7 @@ from typing import IO
 
 import orjson
 
-from .. import registry
+from .. import files, registry
 from ..clock import Clock, SystemClock
 from ..config import Settings
 from ..errors import HostLocked, JobNotFound, NotAllowed, Unavailable
@@ -33,7 +33,6 @@ from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
 from ..store import FileBackup, HostRow, Page, Store, Submitted
 from ..store.backup import BackupInfo
 from ..store.factory import DB_FILE, open_store
-from ..workers import procs
 from ..workers.launcher import Launcher, SubprocessLauncher
 from . import datadir, policy
 from .dispatcher import Dispatcher
@@ -98,7 +97,7 @@ class Host:
     def _take_lock(self) -> None:
         datadir.prepare(self.data_dir, files=(DB_FILE,))
         handle = os.fdopen(datadir.open_private(self.data_dir / LOCK_FILE), "a+b")
-        if not procs.try_lock(handle):
+        if not files.try_lock(handle):
             handle.close()
             raise HostLocked(f"another asyncjobs host is already running on "
                              f"{self.data_dir}; stop it first or use another data_dir")

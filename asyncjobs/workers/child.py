@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from .. import files
 from ..errors import Fail, Retry
 from . import context, procs
 from .guard import Limits, guarded
@@ -542,7 +543,7 @@ class ForkServer:
             os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
             # The host created the file (and reads it through its own handle): open that very
             # file, never a FIFO, symlink or other file a job may have put at its path.
-            capture_fd = procs.open_existing(output, (identity[0], identity[1]))
+            capture_fd = files.open_existing(output, (identity[0], identity[1]))
             # Keep only the pipe and the capture file: not the host's channel (fd 1 until
             # Capture.reset), not the other children's pipes, not the server's self-pipe.
             _close_fds_except(write_fd, capture_fd, limit=self.open_max)

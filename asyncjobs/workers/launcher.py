@@ -27,6 +27,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from .. import files
 from ..config import Settings
 from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from . import procs
@@ -175,7 +176,7 @@ class WorkerProcess:
 
     def output_tail(self) -> str:
         """What the job printed, read by the host when the worker cannot tell us itself."""
-        return procs.read_tail(self.output, self.output_limit)
+        return files.read_tail(self.output, self.output_limit)
 
     def _begin(self, slot: _Slot) -> None:
         """``slot`` is now the head: the worker runs it, unless a skip took it back first."""
@@ -411,7 +412,7 @@ class ForkedJob:
         self.output_limit = settings.max_output_bytes
         # Created here and read only through this handle: the job knows the path and may
         # put a FIFO or a symlink there, which the host must never open.
-        self.output = procs.create_private(path)
+        self.output = files.create_private(path)
         self.queue: deque[_Slot] = deque()  # its one attempt, from execute() on
         self.key = 0
         self.pid: int | None = None
@@ -536,7 +537,7 @@ class ForkedJob:
     def output_tail(self) -> str:
         """What the job printed, read by the host when the child cannot tell us itself;
         then, if the server died under it, the end of what the server wrote to stderr."""
-        tail = procs.read_tail(self.output, self.output_limit)
+        tail = files.read_tail(self.output, self.output_limit)
         if self._server_errors:
             tail += f"\n[the fork server's own error output]\n{self._server_errors}"
             tail = tail[-self.output_limit:]
@@ -571,7 +572,7 @@ def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
     # Written aside and renamed over: a symlink a job left at the name is replaced, not
     # followed.
     staged = run_dir / f"{ALLOW_LIST}.new"
-    with procs.create_private(staged) as f:
+    with files.create_private(staged) as f:
         f.write(orjson.dumps({"jobs": jobs, "limits": limits}))
     os.replace(staged, run_dir / ALLOW_LIST)
 
