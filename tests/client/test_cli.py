@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from serve_fixture import ServedHost, clean_env, serve
 
-from asyncjobs.client import cli, display
+from asyncjobs.client import cli, commands, display
 from asyncjobs.errors import InvalidField
 
 JOB_KEYS = {"id", "class", "method", "args", "kwargs", "status", "priority", "attempts",
@@ -308,12 +308,12 @@ def test_json_flag_means_arguments_only_before_an_array(argv: list[str],
 
 
 def test_parse_step() -> None:
-    assert cli.parse_step("A:m") == {"class": "A", "method": "m", "args": []}
-    assert cli.parse_step("A:m:x,y") == {"class": "A", "method": "m", "args": ["x", "y"]}
-    assert cli.parse_step('A:m:[1, {"k": "a:b"}]') == {"class": "A", "method": "m",
+    assert commands.parse_step("A:m") == {"class": "A", "method": "m", "args": []}
+    assert commands.parse_step("A:m:x,y") == {"class": "A", "method": "m", "args": ["x", "y"]}
+    assert commands.parse_step('A:m:[1, {"k": "a:b"}]') == {"class": "A", "method": "m",
                                                        "args": [1, {"k": "a:b"}]}
     with pytest.raises(InvalidField):
-        cli.parse_step("A")
+        commands.parse_step("A")
 
 
 def test_bad_kw_and_json_args_exit_2(run: Any) -> None:

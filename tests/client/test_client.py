@@ -18,7 +18,8 @@ import pytest
 from serve_fixture import InProcess, ServedHost, clean_env, in_process, make_project, serve
 
 from asyncjobs import AsyncJobsClient, submit_job, submit_job_sync
-from asyncjobs.client.api_client import discover, submit_body
+from asyncjobs.client.api_client import submit_body
+from asyncjobs.client.discovery import discover
 from asyncjobs.errors import (
     AsyncJobsError,
     ConfigError,
