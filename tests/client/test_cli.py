@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from serve_fixture import ServedHost, clean_env, serve
+from serve_fixture import ServedHost, clean_env, closed_port_url, serve
 
 from asyncjobs.client import cli, commands, display
 from asyncjobs.errors import InvalidField
@@ -59,13 +58,6 @@ def run(served: ServedHost, capsys: pytest.CaptureFixture[str],
         return Result(code, captured.out, captured.err)
 
     return call
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # -- as a subprocess ---------------------------------------------------------------------------
