@@ -16,6 +16,11 @@ round's own transaction, and a submit wakes the dispatcher only when its job is 
 the timer would fire, so a job submitted for later costs the dispatcher nothing.
 ``drain()`` ticks until nothing is due or running, which makes tests deterministic with an
 injected clock.
+
+The dispatcher hears other parties only through the notifier (``due`` wakes it, ``cancel``
+stops an attempt it runs) and keeps no truth another host would need: per-class
+``concurrency`` is counted by the store inside the claim, and a cancel is also a mark in the
+store that each round reads back, so one that raced the claim or lost its signal still lands.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
 from dataclasses import dataclass
 
 from ..clock import Clock
@@ -32,8 +36,8 @@ from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind, Status
 from ..store import Finished, Start, Store
 from ..workers.launcher import Launcher
 from . import policy
-from .events import EventBus
 from .logs import JobLog
+from .roles import Event, Notifier
 
 log = logging.getLogger("asyncjobs.engine.dispatcher")
 
@@ -55,8 +59,9 @@ class _Running:
 
 class Dispatcher:
     def __init__(self, *, store: Store, launcher: Launcher, settings: Settings, clock: Clock,
-                 events: EventBus, job_log: JobLog,
+                 events: Notifier, job_log: JobLog, host_id: str = "local",
                  rand: policy.Random = random.random) -> None:
+        self.host_id = host_id
         self.store = store
         self.launcher = launcher
         self.settings = settings
@@ -65,8 +70,10 @@ class Dispatcher:
         self.job_log = job_log
         self.rand = rand
         self.running: dict[int, _Running] = {}
-        self.progress: dict[int, tuple[float, str | None]] = {}
-        self._per_class: Counter[str] = Counter()
+        self._concurrency = {name: job.concurrency for name, job in settings.jobs.items()
+                             if job.concurrency is not None}
+        # Attempts stopped before the launcher took them (cancelled right after the claim).
+        self._stop_before_start: dict[int, OutcomeKind] = {}
         self._ended: list[tuple[Claimed, Outcome, float, float]] = []
         self._starts: list[Start] = []
         self._unwritten: list[Finished] = []
@@ -79,6 +86,18 @@ class Dispatcher:
         self._next_due: float | None = None  # earliest future run_at, as of the last round
         self._stopping = False
         self._storage_ok = True
+        self._unlisten = events.listen(self._on_event)
+
+    def close(self) -> None:
+        """Stop hearing the notifier (the host is closing)."""
+        self._unlisten()
+
+    def _on_event(self, event: Event) -> None:
+        kind = event.get("type")
+        if kind == "due":
+            self.due_at(float(event["run_at"]))
+        elif kind == "cancel" and not self.stop_attempt(int(event["id"])):
+            self.wake()  # claimed a moment ago, perhaps: the round reads the store's mark
 
     # -- waking ------------------------------------------------------------------------------
 
@@ -129,9 +148,8 @@ class Dispatcher:
             return 0
         try:
             done = await self.store.dispatch_round(
-                progress=progress, started=started, finished=finished, now=now,
-                limit=max(free, 0), capacity=self._capacity() if free > 0 or outrank else {},
-                outrank=outrank)
+                host=self.host_id, progress=progress, started=started, finished=finished,
+                now=now, limit=max(free, 0), concurrency=self._concurrency, outrank=outrank)
         except Exception as exc:  # storage trouble (or a bug in a write): keep, retry later
             # The attempts are still as they were on disk until this write succeeds.
             self._unwritten, self._unwritten_starts = finished, started
@@ -144,13 +162,14 @@ class Dispatcher:
         self._storage_ok = True
         for f in finished:
             self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
-            self.progress.pop(f.claimed.id, None)
         for step_id in done.advanced:
             self.events.publish({"type": "job", "id": step_id, "status": "pending"})
         if free > 0:
             self._next_due = done.next_due
         for job in done.claimed:
             self._launch(job)
+        for job_id in done.cancel:
+            self.stop_attempt(job_id)
         return len(done.claimed)
 
     def _outrank(self) -> tuple[int, int] | None:
@@ -174,10 +193,6 @@ class Dispatcher:
         self._last_progress_flush = now
         dirty, self._dirty_progress = self._dirty_progress, {}
         return dirty
-
-    def _capacity(self) -> dict[str, int]:
-        return {name: job.concurrency - self._per_class[name]
-                for name, job in self.settings.jobs.items() if job.concurrency is not None}
 
     def _storage_error(self, what: str, exc: BaseException | None) -> None:
         self._storage_ok = False
@@ -215,7 +230,6 @@ class Dispatcher:
             self.settings.workers.isolation
 
     def _launch(self, claimed: Claimed) -> None:
-        self._per_class[claimed.cls] += 1
         task = asyncio.create_task(self._attempt(claimed), name=f"asyncjobs-job-{claimed.id}")
         self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), self.clock.now(),
                                             task)
@@ -244,8 +258,14 @@ class Dispatcher:
 
     async def _attempt(self, claimed: Claimed) -> None:
         try:
-            outcome = await self.launcher.run(claimed, self._isolation(claimed.cls),
-                                              self._on_progress, self._on_start)
+            stopped = self._stop_before_start.pop(claimed.id, None)
+            if stopped is not None:  # never reached a worker: no execution to count
+                outcome = Outcome(stopped, error=ErrorInfo(
+                    stopped.value.capitalize(), f"{stopped.value} before it started"),
+                    started=False)
+            else:
+                outcome = await self.launcher.run(claimed, self._isolation(claimed.cls),
+                                                  self._on_progress, self._on_start)
         except asyncio.CancelledError:
             # The host is going down hard; the attempt stays "running" on disk and is
             # recovered as interrupted at the next start.  Never a job failure.
@@ -264,18 +284,24 @@ class Dispatcher:
         elif entry.began is not None:
             duration = max(0.0, now - entry.began)
         self.running.pop(claimed.id)
-        self._per_class[claimed.cls] -= 1
+        self._stop_before_start.pop(claimed.id, None)  # asked when it had already ended
         self._ended.append((claimed, outcome, now, duration))
         self.wake()
 
     def _on_progress(self, job_id: int, fraction: float, message: str | None) -> None:
-        self.progress[job_id] = self._dirty_progress[job_id] = (fraction, message)
+        self._dirty_progress[job_id] = (fraction, message)
         self.events.publish({"type": "progress", "id": job_id, "fraction": fraction,
                              "message": message})
 
     def stop_attempt(self, job_id: int, kind: OutcomeKind = OutcomeKind.CANCELLED) -> bool:
-        """Kill a running attempt (cancel, or interrupt at shutdown)."""
-        return job_id in self.running and self.launcher.stop(job_id, kind)
+        """Kill an attempt this host runs (cancel, or interrupt at shutdown); False if it
+        runs no such attempt."""
+        if job_id not in self.running:
+            return False
+        if not self.launcher.stop(job_id, kind):
+            # Launched a moment ago and not yet handed to the launcher: stop it at the door.
+            self._stop_before_start.setdefault(job_id, kind)
+        return True
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -321,14 +347,18 @@ class Dispatcher:
             await self._wait(self._sleep_time())
 
     async def recover(self) -> int:
-        """Record attempts a dead host left running as interrupted; requeue their jobs."""
-        orphans = await self.store.running()
+        """Record attempts dead hosts left running as interrupted (their jobs run again) or,
+        if a cancel came for them meanwhile, cancelled.
+
+        Only attempts whose host is gone (see :meth:`Store.orphans`): a live host's are
+        left alone, and so are this host's own."""
+        orphans = await self.store.orphans(self.clock.now(), alive=self.host_id)
         now = self.clock.now()
-        error = ErrorInfo("Interrupted", "the host stopped while this attempt ran")
-        finished = [self._decide(c, Outcome(OutcomeKind.INTERRUPTED, error=error), now, 0.0)
-                    for c in orphans]
+        finished = [self._decide(c, _orphaned(c), now, 0.0) for c in orphans]
         if finished:
             await self.store.finish(finished)
+            for f in finished:
+                self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
             log.warning("recovered %d interrupted job(s): %s", len(finished),
                         ", ".join(str(c.id) for c in orphans[:20]))
         return len(finished)
@@ -342,6 +372,16 @@ class Dispatcher:
     def interrupt_all(self) -> None:
         for job_id in list(self.running):
             self.launcher.stop(job_id, OutcomeKind.INTERRUPTED)
+
+
+def _orphaned(claimed: Claimed) -> Outcome:
+    """How an attempt whose host died ends: interrupted (it runs again), or cancelled if a
+    cancel came for it meanwhile (the host that would have killed it is gone)."""
+    if claimed.cancel_requested:
+        return Outcome(OutcomeKind.CANCELLED, error=ErrorInfo(
+            "Cancelled", "cancelled by request; its host stopped while it ran"))
+    return Outcome(OutcomeKind.INTERRUPTED, error=ErrorInfo(
+        "Interrupted", "the host stopped while this attempt ran"))
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

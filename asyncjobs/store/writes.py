@@ -18,7 +18,7 @@ import orjson
 
 from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Round, Start, Submitted
+from . import CancelResult, Finished, Round, Start, Submitted, check_transition
 
 log = logging.getLogger("asyncjobs.store")
 
@@ -107,14 +107,36 @@ def _insert_one(conn: sqlite3.Connection, spec: JobSpec, now: float) -> Submitte
     return Submitted(job_id, Status.PENDING)
 
 
-def claim(conn: sqlite3.Connection, now: float, limit: int,
-          capacity: dict[str, int], *, below: int | None = None) -> list[Claimed]:
-    """Reserve up to ``limit`` due jobs: priority, then run_at, then id (``below``: only
-    of a priority ranked better than that).
+def _capacity(conn: sqlite3.Connection, concurrency: Mapping[str, int]) -> dict[str, int]:
+    """Room left per capped class: its limit minus its running and reserved jobs in the
+    whole store (a reserved job may start any moment: it counts already).
+
+    Running ones are read from ``job_counts``, which every start and finish keeps exact in
+    its own transaction; reserved ones from a partial index holding only those few rows.
+    """
+    if not concurrency:
+        return {}
+    marks = ",".join("?" * len(concurrency))
+    running = dict(conn.execute(
+        f"SELECT class, n FROM job_counts WHERE status = 'running' AND class IN ({marks})",  # noqa: S608
+        list(concurrency)).fetchall())
+    reserved = dict(conn.execute(
+        f"SELECT class, COUNT(*) FROM jobs INDEXED BY jobs_reserved WHERE reserved_at IS NOT "  # noqa: S608
+        f"NULL AND class IN ({marks}) GROUP BY class", list(concurrency)).fetchall())
+    return {cls: limit - running.get(cls, 0) - reserved.get(cls, 0)
+            for cls, limit in concurrency.items()}
+
+
+def claim(conn: sqlite3.Connection, now: float, limit: int, concurrency: Mapping[str, int],
+          host: str, *, below: int | None = None) -> list[Claimed]:
+    """Reserve up to ``limit`` due jobs for ``host``: priority, then run_at, then id
+    (``below``: only of a priority ranked better than that).
 
     They stay ``pending`` (readers see no difference) until :func:`start`; the mark only
-    keeps other claims off them.
+    keeps other claims off them.  A class in ``concurrency`` gets no more running and
+    reserved jobs than its limit, across all hosts.
     """
+    capacity = _capacity(conn, concurrency)
     claimed: list[Claimed] = []
     while len(claimed) < limit:
         full = [cls for cls, left in capacity.items() if left <= 0]
@@ -132,8 +154,8 @@ def claim(conn: sqlite3.Connection, now: float, limit: int,
         if not capped or len(rows) < want:
             break
     if claimed:
-        conn.executemany("UPDATE jobs SET reserved_at = ? WHERE id = ? AND status = 'pending'",
-                         [(now, c.id) for c in claimed])
+        conn.executemany("UPDATE jobs SET reserved_at = ?, cancel_requested = 0 WHERE id = ? "
+                         "AND status = 'pending'", [(now, c.id) for c in claimed])
     return claimed
 
 
@@ -157,15 +179,17 @@ def release_reservations(conn: sqlite3.Connection) -> int:
     return len(rows)
 
 
-def start(conn: sqlite3.Connection, started: Sequence[Start]) -> None:
+def start(conn: sqlite3.Connection, started: Sequence[Start], host: str) -> None:
     """Reserved attempts a worker has begun: ``running`` from the worker's own start time,
-    with their attempt rows (numbered as claimed)."""
+    with their attempt rows (numbered as claimed) naming ``host``."""
     changed = conn.executemany(
         "UPDATE jobs SET status = 'running', runs = ?, attempts = ?, started_at = ?, "
-        "reserved_at = NULL WHERE id = ? AND status = 'pending'",
-        [(s.claimed.attempt, s.claimed.attempts, s.at, s.claimed.id) for s in started]).rowcount
-    conn.executemany("INSERT INTO attempts (job_id, number, started_at) VALUES (?, ?, ?)",
-                     [(s.claimed.id, s.claimed.attempt, s.at) for s in started])
+        "host = ?, reserved_at = NULL WHERE id = ? AND status = 'pending'",
+        [(s.claimed.attempt, s.claimed.attempts, s.at, host, s.claimed.id)
+         for s in started]).rowcount
+    conn.executemany("INSERT INTO attempts (job_id, number, started_at, host) "
+                     "VALUES (?, ?, ?, ?)",
+                     [(s.claimed.id, s.claimed.attempt, s.at, host) for s in started])
     if changed == len(started):
         adjust_counts(conn, _moves(Counter((s.claimed.cls, "pending", "running")
                                            for s in started)))
@@ -175,24 +199,33 @@ def start(conn: sqlite3.Connection, started: Sequence[Start]) -> None:
         recount(conn, {s.claimed.cls for s in started})
 
 
-def dispatch_round(conn: sqlite3.Connection, *,
+def dispatch_round(conn: sqlite3.Connection, *, host: str,
                    progress: Mapping[int, tuple[float, str | None]],
                    started: Sequence[Start] = (), finished: Sequence[Finished], now: float,
-                   limit: int, capacity: dict[str, int],
+                   limit: int, concurrency: Mapping[str, int],
                    outrank: tuple[int, int] | None = None) -> Round:
     """A dispatcher round: one op, so one transaction and no future per part."""
     if progress:
         set_progress(conn, progress)
     if started:  # before the finishes: an attempt may start and end within one round
-        start(conn, started)
+        start(conn, started, host)
     advanced = finish(conn, finished) if finished else []
+    # The running jobs are few (at most the hosts' capacity): a short range of jobs_status.
+    cancel = [row[0] for row in conn.execute(
+        "SELECT id FROM jobs WHERE status = 'running' AND cancel_requested = 1 AND host = ?",
+        (host,))]
+    # ... and the reserved ones (SQLite: one host, so every reservation is this host's).
+    cancel += [row[0] for row in conn.execute(
+        "SELECT id FROM jobs INDEXED BY jobs_reserved WHERE reserved_at IS NOT NULL "
+        "AND cancel_requested = 1")]
     if limit <= 0:
         if outrank is None:
-            return Round(advanced, [], None)
+            return Round(advanced, [], None, cancel)
         rank, most = outrank
-        return Round(advanced, claim(conn, now, most, capacity, below=rank), None)
-    claimed = claim(conn, now, limit, capacity)
-    return Round(advanced, claimed, next_due(conn, now))
+        return Round(advanced, claim(conn, now, most, concurrency, host, below=rank), None,
+                     cancel)
+    claimed = claim(conn, now, limit, concurrency, host)
+    return Round(advanced, claimed, next_due(conn, now), cancel)
 
 
 def next_due(conn: sqlite3.Connection, after: float) -> float | None:
@@ -235,20 +268,24 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
     ran = [f for f in finished if f.outcome.started]
     if len(ran) < len(finished):
         _give_back(conn, [f for f in finished if not f.outcome.started])
+    for f in ran:
+        check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
     conn.executemany(
         "UPDATE attempts SET outcome = ?, finished_at = ?, exit_code = ?, error_type = ?, "
-        "error_message = ?, traceback = ?, output = ? WHERE job_id = ? AND number = ?",
+        "error_message = ?, traceback = ?, output = ?, strays = ? "
+        "WHERE job_id = ? AND number = ?",
         [(f.outcome.kind.value, f.at, f.outcome.exit_code,
           f.outcome.error.type if f.outcome.error else None,
           f.outcome.error.message if f.outcome.error else None,
           f.outcome.error.traceback if f.outcome.error else None,
-          f.outcome.output, f.claimed.id, f.claimed.attempt)
+          f.outcome.output, f.outcome.strays, f.claimed.id, f.claimed.attempt)
          for f in ran])
     changed = conn.executemany(
         "UPDATE jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, "
         "result = ?, error_type = ?, error_message = ?, attempts = attempts - ?, "
         "interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
-        "WHEN 'keep' THEN interruptions ELSE 0 END WHERE id = ? AND status = 'running'",
+        "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL, cancel_requested = 0 "
+        "WHERE id = ? AND status = 'running'",
         [_job_update(f) for f in ran]).rowcount
     if changed == len(ran):
         adjust_counts(conn, _moves(Counter((f.claimed.cls, "running", f.transition.status.value)
@@ -369,9 +406,11 @@ def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> Ca
     if status in TERMINAL:
         raise WrongState(f"job {job_id} is already {status.value}")
     if status is Status.RUNNING or _reserved(conn, job_id):
-        # Held by a worker (running, or reserved and maybe starting this very moment): the
-        # dispatcher stops it there, and its outcome is recorded like any other.
+        # Held by a worker (running, or reserved and maybe starting this very moment): only
+        # its host can stop it there; it records the outcome when the attempt ends.
+        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         return CancelResult(Status.RUNNING, [])
+    check_transition(job_id, status, Status.CANCELLED)
     conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = "
                  "'Cancelled', error_message = ? WHERE id = ? AND status = 'pending'",
                  (now, reason, job_id))
@@ -382,7 +421,7 @@ def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> Ca
 def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
     status = status_of(conn, job_id)
-    if status not in (Status.FAILED, Status.CANCELLED):
+    if status not in (Status.FAILED, Status.CANCELLED):  # running -> pending is the policy's
         raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
                          "be retried")
     # Its unique_key may have gone to a newer job meanwhile; two live jobs may not share one.
@@ -393,6 +432,7 @@ def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     if twin is not None:
         raise WrongState(f"job {job_id} cannot be retried while job {twin[0]} with the same "
                          "unique_key is pending or running")
+    check_transition(job_id, status, Status.PENDING)
     position = _chain_position(conn, job_id)
     run_at = _retried_step_due(conn, job_id, position, now) if position else now
     conn.execute("UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, "
@@ -444,38 +484,3 @@ def set_progress(conn: sqlite3.Connection,
     conn.executemany("UPDATE jobs SET progress = ?, progress_message = ? WHERE id = ?",
                      [(fraction, message, job_id)
                       for job_id, (fraction, message) in updates.items()])
-
-
-def save_schedule(conn: sqlite3.Connection, name: str, *, expression: str, next_run: float,
-                  last_run: float | None = None, last_job_id: int | None = None) -> None:
-    conn.execute(
-        "INSERT INTO schedules (name, expression, next_run, last_run, last_job_id) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET expression = excluded.expression,"
-        " next_run = excluded.next_run, last_run = COALESCE(excluded.last_run, last_run), "
-        "last_job_id = COALESCE(excluded.last_job_id, last_job_id)",
-        (name, expression, next_run, last_run, last_job_id))
-
-
-def fire_schedule(conn: sqlite3.Connection, name: str, *, expression: str, spec: JobSpec,
-                  next_run: float, now: float) -> int:
-    (submitted,) = submit(conn, [spec], now)
-    save_schedule(conn, name, expression=expression, next_run=next_run, last_run=now,
-                  last_job_id=submitted.id)
-    return submitted.id
-
-
-def prune(conn: sqlite3.Connection, before: float, statuses: Sequence[Status],
-          limit: int) -> int:
-    marks = ",".join("?" * len(statuses))
-    # Pinned to the finished_at index: by status, a prune that finds nothing old would walk
-    # every finished job, inside the writer, every ten minutes.
-    rows = conn.execute(
-        "SELECT id FROM jobs INDEXED BY jobs_finished WHERE finished_at < ? "  # noqa: S608
-        f"AND status IN ({marks}) LIMIT ?", (before, *(s.value for s in statuses), limit),
-    ).fetchall()
-    ids = [(row[0],) for row in rows]
-    conn.executemany("DELETE FROM attempts WHERE job_id = ?", ids)
-    conn.executemany("DELETE FROM jobs WHERE id = ?", ids)
-    # Throughput buckets follow the jobs' retention (only the last hour is ever read).
-    conn.execute("DELETE FROM attempt_minutes WHERE minute < ?", (before,))
-    return len(ids)

@@ -47,14 +47,16 @@ NOT_STARTED = {
 AttemptFuture = asyncio.Future["Outcome | Ended"]
 
 
-def stopped(slot: Slot, kind: OutcomeKind, exit_code: int | None, output: str) -> Outcome:
-    """The outcome of an attempt killed for its timeout, a cancel or a shutdown."""
+def stopped(slot: Slot, kind: OutcomeKind, exit_code: int | None, output: str,
+            strays: int) -> Outcome:
+    """The outcome of an attempt killed for its timeout, a cancel or a shutdown; ``strays``:
+    its job's processes outside the worker's group, killed with it."""
     if kind is OutcomeKind.TIMEOUT:
         error = ErrorInfo("Timeout", f"exceeded its timeout of {slot.job.timeout:g}s; "
                           "worker killed")
     else:
         error = STOP_ERRORS[kind]
-    return Outcome(kind, error=error, exit_code=exit_code, output=output)
+    return Outcome(kind, error=error, exit_code=exit_code, output=output, strays=strays)
 
 
 def settle(future: AttemptFuture, value: Outcome | Ended) -> bool:
@@ -104,6 +106,7 @@ class WorkerHandle:
     grace: float
     output: IO[bytes]
     path: Path
+    strays: int  # processes of its job killed with it (kill, crash)
 
     @property
     def ended(self) -> bool:
@@ -125,6 +128,9 @@ class WorkerHandle:
     async def _closed(self) -> None:
         """After the process is gone: what else the handle must wait for."""
 
+    async def _after_death(self) -> None:
+        """It died by itself: end what its job left behind (counted in ``strays``)."""
+
     async def kill(self) -> None:
         """SIGTERM to the group, SIGKILL after the grace, and always reaped.
 
@@ -142,9 +148,10 @@ class WorkerHandle:
         if ended.error_type == "ProtocolError":
             await self.kill()
         code = await self.wait()
+        await self._after_death()
         message = ended.why or f"the worker {describe_exit(code)} before reporting a result"
         return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(ended.error_type, message),
-                       exit_code=code, output=self.output_tail())
+                       exit_code=code, output=self.output_tail(), strays=self.strays)
 
     async def close(self) -> None:
         """Let it exit by itself (it has answered), or kill it; then remove its file."""

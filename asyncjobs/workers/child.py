@@ -16,6 +16,7 @@ instead of an interpreter start-up.  See :class:`ForkServer`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
 import inspect
@@ -27,13 +28,15 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import orjson
 
+from .. import files
 from ..errors import Fail, Retry
 from . import context, procs
+from .guard import Limits, guarded
 from .protocol import (
     ErrorReport,
     ForkRequest,
@@ -180,7 +183,8 @@ class Capture:
         return data.decode("utf-8", "replace")
 
 
-def load_allow_list(config_path: str) -> dict[str, Any]:
+def load_allow_list(config_path: str) -> tuple[dict[str, Any], Limits]:
+    """The allow-list the host wrote in the run directory, and the bounds it set."""
     # In the run directory, which a job can write: a regular file only (not a FIFO that
     # would block us, not a symlink to something else).
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -189,7 +193,7 @@ def load_allow_list(config_path: str) -> dict[str, Any]:
             raise OSError(f"{config_path!r} is not a regular file")
         doc = orjson.loads(f.read())
     jobs = doc.get("jobs", {}) if isinstance(doc, dict) else {}
-    return jobs if isinstance(jobs, dict) else {}
+    return (jobs if isinstance(jobs, dict) else {}), Limits.from_doc(doc)
 
 
 def resolve(allow: dict[str, Any], cls_name: str, method: str) -> Any:
@@ -320,8 +324,9 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     os.close(devnull)
     sys.path.insert(0, base_dir)
     capture = Capture(os.dup(2), output_limit)  # a private fd the job cannot close by accident
-    allow = load_allow_list(config_path)
+    allow, limits = load_allow_list(config_path)
     context.set_reporter(channel.progress)
+    procs.become_subreaper()  # what a job starts stays below us, to be killed at its end
     host_pid = os.getppid()
     while (job := inbox.next_job()) is not None:
         if os.getppid() != host_pid:
@@ -330,10 +335,13 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
             break
         channel.job_id = job.id
         capture.reset()
-        reply = run_job(job, allow, max_result, channel)
+        reply = guarded(job, limits, functools.partial(run_job, job, allow, max_result, channel),
+                        functools.partial(send_reply, job, channel=channel, capture=capture))
         inbox.job_done()  # the job's code has returned: nothing left to stop if input closes
         send_reply(job, reply, channel, capture)
-        if once:
+        if once or limits.worker_too_big():
+            # Grown too big to keep (max_memory_per_worker): exit; the host requeues what it
+            # sent ahead, which never started, and starts a fresh worker.
             break
 
 
@@ -359,6 +367,7 @@ class _Forked:
     code: int | None = None  # its exit status (like Popen.returncode) once reaped
     reaped: bool = False  # its pid may belong to someone else: never signal it again
     killed: bool = False  # a kill was asked: its group is SIGKILLed when it is reaped
+    strays: set[int] = field(default_factory=set)  # its job's processes killed by the server
     broken: bool = False  # it broke the protocol: nothing more of it is forwarded
 
 
@@ -386,14 +395,23 @@ class ForkServer:
       child's group is SIGKILLed rather than let two copies run.
 
     Messages to the host, besides forwarded lines: ``{"t": "started", "n", "pid"}``,
-    ``{"t": "broken", "n", "why"}`` and ``{"t": "exited", "n", "code", "why"?}``.
+    ``{"t": "broken", "n", "why"}`` and ``{"t": "exited", "n", "code", "why"?, "strays"}``.
+
+    **Containment** (Linux): the server and each child are child subreapers.  A child kills
+    what its job left before it answers (:func:`asyncjobs.workers.guard.guarded`); a child
+    killed or crashed leaves its job's escaped processes to the server, which kills them
+    (the tree it walked when asked to kill, and its own children that are no attempt's).
     """
 
-    def __init__(self, allow: dict[str, Any], max_result: int, output_limit: int) -> None:
+    def __init__(self, allow: dict[str, Any], max_result: int, output_limit: int,
+                 limits: Limits) -> None:
         import select  # noqa: PLC0415 - only the fork server needs these
         import signal  # noqa: PLC0415
 
         self.allow = allow
+        self.limits = limits
+        # A child that dies (killed, crashed) leaves what its job started to us, to kill.
+        procs.become_subreaper()
         self.max_result = max_result
         self.output_limit = output_limit
         self.limit = message_limit(max_result, output_limit)
@@ -478,7 +496,7 @@ class ForkServer:
         if child is None or child.reaped:
             return  # already reaped (and reported): its pid may belong to someone else now
         child.killed = True
-        procs.signal_forked(child.pid, force=force)
+        child.strays |= procs.signal_forked(child.pid, force=force)
 
     # -- children --------------------------------------------------------------------------
 
@@ -550,6 +568,7 @@ class ForkServer:
             procs.set_parent_death_signal()
             if os.getppid() != self.pid:
                 os._exit(1)
+            procs.become_subreaper()  # what the job starts stays below us (see guard)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(read_fd)
@@ -557,7 +576,7 @@ class ForkServer:
             os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
             # The host created the file (and reads it through its own handle): open that very
             # file, never a FIFO, symlink or other file a job may have put at its path.
-            capture_fd = procs.open_existing(request.output, request.identity)
+            capture_fd = files.open_existing(request.output, request.identity)
             # Keep only the pipe and the capture file: not the host's channel (fd 1 until
             # Capture.reset), not the other children's pipes, not the server's self-pipe.
             _close_fds_except(write_fd, capture_fd, limit=self.open_max)
@@ -567,7 +586,11 @@ class ForkServer:
             channel = Channel(write_fd)
             channel.job_id = request.job.id
             context.set_reporter(channel.progress)
-            reply = run_job(request.job, self.allow, self.max_result, channel)
+            reply = guarded(request.job, self.limits,
+                            functools.partial(run_job, request.job, self.allow,
+                                              self.max_result, channel),
+                            functools.partial(send_reply, request.job, channel=channel,
+                                              capture=capture))
             send_reply(request.job, reply, channel, capture)
             code = 0
         except BaseException:
@@ -679,14 +702,17 @@ class ForkServer:
         self._read_child(child, final=True)
         if child.killed:
             # Whatever ignored the SIGTERM (grandchildren included) ends now.
-            procs.signal_forked(child.pid, force=True, reaped=child.reaped)
+            child.strays |= procs.signal_forked(child.pid, force=True, reaped=child.reaped)
+        # What its job started outside its group, orphaned to us when it died (a crash).
+        # Another child dying at the same moment could have its orphans counted here.
+        child.strays |= procs.kill_orphans(set(self.by_pid))
         if status is None:
             _, status = os.waitpid(child.pid, 0)
             child.reaped = True
         self.by_pid.pop(child.pid, None)
         child.code = os.waitstatus_to_exitcode(status)
         del self.children[child.key]
-        self._write(encode_exited(child.key, child.code))
+        self._write(encode_exited(child.key, child.code, strays=len(child.strays)))
 
     def _shutdown(self) -> None:
         """The host is gone or closed our input: kill every child's group, reap, report."""
@@ -703,6 +729,7 @@ class ForkServer:
             except ChildProcessError:
                 continue
             self._ended(child, status)
+        procs.end_strays(0.0)  # and every orphan left to us, before we go
 
 
 _PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
@@ -742,7 +769,8 @@ def fork_serve(config_path: str, base_dir: str, max_result: int, output_limit: i
     # fd 0: requests from the host; fd 1: our channel to it; fd 2: our own error log.
     sys.path.insert(0, base_dir)
     try:
-        ForkServer(load_allow_list(config_path), max_result, output_limit).run()
+        allow, limits = load_allow_list(config_path)
+        ForkServer(allow, max_result, output_limit, limits).run()
     except _ChildExit as done:  # only ever in a forked child, its job answered
         code = done.code
         del done  # the traceback holds the server's frames

@@ -12,9 +12,9 @@ import os
 from collections import deque
 from pathlib import Path
 
+from .. import files
 from ..config import Settings
 from ..models import Outcome, OutcomeKind
-from . import procs
 from .attempt import (
     NOT_STARTED,
     REQUEUE,
@@ -53,11 +53,12 @@ class ForkedJob(WorkerHandle):
         self.output_limit = settings.max_output_bytes
         # Created here and read only through this handle: the job knows the path and may
         # put a FIFO or a symlink there, which the host must never open.
-        self.output = procs.create_private(path)
+        self.output = files.create_private(path)
         self.queue: deque[Slot] = deque()  # its one attempt, from execute() on
         self.key = 0
         self.pid: int | None = None
         self.returncode: int | None = None
+        self.strays = 0  # its job's processes the server killed when it was killed or died
         self._exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._answered = False  # a done line came: later ones are the job's own doing
         self._broken = False
@@ -90,7 +91,7 @@ class ForkedJob(WorkerHandle):
         if slot.observed is not None:
             return await self.crashed(slot.observed)  # it died before the stop could act
         await self.kill()
-        return stopped(slot, ended.kind, self.returncode, self.output_tail())
+        return stopped(slot, ended.kind, self.returncode, self.output_tail(), self.strays)
 
     # -- what the server's reader tells us (ForkedHandle) ----------------------------------
 
@@ -122,8 +123,9 @@ class ForkedJob(WorkerHandle):
     def on_broken(self, why: str) -> None:
         self._protocol_error(why)  # the server has SIGKILLed the group already
 
-    def on_exited(self, code: int | None, why: str | None) -> None:
+    def on_exited(self, code: int | None, why: str | None, strays: int = 0) -> None:
         self.returncode = code
+        self.strays = strays
         if self.queue and not self._answered:
             slot = self.queue[0]
             if slot.observed is None:
@@ -171,7 +173,7 @@ class ForkedJob(WorkerHandle):
     def output_tail(self) -> str:
         """What the job printed, read by the host when the child cannot tell us itself;
         then, if the server died under it, the end of what the server wrote to stderr."""
-        tail = procs.read_tail(self.output, self.output_limit)
+        tail = files.read_tail(self.output, self.output_limit)
         if self._server_errors:
             tail += f"\n[the fork server's own error output]\n{self._server_errors}"
             tail = tail[-self.output_limit:]

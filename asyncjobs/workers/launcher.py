@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .. import files
 from ..config import Settings
 from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from . import procs
@@ -74,13 +75,17 @@ def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
     for pattern in ("worker-*.out", "forkserver-*.err"):
         for stale in run_dir.glob(pattern):
             stale.unlink(missing_ok=True)
-    jobs = {name: {"module": job.module, "methods": list(job.methods)}
+    jobs = {name: {"module": job.module, "methods": list(job.methods),
+                   "memory_limit": job.memory_limit or settings.workers.memory_limit}
             for name, job in settings.jobs.items()}
+    # The bounds a worker enforces around each job (asyncjobs.workers.guard.Limits).
+    limits = {"kill_grace": settings.workers.kill_grace,
+              "max_memory_per_worker": settings.workers.max_memory_per_worker}
     # Written aside and renamed over: a symlink a job left at the name is replaced, not
     # followed.
     staged = run_dir / f"{ALLOW_LIST}.new"
-    with procs.create_private(staged) as f:
-        f.write(orjson.dumps({"jobs": jobs}))
+    with files.create_private(staged) as f:
+        f.write(orjson.dumps({"jobs": jobs, "limits": limits}))
     os.replace(staged, run_dir / ALLOW_LIST)
 
 

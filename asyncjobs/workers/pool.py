@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from .. import files
 from ..config import Settings
 from ..models import Outcome, OutcomeKind
 from . import procs
@@ -62,6 +63,8 @@ class WorkerProcess(WorkerHandle):
         self.max_jobs = 1 if once else settings.workers.max_jobs_per_worker
         self.on_room = on_room
         self.sent = 0
+        self.strays = 0  # processes of its job killed with it (kill, crash)
+        self.exiting = False  # it said it is going away: what it still holds never started
         self.broken = False  # killed, crashed or confused: never reused
         self.queue: deque[Slot] = deque()
         # Jobs this worker already answered for: a late or forged second answer from one of
@@ -93,7 +96,7 @@ class WorkerProcess(WorkerHandle):
 
     def output_tail(self) -> str:
         """What the job printed, read by the host when the worker cannot tell us itself."""
-        return procs.read_tail(self.output, self.output_limit)
+        return files.read_tail(self.output, self.output_limit)
 
     def _begin(self, slot: Slot) -> None:
         """``slot`` is now the head: the worker runs it, unless a skip took it back first."""
@@ -185,7 +188,7 @@ class WorkerProcess(WorkerHandle):
                 return slot.observed  # it finished before the stop could act
             return await self.crashed(slot.observed or Ended(OutcomeKind.CRASHED))
         await self.kill()
-        return stopped(slot, ended.kind, self.proc.returncode, self.output_tail())
+        return stopped(slot, ended.kind, self.proc.returncode, self.output_tail(), self.strays)
 
     async def _read_loop(self) -> None:
         """Read the channel until the worker goes away or breaks the protocol."""
@@ -219,16 +222,24 @@ class WorkerProcess(WorkerHandle):
         if not isinstance(message, Done):
             report(head, message)
             return True
+        self._done(head, message.outcome)
+        return True
+
+    def _done(self, head: Slot, outcome: Outcome) -> None:
+        """The running attempt's answer: settle it, and start the next one."""
         self.queue.popleft()
         self._answered.append(head.job.id)
         if head.timer is not None:
             head.timer.cancel()
-        head.observed = message.outcome
-        settle(head.future, message.outcome)
-        if self.queue:
+        head.observed = outcome
+        settle(head.future, outcome)
+        if outcome.kind is OutcomeKind.CRASHED:
+            # The worker answered for a job it is killing itself over (its memory limit):
+            # nothing queued behind it will start there.
+            self.broken = self.exiting = True
+        elif self.queue:
             self._begin(self.queue[0])
         self.on_room()
-        return True
 
     def _broken(self, why: str) -> bool:
         if self.queue:
@@ -245,14 +256,14 @@ class WorkerProcess(WorkerHandle):
         for i, slot in enumerate(self.queue):
             if slot.timer is not None:
                 slot.timer.cancel()
-            if i == 0:
+            if i == 0 and not self.exiting:
                 if slot.observed is None:
                     slot.observed = Ended(OutcomeKind.CRASHED)
                 settle(slot.future, slot.observed)
             else:
                 settle(slot.future, REQUEUE)
             if not slot.turn.done():
-                slot.turn.set_result(i == 0)
+                slot.turn.set_result(i == 0 and not self.exiting)
         self.queue.clear()
         self.on_room()
 
@@ -263,8 +274,17 @@ class WorkerProcess(WorkerHandle):
         return self.proc.returncode is not None
 
     def _signal(self, *, force: bool) -> None:
+        """Processes of its job outside the group get the same (``procs.signal_tree``)."""
         self.broken = True
-        signal_group(self.proc.pid, force=force)
+        killed = signal_group(self.proc.pid, force=force)
+        if force:
+            self.strays = max(self.strays, killed)
+
+    async def _after_death(self) -> None:
+        # What its job started in other sessions went to init; the label they inherited
+        # names them (procs.kill_marked: a /proc scan, ~10 ms).
+        self.strays += await asyncio.to_thread(procs.kill_marked,
+                                               procs.worker_label(str(self.path)))
 
     async def wait(self) -> int | None:
         return await self.proc.wait()

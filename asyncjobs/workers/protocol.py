@@ -7,7 +7,9 @@ job's own stdout and stderr go to a capture file instead, so a ``print`` can nev
 the channel): ``{"t": "started", "id", "at"}`` (:class:`Began`: the job's code is about to
 run, ``at`` being the child's wall clock), ``{"t": "progress", "id", "fraction",
 "message"}``, ``{"t": "skipped", "id", "skipped"}`` and ``{"t": "done", "id", "ok", "result"
-| "error", "retry", "delay", "fail", "output"}``.
+| "error", "retry", "delay", "fail", "output", "strays"?, "crashed"?}`` (``strays``: how
+many processes the job left running, killed by the worker; ``crashed``: the worker kills
+itself after this answer -- its job went over its ``memory_limit``).
 
 The host treats anything else on the channel as a protocol violation by the job and ends the
 attempt as ``crashed``: a job can be malicious, the host must not be.  What the child reads
@@ -20,12 +22,13 @@ only if it is still that file) and :class:`KillRequest` ``{"t": "kill", "n", "fo
 where ``n`` is a key the host picks per attempt.  Server -> host: each line a forked child
 wrote, verbatim behind its key (``b"<n> " + line``), decoded with :func:`decode` like any
 worker's; and the server's own ``{"t": "started", "n", "pid"}``, ``{"t": "broken", "n",
-"why"}`` and ``{"t": "exited", "n", "code", "why"?}``.  The key comes from the server, never
-from the child, so a job cannot answer for another.
+"why"}`` and ``{"t": "exited", "n", "code", "why"?, "strays"?}`` (``strays``: processes of
+the child's job the server killed, when it was killed or died).  The key comes from the
+server, never from the child, so a job cannot answer for another.
 
 The worker child imports this module, so it stays cheap to import: the records are
-plain slotted classes (see :class:`_Record`), and :mod:`asyncjobs.models` (enums, datetime: ~6 ms)
-is imported only by the host-side decoders that build its records.
+plain slotted classes (see :class:`_Record`), and :mod:`asyncjobs.models` (enums, datetime:
+~6 ms) is imported only by the host-side decoders that build its records.
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ class ErrorReport(_Record):
 class Reply(_Record):
     """The child's answer for one job, before its output tail is attached."""
 
-    __slots__ = ("delay", "error", "fail", "ok", "result", "retry")
+    __slots__ = ("crashed", "delay", "error", "fail", "ok", "result", "retry", "strays")
 
     def __init__(self,
                  ok: bool,
@@ -153,13 +156,16 @@ class Reply(_Record):
                  error: ErrorReport | None = None,
                  retry: bool = False,
                  delay: float | None = None,
-                 fail: bool = False) -> None:
+                 fail: bool = False,
+                 crashed: bool = False) -> None:
         self.ok = ok
         self.result = result
         self.error = error
         self.retry = retry  # raise Retry(...)
         self.delay = delay
         self.fail = fail  # raise Fail(...), a refusal, or arguments that cannot fit
+        self.crashed = crashed  # the worker kills itself after this answer (memory limit)
+        self.strays = 0  # processes the job left running, killed by the worker
 
 
 def encode_began(job_id: int, at: float) -> bytes:
@@ -174,16 +180,21 @@ def encode_skipped(job_id: int, skipped: bool) -> bytes:
     return _line({"t": "skipped", "id": job_id, "skipped": skipped})
 
 
-def encode_done(job_id: int, reply: Reply, output: str) -> bytes:
+def encode_done(job_id: int, reply: Reply, output: str = "") -> bytes:
+    message: dict[str, Any] = {"t": "done", "id": job_id, "ok": reply.ok, "output": output}
+    if reply.strays:
+        message["strays"] = reply.strays
     if reply.ok:
-        return _line({"t": "done", "id": job_id, "ok": True, "result": reply.result,
-                      "output": output})
+        message["result"] = reply.result
+        return _line(message)
     error = reply.error
     assert error is not None
-    return _line({"t": "done", "id": job_id, "ok": False, "retry": reply.retry,
-                  "delay": reply.delay, "fail": reply.fail, "output": output, "error": {
-                      "type": error.type, "message": error.message,
-                      "traceback": error.traceback, "mro": list(error.mro)}})
+    message.update(retry=reply.retry, delay=reply.delay, fail=reply.fail, error={
+        "type": error.type, "message": error.message, "traceback": error.traceback,
+        "mro": list(error.mro)})
+    if reply.crashed:
+        message["crashed"] = True
+    return _line(message)
 
 
 class Began(_Record):
@@ -275,14 +286,16 @@ def _outcome(msg: Mapping[str, Any]) -> Outcome:
     from ..models import Outcome, OutcomeKind  # noqa: PLC0415 - host side only
 
     output = _str(msg, "output")
+    strays = _count(msg, "strays")
     if msg.get("ok") is True:
         return Outcome(OutcomeKind.COMPLETED, result=msg.get("result"), exit_code=None,
-                       output=output)
+                       output=output, strays=strays)
     delay = msg.get("delay")
     return Outcome(
-        OutcomeKind.FAILED,
+        OutcomeKind.CRASHED if msg.get("crashed") is True else OutcomeKind.FAILED,
         error=_error(msg.get("error")),
         output=output,
+        strays=strays,
         retry_requested=msg.get("retry") is True,
         retry_delay=float(delay) if isinstance(delay, int | float) and delay >= 0 else None,
         fail_now=msg.get("fail") is True,
@@ -341,10 +354,13 @@ def encode_broken(key: int, why: str) -> bytes:
     return _line({"t": "broken", "n": key, "why": why})
 
 
-def encode_exited(key: int, code: int | None, why: str | None = None) -> bytes:
+def encode_exited(key: int, code: int | None, why: str | None = None, strays: int = 0,
+                  ) -> bytes:
     message: dict[str, Any] = {"t": "exited", "n": key, "code": code}
     if why is not None:
         message["why"] = why
+    if strays:
+        message["strays"] = strays
     return _line(message)
 
 
@@ -381,12 +397,13 @@ class Broken(_Record):
 class Exited(_Record):
     """The server reaped a child (``code`` as ``Popen.returncode``) or could not fork it."""
 
-    __slots__ = ("code", "key", "why")
+    __slots__ = ("code", "key", "strays", "why")
 
-    def __init__(self, key: int, code: int | None, why: str | None) -> None:
+    def __init__(self, key: int, code: int | None, why: str | None, strays: int = 0) -> None:
         self.key = key
         self.code = code
         self.why = why
+        self.strays = strays
 
 
 def decode_server(line: bytes) -> Forwarded | Started | Broken | Exited:
@@ -411,5 +428,11 @@ def decode_server(line: bytes) -> Forwarded | Started | Broken | Exited:
         code = msg.get("code")
         why = msg.get("why")
         return Exited(key, code if isinstance(code, int) else None,
-                      why if isinstance(why, str) else None)
+                      why if isinstance(why, str) else None, _count(msg, "strays"))
     raise ProtocolError(f"unknown fork server message {kind!r}")
+
+
+def _count(obj: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer field, 0 if absent or not one."""
+    value = obj.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
