@@ -92,7 +92,8 @@ def test_every_cli_example_does_what_it_says(served: ServedHost) -> None:
     jobs = {int(str(job["id"])): job for job in _jobs(served)}
     ended = {job_id: job["status"] for job_id, job in jobs.items()}
     failed = [i for i, status in ended.items() if status == "failed"]
-    assert [jobs[i]["class"] for i in failed] == ["UserLoginService"], ended
+    # (the module's host also ran the id-free examples: their jobs are here too)
+    assert failed and {jobs[i]["class"] for i in failed} == {"UserLoginService"}, ended
     assert all(status == "completed" for i, status in ended.items()
                if jobs[i]["class"] not in ("UserLoginService", "SlowJob")), ended
     typed = [job for job in jobs.values() if job["args"] == ["x", 2]]
