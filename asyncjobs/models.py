@@ -220,7 +220,10 @@ class JobRecord:
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class Claimed:
-    """A job the dispatcher has just moved to ``running``, with its new attempt number."""
+    """A job the dispatcher has just reserved for an attempt, with that attempt's number.
+
+    It is still ``pending`` to every reader until a worker reports that it starts it.
+    """
 
     id: int
     cls: str
@@ -233,6 +236,7 @@ class Claimed:
     timeout: float
     interruptions: int
     chain_id: int | None = None  # set for a step of a chain: finishing it moves the chain on
+    priority: int = 1  # Priority.rank: the launcher starts better-ranked attempts first
     cancel_requested: bool = False  # (orphans only) cancelled while its host was gone
 
 

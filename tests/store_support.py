@@ -16,7 +16,7 @@ from asyncjobs.models import (
     StepSpec,
     Transition,
 )
-from asyncjobs.store import Finished, HostRow, Store
+from asyncjobs.store import Finished, HostRow, Start, Store
 
 NOW = 1_800_000_000.0
 HOST = "host-a"
@@ -57,12 +57,29 @@ async def ids(store: Store, *specs: JobSpec, now: float = NOW) -> list[int]:
     return [s.id for s in await store.submit(list(specs), now)]
 
 
+async def reserve(store: Store, now: float, limit: int,
+                  concurrency: Mapping[str, int] | None = None, host: str = HOST,
+                  ) -> list[Claimed]:
+    """Reserve through a dispatcher round that records nothing else (as the engine does):
+    the jobs stay pending until :func:`start`."""
+    return (await store.dispatch_round(host=host, progress={}, finished=[], now=now,
+                                       limit=limit, concurrency=concurrency or {})).claimed
+
+
+async def start(store: Store, claimed: Sequence[Claimed], at: float, host: str = HOST) -> None:
+    """Their workers report starting them at ``at``: they are running from then."""
+    await store.dispatch_round(host=host, progress={}, started=[Start(c, at) for c in claimed],
+                               finished=[], now=at, limit=0, concurrency={})
+
+
 async def claim(store: Store, now: float, limit: int,
                 concurrency: Mapping[str, int] | None = None, host: str = HOST,
                 ) -> list[Claimed]:
-    """Claim through a dispatcher round that records nothing else (as the engine does)."""
-    return (await store.dispatch_round(host=host, progress={}, finished=[], now=now,
-                                       limit=limit, concurrency=concurrency or {})).claimed
+    """Reserve due jobs and have their workers start them at once (at ``now``): running."""
+    claimed = await reserve(store, now, limit, concurrency, host)
+    if claimed:
+        await start(store, claimed, now, host)
+    return claimed
 
 
 def host_row(host_id: str = HOST, now: float = NOW, lease: float = LEASE) -> HostRow:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypedDict, Unpack
@@ -19,16 +19,12 @@ from typing import TypedDict, Unpack
 import aiohttp
 import orjson
 
-from ..config import find_config, load_settings
-from ..engine.datadir import HOST_FILE, read_token
 from ..errors import AsyncJobsError, BadResponse, ConfigError, HostUnreachable, from_wire
-from ..models import JSONValue
-from ..web.auth import connect_host
+from ..models import TERMINAL, JSONValue
+from .discovery import discover
+from .events import EventStream
 
-DEFAULT_URL = "http://127.0.0.1:8765"
-DEFAULT_DATA_DIR = Path(".asyncjobs")
 WAIT_SLICE = 30.0  # seconds per long-poll request; well under any proxy's idle timeout
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 Job = dict[str, JSONValue]
 """A job in the §6 JSON shape."""
@@ -51,39 +47,6 @@ class SubmitOptions(TypedDict, total=False):
     max_attempts: int | None
     then: Sequence[Step] | None
     unique_key: str | None
-
-
-def _read_host_url(data_dir: Path) -> str | None:
-    try:
-        url = orjson.loads((data_dir / HOST_FILE).read_bytes()).get("url")
-    except (OSError, orjson.JSONDecodeError, AttributeError):
-        return None
-    return url if isinstance(url, str) and url else None
-
-
-def discover(config: str | Path | None = None,
-             env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
-    """Find the host's URL and token without contacting it.
-
-    Each comes from the first of: the environment (``ASYNCJOBS_URL``, ``ASYNCJOBS_TOKEN``),
-    then ``<data_dir>/host.json`` and ``<data_dir>/token`` of the configuration (the host
-    writes both at start), then the configured address.  With no config file at all (and
-    none asked for), the defaults are ``http://127.0.0.1:8765`` and ``./.asyncjobs``.
-    """
-    env = os.environ if env is None else env
-    url, token = env.get("ASYNCJOBS_URL") or None, env.get("ASYNCJOBS_TOKEN") or None
-    if url and token:
-        return url.rstrip("/"), token
-    asked = config is not None or bool(env.get("ASYNCJOBS_CONFIG"))
-    if asked or find_config(None, env).exists():
-        settings = load_settings(config, env)
-        data_dir = settings.data_dir
-        fallback = f"http://{connect_host(settings.api.host)}:{settings.api.port}"
-    else:
-        data_dir = Path(env.get("ASYNCJOBS_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
-        fallback = DEFAULT_URL
-    url = url or _read_host_url(data_dir) or fallback
-    return url.rstrip("/"), token or read_token(data_dir)
 
 
 def _error(status: int, body: bytes, url: str) -> AsyncJobsError:
@@ -122,49 +85,6 @@ def submit_body(cls: str, method: str, args: Sequence[JSONValue] | None = None,
     if (then := options.get("then")) is not None:
         body["then"] = [_step(s) for s in then]
     return body
-
-
-class EventStream:
-    """``async with client.events() as stream: async for event in stream`` (SSE, §5).
-
-    Entering returns once the host has subscribed this stream, so no state change made
-    after that is missed.  Each event is the decoded ``data`` dict (it has a ``type``).
-    A reader that falls behind gets ``{"type": "overflow"}`` and then the stream ends:
-    reload what you track and open a new stream.
-    """
-
-    def __init__(self, client: AsyncJobsClient) -> None:
-        self._client = client
-        self._response: aiohttp.ClientResponse | None = None
-
-    async def __aenter__(self) -> EventStream:
-        self._response = await self._client._open("GET", "/api/events", read_timeout=None)
-        await self._response.content.readline()  # ": connected": the host has subscribed us
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._response is not None:
-            self._response.close()
-
-    def __aiter__(self) -> AsyncIterator[dict[str, JSONValue]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[dict[str, JSONValue]]:
-        assert self._response is not None, "use 'async with client.events() as stream'"
-        data: list[bytes] = []
-        try:
-            async for raw in self._response.content:
-                line = raw.rstrip(b"\r\n")
-                if line.startswith(b"data:"):
-                    data.append(line[5:].strip())
-                elif not line and data:
-                    event = orjson.loads(b"\n".join(data))
-                    data = []
-                    if isinstance(event, dict):
-                        yield event
-        except aiohttp.ClientError as exc:
-            raise HostUnreachable(f"lost the event stream of {self._client.url} "
-                                  f"({type(exc).__name__})") from None
 
 
 class AsyncJobsClient:
@@ -211,6 +131,11 @@ class AsyncJobsClient:
             self._session = aiohttp.ClientSession(headers=headers)
         return self._session
 
+    def _lost(self, exc: BaseException, what: str = "lost the connection to the asyncjobs host at",
+              hint: str = "") -> HostUnreachable:
+        """The error for a connection to the host that broke off mid-way."""
+        return HostUnreachable(f"{what} {self.url} ({type(exc).__name__}){hint}")
+
     async def _open(self, method: str, path: str, *, body: JSONValue = None,
                     params: Mapping[str, str] | None = None,
                     read_timeout: float | None = 60.0) -> aiohttp.ClientResponse:
@@ -228,9 +153,7 @@ class AsyncJobsClient:
             raise HostUnreachable(f"no asyncjobs host is reachable at {self.url} ({reason}); "
                                   "start one with 'asyncjobs serve'") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
-                                  f"({type(exc).__name__}); is 'asyncjobs serve' running?") \
-                from None
+            raise self._lost(exc, hint="; is 'asyncjobs serve' running?") from None
         if response.status >= 400:
             text = await response.read()
             response.release()
@@ -245,8 +168,7 @@ class AsyncJobsClient:
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
-                                  f"({type(exc).__name__})") from None
+            raise self._lost(exc) from None
         finally:
             response.release()
         try:
@@ -385,8 +307,7 @@ class AsyncJobsClient:
                 raise HostUnreachable(f"the backup from {self.url} ended after {size} bytes")
             os.replace(staged, target)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
-                                  f"({type(exc).__name__})") from None
+            raise self._lost(exc) from None
         finally:
             response.release()
             staged.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from ..models import JSONValue
+from ..models import JSONValue, Status
 
 MAX_CELL = 60
 
@@ -168,7 +168,7 @@ def job_detail(job: Mapping[str, JSONValue], now: float | None = None) -> str:
 
 def stats_text(stats: Mapping[str, JSONValue]) -> str:
     counts = stats.get("counts") or {}
-    statuses = ["pending", "running", "completed", "failed", "cancelled"]
+    statuses = [s.value for s in Status]
     lines = [table(statuses, [[str(counts.get(s, 0)) for s in statuses]],
                    right=frozenset(range(5)))]
     classes = stats.get("classes") or {}

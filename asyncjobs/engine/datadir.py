@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from ..errors import Unavailable
+from ..files import fsync_path
 
 TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
 HOST_FILE = "host.json"
@@ -95,17 +96,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    _fsync_directory(path.parent)
+    fsync_path(path.parent)
 
-
-def _fsync_directory(directory: Path) -> None:
-    if not _posix():
-        return  # Windows cannot open a directory; its rename is durable enough there
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_or_create_token(data_dir: Path) -> str:

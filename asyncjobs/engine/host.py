@@ -25,7 +25,7 @@ from typing import IO
 
 import orjson
 
-from .. import registry
+from .. import files, registry
 from ..backend_url import redact_url
 from ..clock import Clock, SystemClock
 from ..config import Settings
@@ -34,7 +34,6 @@ from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
 from ..store import FileBackup, HostRow, Page, Store, Submitted
 from ..store.backup import BackupInfo
 from ..store.factory import DB_FILE, open_store
-from ..workers import procs
 from ..workers.launcher import Launcher, SubprocessLauncher
 from . import datadir, policy
 from .dispatcher import Dispatcher
@@ -99,7 +98,7 @@ class Host:
     def _take_lock(self) -> None:
         datadir.prepare(self.data_dir, files=(DB_FILE,))
         handle = os.fdopen(datadir.open_private(self.data_dir / LOCK_FILE), "a+b")
-        if not procs.try_lock(handle):
+        if not files.try_lock(handle):
             handle.close()
             raise HostLocked(f"another asyncjobs host is already running on "
                              f"{self.data_dir}; stop it first or use another data_dir")
@@ -198,7 +197,7 @@ class Host:
             await asyncio.wait_for(asyncio.shield(self._run_task), self.settings.shutdown_grace)
         except TimeoutError:
             log.warning("shutdown grace over; interrupting %d running job(s)",
-                        len(dispatcher.running))
+                        dispatcher.started)
             dispatcher.interrupt_all()
             await self._run_task
         self._run_task = None
@@ -353,7 +352,7 @@ class Host:
     async def stats(self) -> dict[str, JSONValue]:
         now = self.clock.now()
         stats = await self.store.stats(now)
-        running = len(self._dispatcher.running) if self._dispatcher else 0
+        running = self._dispatcher.started if self._dispatcher else 0
         return {
             "counts": dict(stats.counts),
             "classes": {cls: dict(counts) for cls, counts in stats.by_class.items()},

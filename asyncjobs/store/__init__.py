@@ -36,6 +36,14 @@ class Submitted:
 
 
 @dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
+class Start:
+    """A worker began a reserved attempt at ``at`` (its own clock): now it is running."""
+
+    claimed: Claimed
+    at: float
+
+
+@dataclass(slots=True)  # not frozen: see models.HOT_RECORDS
 class Finished:
     """One attempt's end, ready to store: what happened and what it leads to."""
 
@@ -50,7 +58,7 @@ class Round:
     """What one dispatcher round wrote and read, in one transaction."""
 
     advanced: list[int]  # chain steps the finished attempts made due
-    claimed: list[Claimed]
+    claimed: list[Claimed]  # reserved: still pending to readers until started
     next_due: float | None  # the earliest later run_at, read after the claim
     cancel: list[int] = field(default_factory=list)  # this host's jobs with a cancel requested
 
@@ -188,22 +196,30 @@ class Store(Protocol):
         ...
 
     async def dispatch_round(self, *, host: str, progress: Mapping[int, tuple[float, str | None]],
-                             finished: Sequence[Finished], now: float, limit: int,
-                             concurrency: Mapping[str, int]) -> Round:
+                             started: Sequence[Start] = (), finished: Sequence[Finished],
+                             now: float, limit: int, concurrency: Mapping[str, int],
+                             outrank: tuple[int, int] | None = None) -> Round:
         """One dispatcher round, atomically, in this order:
 
         1. store ``progress`` (fraction, message) of running jobs;
-        2. record ``finished`` (as :meth:`finish`), collecting the chain steps made due;
-        3. claim up to ``limit`` due jobs (``run_at <= now``; none if ``limit`` is 0) for
-           ``host``: best first by priority, then ``run_at``, then id; each moves
-           ``pending -> running`` with a new attempt row naming ``host``.  A class in
-           ``concurrency`` never has more running jobs than its limit, counted over the whole
-           store (every host), inside this same transaction;
-        4. read the earliest ``run_at`` of a pending job later than ``now``;
-        5. list ``host``'s running jobs marked cancel-requested (``Round.cancel``), so a
-           cancel that raced the claim, or whose signal was lost, still reaches the job.
+        2. make the ``started`` attempts (reserved, now begun by a worker at ``Start.at``)
+           ``pending -> running``, each with a new attempt row naming ``host``;
+        3. record ``finished`` (as :meth:`finish`), collecting the chain steps made due; an
+           attempt that never started only loses its reservation (or, cancelled, ends so);
+        4. reserve up to ``limit`` due jobs (``run_at <= now``; none if ``limit`` is 0) for
+           ``host``: best first by priority, then ``run_at``, then id -- or, with ``limit`` 0
+           and ``outrank`` ``(rank, n)``, up to ``n`` due jobs of a priority ranked better
+           than ``rank``.  A reserved job stays ``pending`` to every reader and is skipped by
+           later claims.  A class in ``concurrency`` never has more running plus reserved
+           jobs than its limit, counted over the whole store (every host), inside this same
+           transaction;
+        5. read the earliest ``run_at`` of a pending job later than ``now``;
+        6. list ``host``'s running (and reserved) jobs marked cancel-requested
+           (``Round.cancel``), so a cancel that raced the claim, or whose signal was lost,
+           still reaches the job.
 
-        A job claimed here is claimed by no other round (on any host) until it is finished.
+        A job reserved here is reserved by no other round (on any host) until it is finished
+        or given back.
         """
         ...
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidField, WrongState
+from ..files import fsync_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ def backup(source: Path, target: Path) -> BackupInfo:
     finally:
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)
     size = target.stat().st_size
     with contextlib.closing(sqlite3.connect(target)) as copy:
         pages = int(copy.execute("PRAGMA page_count").fetchone()[0])
@@ -92,17 +93,5 @@ def _copy(source: Path, staged: Path) -> None:
         check = dst.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"the copy failed its check: {check}")
-    fd = os.open(staged, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(staged)
 
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -23,7 +23,17 @@ from ..backend_url import redact_url
 from ..engine.roles import Leader, Notifier
 from ..errors import Unavailable
 from ..models import Claimed, JobRecord, JobSpec, Status
-from . import CancelResult, Finished, HostRow, Page, Round, ScheduleState, Stats, Submitted
+from . import (
+    CancelResult,
+    Finished,
+    HostRow,
+    Page,
+    Round,
+    ScheduleState,
+    Start,
+    Stats,
+    Submitted,
+)
 from . import postgres_housekeeping as housekeeping
 from . import postgres_writes as writes
 from .postgres_roles import PgLeader, PgNotifier
@@ -144,11 +154,12 @@ class PostgresStore:
 
     async def dispatch_round(self, *, host: str,
                              progress: Mapping[int, tuple[float, str | None]],
-                             finished: Sequence[Finished], now: float, limit: int,
-                             concurrency: Mapping[str, int]) -> Round:
+                             started: Sequence[Start] = (), finished: Sequence[Finished],
+                             now: float, limit: int, concurrency: Mapping[str, int],
+                             outrank: tuple[int, int] | None = None) -> Round:
         return await self._write(writes.dispatch_round, host=host, progress=progress,
-                                 finished=finished, now=now, limit=limit,
-                                 concurrency=concurrency)
+                                 started=started, finished=finished, now=now, limit=limit,
+                                 concurrency=concurrency, outrank=outrank)
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:
         return await self._write(writes.finish, finished=finished)
@@ -212,16 +223,9 @@ class PostgresStore:
         return {row[0]: ScheduleState(*row) for row in rows}
 
     async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
-        rows = await self._fetch(
-            f"SELECT {CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
-            "WHERE status = 'running' AND (host IS NULL OR (host <> $1 AND host NOT IN "
-            "(SELECT id FROM hosts WHERE expires_at > $2)))", alive, now)
-        orphans = []
-        for row in rows:
-            orphan = claimed_from_row(row, attempt=row[5], attempts=row[6])
-            orphan.cancel_requested = row[11]
-            orphans.append(orphan)
-        return orphans
+        """Also makes the jobs that dead hosts had only reserved due again, each with an
+        ``interrupted`` attempt row (the running ones are the caller's to record)."""
+        return await self._write(_orphans, now=now, alive=alive)
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1",  # noqa: S608
@@ -263,6 +267,22 @@ class PostgresStore:
                 "outcome = 'completed'), count(*) FILTER (WHERE outcome <> 'completed') "
                 "FROM attempts WHERE finished_at >= $1 GROUP BY 1", float(minute - 59 * 60)),
             now)
+
+
+async def _orphans(conn: asyncpg.Connection, *, now: float, alive: str) -> list[Claimed]:
+    released = await writes.release(conn, now, alive)
+    if released:
+        log.warning("made due again %d job(s) that dead hosts had reserved", released)
+    rows = await conn.fetch(
+        f"SELECT {CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
+        "WHERE status = 'running' AND (host IS NULL OR (host <> $1 AND host NOT IN "
+        "(SELECT id FROM hosts WHERE expires_at > $2)))", alive, now)
+    orphans = []
+    for row in rows:
+        orphan = claimed_from_row(row, attempt=row[5], attempts=row[6])
+        orphan.cancel_requested = row[12]  # after CLAIM_COLUMNS
+        orphans.append(orphan)
+    return orphans
 
 
 def _message(exc: BaseException) -> str:

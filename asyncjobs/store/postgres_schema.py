@@ -46,12 +46,14 @@ MIGRATIONS: list[str] = [
         chain_id bigint,
         chain_pos integer,
         unique_key text,
-        host text,                            -- the host holding the running attempt
+        host text,                            -- the host holding it (reserved or running)
+        reserved_at double precision,         -- claimed for an attempt, not started yet
         cancel_requested boolean NOT NULL DEFAULT false  -- seen by that host's next round
     );
     CREATE INDEX jobs_due ON jobs (priority, run_at, id) WHERE status = 'pending';
     CREATE INDEX jobs_pending_run_at ON jobs (run_at) WHERE status = 'pending';
     CREATE INDEX jobs_running ON jobs (class, host) WHERE status = 'running';
+    CREATE INDEX jobs_reserved ON jobs (class, host) WHERE reserved_at IS NOT NULL;
     CREATE INDEX jobs_status ON jobs (status, id);
     CREATE INDEX jobs_class ON jobs (class, id);
     CREATE INDEX jobs_chain ON jobs (chain_id, chain_pos) WHERE chain_id IS NOT NULL;

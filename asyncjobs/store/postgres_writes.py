@@ -21,8 +21,12 @@ import orjson
 
 from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Claimed, JobSpec, Status
-from . import CancelResult, Finished, Round, Submitted, check_transition
+from . import CancelResult, Finished, Round, Start, Submitted, check_transition
 from .writes import CLAIM_COLUMNS, claimed_from_row, dumps, job_update
+
+# A reservation returns the attempt it is for: the next run, one more counted attempt.
+_NEXT = {"runs": "jobs.runs + 1", "attempts": "jobs.attempts + 1"}
+NO_RANK = 32767  # "any priority": every rank is below it
 
 log = logging.getLogger("asyncjobs.store")
 
@@ -34,14 +38,16 @@ INSERT_JOBS = (
     "$7::float8[], $8::int[], $9::bigint[], $11::int[]) AS u(c, m, a, k, p, r, t, x, h, s) "
     "RETURNING id")
 
-# One statement: find the best due jobs no other transaction holds (leaving out the full
-# classes, $6), keep at most each capped class's room ($3/$4: the classes with room left and
-# how much), mark them running on host $5 and open their attempts.  Without caps the
-# arrays are empty and the candidates are a range of the jobs_due index.
+# One statement: find the best due jobs no other transaction holds and no host has reserved
+# (leaving out the full classes, $6, and any priority not ranked better than $7), keep at
+# most each capped class's room ($3/$4: the classes with room left and how much), and
+# reserve them for host $5: they stay pending until a worker starts them (:func:`start`).
+# Without caps the arrays are empty and the candidates are a range of the jobs_due index.
 CLAIM = f"""
 WITH cand AS (
     SELECT id, class, priority, run_at FROM jobs
-    WHERE status = 'pending' AND run_at <= $1 AND class <> ALL ($6::text[])
+    WHERE status = 'pending' AND run_at <= $1 AND reserved_at IS NULL
+      AND class <> ALL ($6::text[]) AND priority < $7
     ORDER BY priority, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -53,38 +59,69 @@ WITH cand AS (
             ON caps.cls = cand.class) AS ranked
     WHERE room IS NULL OR k <= room
 ), moved AS (
-    UPDATE jobs SET status = 'running', runs = runs + 1, attempts = attempts + 1,
-        started_at = $1, host = $5, cancel_requested = false
+    UPDATE jobs SET reserved_at = $1, host = $5, cancel_requested = false
     FROM chosen WHERE jobs.id = chosen.id AND jobs.status = 'pending'
-    RETURNING {", ".join(f"jobs.{c}" for c in CLAIM_COLUMNS.split(", "))},
+    RETURNING {", ".join(_NEXT.get(c, f"jobs.{c}") for c in CLAIM_COLUMNS.split(", "))},
         jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
-), opened AS (
-    INSERT INTO attempts (job_id, number, started_at, host)
-    SELECT id, runs, $1, $5 FROM moved
 )
 SELECT * FROM moved ORDER BY sort_priority, sort_run_at, id
 """  # noqa: S608 - column names only, no input
 
+# Reserved attempts a worker began ($5: the host): running from the worker's own start time,
+# with their attempt rows, numbered as claimed.
+START = """
+WITH s AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::float8[]) AS s(id, n, a, at)
+), moved AS (
+    UPDATE jobs SET status = 'running', runs = s.n, attempts = s.a, started_at = s.at,
+        host = $5, reserved_at = NULL
+    FROM s WHERE jobs.id = s.id AND jobs.status = 'pending' RETURNING jobs.id
+)
+INSERT INTO attempts (job_id, number, started_at, host)
+SELECT s.id, s.n, s.at, $5 FROM s JOIN moved ON moved.id = s.id
+RETURNING job_id
+"""
 
-# An attempt's end ($12-$21; its row only if still open: a rescue may have closed it) and
-# its job's transition ($1-$11), a compare-and-set on the status and the attempt number.
+# A dead host's reservations ($1: alive, $2: now): due again, each leaving an interrupted
+# attempt row (it may have started in the moment before the host died) that counts as
+# neither an attempt nor an interruption.
+RELEASE = """
+WITH dead AS (
+    SELECT id, host FROM jobs
+    WHERE reserved_at IS NOT NULL AND status = 'pending' AND (host IS NULL OR (host <> $1
+          AND host NOT IN (SELECT id FROM hosts WHERE expires_at > $2)))
+    FOR UPDATE
+), released AS (
+    UPDATE jobs SET runs = runs + 1, reserved_at = NULL, host = NULL, cancel_requested = false
+    FROM dead WHERE jobs.id = dead.id
+    RETURNING jobs.id, jobs.runs, dead.host
+)
+INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error_type,
+                      error_message, host)
+SELECT id, runs, $2, $2, 'interrupted', 'Interrupted', 'the host stopped while this was '
+       || 'handed to a worker; it may have started', host FROM released
+RETURNING job_id
+"""
+
+
+# An attempt's end ($11-$20; its row only if still open: a rescue may have closed it) and
+# its job's transition ($1-$10), a compare-and-set on the status and the attempt number.
 FINISH = """
 WITH ended AS (
     UPDATE attempts SET outcome = a.o, finished_at = a.at, exit_code = a.x, error_type = a.et,
         error_message = a.em, traceback = a.tb, output = a.out, strays = a.st
-    FROM unnest($12::bigint[], $13::int[], $14::text[], $15::float8[], $16::int[],
-                $17::text[], $18::text[], $19::text[], $20::text[], $21::int[])
+    FROM unnest($11::bigint[], $12::int[], $13::text[], $14::float8[], $15::int[],
+                $16::text[], $17::text[], $18::text[], $19::text[], $20::int[])
         AS a(id, n, o, at, x, et, em, tb, out, st)
     WHERE attempts.job_id = a.id AND attempts.number = a.n AND attempts.outcome IS NULL
 )
 UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
     result = u.res, error_type = u.et, error_message = u.em, attempts = attempts - u.da,
-    runs = runs - u.dr, host = NULL, cancel_requested = false,
-    interruptions = CASE u.i WHEN 'add' THEN interruptions + 1
-                             WHEN 'keep' THEN interruptions ELSE 0 END
+    host = NULL, cancel_requested = false,
+    interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[],
-            $7::int[], $8::int[], $9::text[], $10::bigint[], $11::int[])
-    AS u(s, r, fin, res, et, em, da, dr, i, id, n)
+            $7::int[], $8::text[], $9::bigint[], $10::int[])
+    AS u(s, r, fin, res, et, em, da, i, id, n)
 WHERE jobs.id = u.id AND jobs.status = 'running' AND jobs.runs = u.n
 RETURNING jobs.id
 """
@@ -145,15 +182,17 @@ async def _submit_one(conn: asyncpg.Connection, spec: JobSpec, now: float) -> Su
 
 
 async def claim(conn: asyncpg.Connection, now: float, limit: int,
-                concurrency: Mapping[str, int], host: str) -> list[Claimed]:
-    """Move up to ``limit`` due jobs to running on ``host``: priority, run_at, id.
+                concurrency: Mapping[str, int], host: str, *,
+                below: int = NO_RANK) -> list[Claimed]:
+    """Reserve up to ``limit`` due jobs for ``host``: priority, run_at, id (``below``: only
+    of a priority ranked better than that).
 
-    ``concurrency`` caps the jobs of a class running at once on all hosts together.  Counting
-    them inside the claim is not enough under READ COMMITTED: two hosts would count the
-    same snapshot and both take the last place.  So a claim first takes a transaction-level
-    advisory lock per capped class (in one order, so no deadlock); the next host's claim
-    waits for it, and its statement then sees the committed ``running`` rows.  Claims of
-    uncapped classes take no lock at all.
+    ``concurrency`` caps the running and reserved jobs of a class on all hosts together.
+    Counting them inside the claim is not enough under READ COMMITTED: two hosts would count
+    the same snapshot and both take the last place.  So a claim first takes a
+    transaction-level advisory lock per capped class (in one order, so no deadlock); the
+    next host's claim waits for it, and its statement then sees the committed rows.  Claims
+    of uncapped classes take no lock at all.
     """
     room = await _room(conn, concurrency)
     claimed: list[Claimed] = []
@@ -161,7 +200,7 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
         open_ = {cls: n for cls, n in room.items() if n > 0}
         rows = await conn.fetch(CLAIM, now, limit - len(claimed), list(open_),
                                 list(open_.values()), host,
-                                [cls for cls, n in room.items() if n <= 0])
+                                [cls for cls, n in room.items() if n <= 0], below)
         for row in rows:
             claimed.append(claimed_from_row(row, attempt=row[5], attempts=row[6]))
             if row[1] in room:
@@ -174,8 +213,9 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
 
 
 async def _room(conn: asyncpg.Connection, concurrency: Mapping[str, int]) -> dict[str, int]:
-    """How many more jobs of each capped class may run, counted after taking the classes'
-    advisory locks (a statement of its own: its snapshot must start after the wait)."""
+    """How many more jobs of each capped class may run or be reserved (a reserved one may
+    start any moment), counted after taking the classes' advisory locks (a statement of its
+    own: its snapshot must start after the wait)."""
     if not concurrency:
         return {}
     classes = sorted(concurrency)
@@ -184,6 +224,7 @@ async def _room(conn: asyncpg.Connection, concurrency: Mapping[str, int]) -> dic
                        "AS k FROM unnest($1::text[]) AS c ORDER BY 1) AS keys", classes)
     rows = await conn.fetch(
         "SELECT c, l - (SELECT count(*) FROM jobs WHERE status = 'running' AND class = c) "
+        "- (SELECT count(*) FROM jobs WHERE reserved_at IS NOT NULL AND class = c) "
         "FROM unnest($1::text[], $2::int[]) AS u(c, l)",
         classes, [concurrency[c] for c in classes])
     return {row[0]: row[1] for row in rows}
@@ -199,20 +240,46 @@ async def set_progress(conn: asyncpg.Connection,
 
 async def dispatch_round(conn: asyncpg.Connection, *, host: str,
                          progress: Mapping[int, tuple[float, str | None]],
-                         finished: Sequence[Finished], now: float, limit: int,
-                         concurrency: Mapping[str, int]) -> Round:
+                         started: Sequence[Start], finished: Sequence[Finished], now: float,
+                         limit: int, concurrency: Mapping[str, int],
+                         outrank: tuple[int, int] | None) -> Round:
     if progress:
         await set_progress(conn, progress)
+    if started:  # before the finishes: an attempt may start and end within one round
+        await start(conn, started, host)
     advanced = await finish(conn, finished) if finished else []
-    claimed = await claim(conn, now, limit, concurrency, host) if limit > 0 else []
+    if limit > 0:
+        claimed = await claim(conn, now, limit, concurrency, host)
+    elif outrank is not None:
+        claimed = await claim(conn, now, outrank[1], concurrency, host, below=outrank[0])
+    else:
+        claimed = []
     # A cancel whose signal was lost (or raced the claim) still reaches the job here; and
     # the next due time, both in one round trip.
     cancel, due = await conn.fetchrow(
-        "SELECT ARRAY(SELECT id FROM jobs WHERE status = 'running' AND host = $1 AND "
-        "cancel_requested ORDER BY id), (SELECT min(run_at) FROM jobs WHERE "
-        "status = 'pending' AND run_at > $2)", host, now)
+        "SELECT ARRAY(SELECT id FROM jobs WHERE host = $1 AND cancel_requested AND "
+        "(status = 'running' OR reserved_at IS NOT NULL) ORDER BY id), (SELECT min(run_at) "
+        "FROM jobs WHERE status = 'pending' AND run_at > $2)", host, now)
     return Round(advanced, claimed, float(due) if due is not None and limit > 0 else None,
                  list(cancel))
+
+
+async def start(conn: asyncpg.Connection, started: Sequence[Start], host: str) -> None:
+    """Reserved attempts a worker has begun: ``running`` from the worker's own start time."""
+    rows = await conn.fetch(START, [s.claimed.id for s in started],
+                            [s.claimed.attempt for s in started],
+                            [s.claimed.attempts for s in started], [s.at for s in started],
+                            host)
+    if len(rows) < len(started):
+        moved = {r[0] for r in rows}
+        log.error("start: %d of %d job(s) were no longer pending: %s",
+                  len(started) - len(rows), len(started),
+                  [s.claimed.id for s in started if s.claimed.id not in moved])
+
+
+async def release(conn: asyncpg.Connection, now: float, alive: str) -> int:
+    """Make the jobs that dead hosts had reserved due again (see :data:`RELEASE`)."""
+    return len(await conn.fetch(RELEASE, alive, now))
 
 
 async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
@@ -220,30 +287,47 @@ async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list
 
     The compare-and-set is on the status *and* the attempt number: an attempt another host
     rescued (its host looked dead) and ran again cannot overwrite the newer attempt's end.
-    An attempt given back before it ran (``outcome.started`` false) leaves no row.
+    An attempt given back before it ran (``outcome.started`` false) only loses its
+    reservation (or, cancelled, ends so).
     """
-    for f in finished:
+    ran = [f for f in finished if f.outcome.started]
+    if len(ran) < len(finished):
+        await _give_back(conn, [f for f in finished if not f.outcome.started])
+    for f in ran:
         check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
-    given_back = [f for f in finished if not f.outcome.started]
-    if given_back:
-        await conn.execute(
-            "DELETE FROM attempts USING unnest($1::bigint[], $2::int[]) AS u(id, n) "
-            "WHERE attempts.job_id = u.id AND attempts.number = u.n",
-            [f.claimed.id for f in given_back], [f.claimed.attempt for f in given_back])
     # One statement for both tables: a round trip per table was a third of a round's time.
     changed = await conn.fetch(
         FINISH,
-        *_columns([(*job_update(f), f.claimed.attempt) for f in finished], 11),
+        *_columns([(*job_update(f), f.claimed.attempt) for f in ran], 10),
         *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
                     f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output,
-                    f.outcome.strays)
-                   for f in finished if f.outcome.started], 10))
+                    f.outcome.strays) for f in ran], 10))
     done = {r[0] for r in changed}
-    if len(done) < len(finished):  # a compare-and-set missed: someone else moved the job
+    if len(done) < len(ran):  # a compare-and-set missed: someone else moved the job
         log.error("finish: %d of %d job(s) were no longer running as this attempt: %s",
-                  len(finished) - len(done), len(finished),
-                  [f.claimed.id for f in finished if f.claimed.id not in done])
-    return await _follow_chains(conn, [f for f in finished if f.claimed.id in done])
+                  len(ran) - len(done), len(ran),
+                  [f.claimed.id for f in ran if f.claimed.id not in done])
+    return await _follow_chains(conn, [f for f in finished
+                                       if f.claimed.id in done or not f.outcome.started])
+
+
+async def _give_back(conn: asyncpg.Connection, returned: Sequence[Finished]) -> None:
+    """Attempts that never started: no attempt row, nothing counted, the job keeps its
+    ``run_at`` (and so its place in line); only a cancel ends it."""
+    ended = [f for f in returned if f.transition.status in TERMINAL]
+    await conn.execute(
+        "UPDATE jobs SET reserved_at = NULL, host = NULL WHERE id = ANY($1::bigint[]) AND "
+        "status = 'pending'", [f.claimed.id for f in returned if f not in ended])
+    if ended:
+        await conn.execute(
+            "UPDATE jobs SET status = u.s, reserved_at = NULL, host = NULL, finished_at = u.at, "
+            "error_type = u.et, error_message = u.em FROM unnest($1::bigint[], $2::text[], "
+            "$3::float8[], $4::text[], $5::text[]) AS u(id, s, at, et, em) "
+            "WHERE jobs.id = u.id AND jobs.status = 'pending'",
+            *_columns([(f.claimed.id, f.transition.status.value, f.at,
+                        f.transition.error.type if f.transition.error else None,
+                        f.transition.error.message if f.transition.error else None)
+                       for f in ended], 5))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -305,26 +389,27 @@ async def break_chain(conn: asyncpg.Connection, job_id: int, status: Status,
     return [row[0] for row in rows]
 
 
-async def _status_of(conn: asyncpg.Connection, job_id: int) -> Status:
-    # FOR UPDATE: the check and the change that follows it see the same state, whatever
-    # another host does meanwhile.
-    value = await conn.fetchval("SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-    if value is None:
+async def _status_of(conn: asyncpg.Connection, job_id: int) -> tuple[Status, bool]:
+    """The job's status and whether it is reserved.  FOR UPDATE: the check and the change
+    that follows it see the same state, whatever another host does meanwhile."""
+    row = await conn.fetchrow("SELECT status, reserved_at IS NOT NULL FROM jobs WHERE id = $1 "
+                              "FOR UPDATE", job_id)
+    if row is None:
         raise JobNotFound(job_id)
-    return Status(value)
+    return Status(row[0]), bool(row[1])
 
 
 async def cancel(conn: asyncpg.Connection, job_id: int, now: float,
                  reason: str) -> CancelResult:
-    status = await _status_of(conn, job_id)
+    status, reserved = await _status_of(conn, job_id)
     if status in TERMINAL:
         raise WrongState(f"job {job_id} is already {status.value}")
-    if status is Status.RUNNING:
-        # Only the host running it can stop the process: the engine signals it, and the
-        # mark reaches it in its next round should the signal be lost.
-        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1 AND "
-                           "status = 'running'", job_id)
-        return CancelResult(status, [])
+    if status is Status.RUNNING or reserved:
+        # Held by a worker (running, or reserved and maybe starting this very moment): only
+        # its host can stop it there: the engine signals it, and the mark reaches it in its
+        # next round should the signal be lost.
+        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
+        return CancelResult(Status.RUNNING, [])
     check_transition(job_id, status, Status.CANCELLED)
     await conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = $1, error_type = "
                        "'Cancelled', error_message = $2 WHERE id = $3 AND status = 'pending'",
@@ -335,7 +420,7 @@ async def cancel(conn: asyncpg.Connection, job_id: int, now: float,
 
 async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
     """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
-    status = await _status_of(conn, job_id)
+    status, _ = await _status_of(conn, job_id)
     if status not in (Status.FAILED, Status.CANCELLED):  # running -> pending is the policy's
         raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
                          "be retried")
@@ -346,12 +431,13 @@ async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
     if twin is not None:
         raise WrongState(f"job {job_id} cannot be retried while job {twin} with the same "
                          "unique_key is pending or running")
+    position = await _chain_position(conn, job_id)
+    run_at = await _retried_step_due(conn, job_id, position, now) if position else now
     await conn.execute("UPDATE jobs SET status = 'pending', run_at = $1, attempts = 0, "
                        "interruptions = 0, finished_at = NULL, error_type = NULL, "
                        "error_message = NULL, result = NULL WHERE id = $2 AND status = $3",
-                       now, job_id, status.value)
+                       run_at, job_id, status.value)
     ids = [job_id]
-    position = await _chain_position(conn, job_id)
     if position is not None:
         rows = await conn.fetch(
             "UPDATE jobs SET status = 'pending', run_at = NULL, finished_at = NULL, "
@@ -360,3 +446,32 @@ async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
             "RETURNING id", *position)
         ids += [row[0] for row in rows]
     return ids
+
+
+async def _retried_step_due(conn: asyncpg.Connection, job_id: int, position: tuple[int, int],
+                            now: float) -> float | None:
+    """When a retried chain step may run: only after the step before it completed, with
+    that result as ``previous`` (as :func:`.writes._retried_step_due`).
+
+    Completed: due now, ``previous`` set afresh.  Pending or running: back to waiting (run_at
+    NULL) until it completes.  Failed or cancelled: refused, naming the step to retry.
+    """
+    chain_id, pos = position
+    if pos == 0:
+        return now
+    row = await conn.fetchrow("SELECT id, status, result FROM jobs WHERE chain_id = $1 AND "
+                              "chain_pos = $2", chain_id, pos - 1)
+    if row is None:
+        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
+                         "was pruned: its result, this step's 'previous', is gone")
+    before, status, result = row[0], Status(row[1]), row[2]
+    if status in (Status.PENDING, Status.RUNNING):
+        return None
+    if status is not Status.COMPLETED:
+        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
+                         f"(job {before}) ended {status.value}: retry job {before}, and the "
+                         "chain goes on from there")
+    kwargs = orjson.loads(await conn.fetchval("SELECT kwargs FROM jobs WHERE id = $1", job_id))
+    kwargs["previous"] = orjson.loads(result) if result is not None else None
+    await conn.execute("UPDATE jobs SET kwargs = $1 WHERE id = $2", dumps(kwargs), job_id)
+    return now

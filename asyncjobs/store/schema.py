@@ -144,4 +144,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE attempts ADD COLUMN host TEXT;
     """,
+    # 8: a claim *reserves* a job for an attempt (reserved_at: when) and leaves it
+    # 'pending': it becomes 'running', with started_at and an attempt row, only when a worker
+    # reports that it really starts it (§4).  Other claims skip reserved jobs; an attempt
+    # given back before it started clears the mark; at start-up every mark is stale.
+    """
+    ALTER TABLE jobs ADD COLUMN reserved_at REAL;
+    CREATE INDEX jobs_reserved ON jobs (class) WHERE reserved_at IS NOT NULL;
+    """,
 ]

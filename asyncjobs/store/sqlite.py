@@ -48,6 +48,7 @@ from . import (
     Page,
     Round,
     ScheduleState,
+    Start,
     Stats,
     Submitted,
     housekeeping,
@@ -125,6 +126,12 @@ class SqliteStore:
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
                                "COMMIT;")
             log.info("store schema migrated to version %s", number)
+        # One host per SQLite file, and it is only starting: every reservation is a dead
+        # host's, and its jobs are due again.
+        conn.execute("BEGIN IMMEDIATE")
+        if writes.release_reservations(conn):
+            log.warning("released the jobs a stopped host had handed to its workers")
+        conn.execute("COMMIT")
         self._conn = conn
 
     async def close(self) -> None:
@@ -293,11 +300,13 @@ class SqliteStore:
 
     async def dispatch_round(self, *, host: str,
                              progress: Mapping[int, tuple[float, str | None]],
-                             finished: Sequence[Finished], now: float, limit: int,
-                             concurrency: Mapping[str, int]) -> Round:
+                             started: Sequence[Start] = (), finished: Sequence[Finished],
+                             now: float, limit: int, concurrency: Mapping[str, int],
+                             outrank: tuple[int, int] | None = None) -> Round:
         result: Round = await self._write(partial(
-            writes.dispatch_round, host=host, progress=dict(progress), finished=finished,
-            now=now, limit=limit, concurrency=dict(concurrency)))
+            writes.dispatch_round, host=host, progress=dict(progress), started=started,
+            finished=finished, now=now, limit=limit, concurrency=dict(concurrency),
+            outrank=outrank))
         return result
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:
@@ -369,7 +378,7 @@ class SqliteStore:
         orphans = []
         for row in rows:
             orphan = writes.claimed_from_row(row, attempt=row[5], attempts=row[6])
-            orphan.cancel_requested = bool(row[11])
+            orphan.cancel_requested = bool(row[12])  # after CLAIM_COLUMNS
             orphans.append(orphan)
         return orphans
 

@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from .. import files
 from ..engine import datadir
 from ..errors import HostLocked, Unavailable
-from ..workers import procs
 
 Op = Callable[[sqlite3.Connection], Any]
 
@@ -60,7 +60,7 @@ def take_lock(path: Path) -> IO[bytes]:
     registered host for dead: see :func:`.housekeeping.register_host`."""
     # Private like every file of the data directory (0600, never through a symlink).
     handle = os.fdopen(datadir.open_private(Path(f"{path}.lock")), "a+b")
-    if not procs.try_lock(handle):
+    if not files.try_lock(handle):
         handle.close()
         raise HostLocked(f"another asyncjobs host is using the SQLite store {path}; one host "
                          "per SQLite store (several hosts share a PostgreSQL store)")

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import gc
 import importlib
+import inspect
 import os
 import stat
 import sys
@@ -26,14 +27,32 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import orjson
 
+from .. import files
 from ..errors import Fail, Retry
 from . import context, procs
 from .guard import Limits, guarded
+from .protocol import (
+    ErrorReport,
+    ForkRequest,
+    JobRequest,
+    Reply,
+    SkipRequest,
+    decode_request,
+    decode_server_request,
+    encode_began,
+    encode_broken,
+    encode_done,
+    encode_exited,
+    encode_progress,
+    encode_server_started,
+    encode_skipped,
+)
 
 PROGRESS_INTERVAL = 0.1  # seconds between forwarded progress updates
 
@@ -52,8 +71,8 @@ class Channel:
         self._pending: tuple[float, str | None] | None = None
         self._lock = threading.Lock()  # the inbox thread answers skips on the same channel
 
-    def send(self, message: dict[str, Any]) -> None:
-        data = memoryview(orjson.dumps(message) + b"\n")
+    def send(self, line: bytes) -> None:
+        data = memoryview(line)
         with self._lock:
             while data:
                 written = os.write(self.fd, data)
@@ -65,8 +84,7 @@ class Channel:
         if now - self._last_sent >= PROGRESS_INTERVAL:
             self._last_sent = now
             self._pending = None
-            self.send({"t": "progress", "id": self.job_id, "fraction": fraction,
-                       "message": message})
+            self.send(encode_progress(self.job_id, fraction, message))
         else:
             self._pending = (fraction, message)
 
@@ -74,8 +92,7 @@ class Channel:
         if self._pending is not None:
             fraction, message = self._pending
             self._pending = None
-            self.send({"t": "progress", "id": self.job_id, "fraction": fraction,
-                       "message": message})
+            self.send(encode_progress(self.job_id, fraction, message))
 
 
 class Inbox:
@@ -90,7 +107,7 @@ class Inbox:
     def __init__(self, stream: Any, channel: Channel) -> None:
         self.stream = stream
         self.channel = channel
-        self.jobs: deque[dict[str, Any]] = deque()
+        self.jobs: deque[JobRequest] = deque()
         self.closed = False
         self.busy = False  # a job is running on the main thread
         self._ready = threading.Condition()
@@ -98,14 +115,13 @@ class Inbox:
 
     def _read(self) -> None:
         for line in self.stream:
-            message = orjson.loads(line)
+            message = decode_request(line)
             with self._ready:
-                if message.get("t") == "skip":
-                    found = next((j for j in self.jobs if j["id"] == message["id"]), None)
+                if isinstance(message, SkipRequest):
+                    found = next((j for j in self.jobs if j.id == message.id), None)
                     if found is not None:
                         self.jobs.remove(found)
-                    self.channel.send({"t": "skipped", "id": message["id"],
-                                       "skipped": found is not None})
+                    self.channel.send(encode_skipped(message.id, found is not None))
                 else:
                     self.jobs.append(message)
                 self._ready.notify()
@@ -123,7 +139,7 @@ class Inbox:
         with self._ready:
             self.busy = False
 
-    def next_job(self) -> dict[str, Any] | None:
+    def next_job(self) -> JobRequest | None:
         with self._ready:
             while not self.jobs and not self.closed:
                 self._ready.wait()
@@ -193,7 +209,7 @@ def resolve(allow: dict[str, Any], cls_name: str, method: str) -> Any:
     return getattr(target(), method)
 
 
-def call(func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+def call(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
     result = func(*args, **kwargs)
     if hasattr(result, "__await__"):
         import asyncio  # noqa: PLC0415 - only async jobs pay for asyncio's import
@@ -203,6 +219,26 @@ def call(func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
         result = asyncio.run(_await())
     return result
+
+
+def check_arguments(func: Any, job: JobRequest) -> None:
+    """Arguments that cannot fit the method's signature fail now, not as a retryable error.
+
+    A ``TypeError`` from the call itself can never succeed on a retry; one raised inside
+    the job may.  ``inspect`` is loaded already (by ``dataclasses``), so this costs no import.
+    """
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # no signature to check (a builtin, say): let it run
+        return
+    try:
+        signature.bind(*job.args, **job.kwargs)
+    except TypeError as exc:
+        # Names and defaults only: annotations are often strings (postponed evaluation).
+        bare = signature.replace(return_annotation=inspect.Signature.empty, parameters=[
+            p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()])
+        raise ArgumentsError(f"{job.cls}.{job.method}{bare} cannot take the arguments given: "
+                             f"{exc}") from None
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
@@ -218,47 +254,48 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return message, tb
 
 
-def error_message(exc: BaseException, **extra: Any) -> dict[str, Any]:
+def error_reply(exc: BaseException, *, retry: bool = False, delay: float | None = None,
+                fail: bool = False) -> Reply:
     message, tb = _describe(exc)
-    return {"t": "done", "ok": False, **extra, "error": {
-        "type": type(exc).__name__,
-        "message": message[:2000],
-        "traceback": tb[-20000:],
-        "mro": [c.__name__ for c in type(exc).__mro__],
-    }}
+    return Reply(False, retry=retry, delay=delay, fail=fail, error=ErrorReport(
+        type(exc).__name__, message[:2000], tb[-20000:], [c.__name__ for c in type(exc).__mro__]))
 
 
-def run_job(job: dict[str, Any], allow: dict[str, Any], max_result: int) -> dict[str, Any]:
+def run_job(job: JobRequest, allow: dict[str, Any], max_result: int, channel: Channel) -> Reply:
+    """Resolve, check and call the job; tell the host ``started`` just before its code runs."""
     try:
-        func = resolve(allow, job["class"], job["method"])
-        result = call(func, job.get("args") or [], job.get("kwargs") or {})
+        func = resolve(allow, job.cls, job.method)
+        check_arguments(func, job)
+        channel.send(encode_began(job.id, time.time()))
+        result = call(func, job.args, job.kwargs)
     except Retry as exc:
-        return error_message(exc, retry=True, delay=exc.delay)
-    except (Fail, NotAllowedError) as exc:
-        return error_message(exc, fail=True)
+        return error_reply(exc, retry=True, delay=exc.delay)
+    except (Fail, NotAllowedError, ArgumentsError) as exc:
+        return error_reply(exc, fail=True)
     except BaseException as exc:
-        return error_message(exc)
+        return error_reply(exc)
     try:
         encoded = orjson.dumps(result)
     except TypeError as exc:
-        return error_message(ResultError(f"return value is not JSON-serialisable: {exc}"))
+        return error_reply(ResultError(f"return value is not JSON-serialisable: {exc}"))
     if len(encoded) > max_result:
-        return error_message(ResultError(
+        return error_reply(ResultError(
             f"return value is {len(encoded)} bytes as JSON; the limit is {max_result}"))
-    return {"t": "done", "ok": True, "result": result}
+    return Reply(True, result=result)
 
 
 class ResultError(Exception):
     """The job returned something the host cannot store."""
 
 
-def send_reply(job: dict[str, Any], reply: dict[str, Any], channel: Channel,
-               capture: Capture) -> None:
+class ArgumentsError(TypeError):
+    """The job's arguments do not fit its method's signature: no retry can help."""
+
+
+def send_reply(job: JobRequest, reply: Reply, channel: Channel, capture: Capture) -> None:
     """The job's answer: the last progress update, then its result with its output tail."""
     channel.flush_progress()
-    reply["id"] = job["id"]
-    reply["output"] = capture.tail()
-    channel.send(reply)
+    channel.send(encode_done(job.id, reply, capture.tail()))
 
 
 def command(allow_list: str, base_dir: str, max_result: int, output_limit: int,
@@ -296,9 +333,9 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
             # The host died: jobs still queued for us will be rerun by the next host (they
             # are "running" on disk), so starting them here would only run them twice.
             break
-        channel.job_id = job["id"]
+        channel.job_id = job.id
         capture.reset()
-        reply = guarded(job, limits, functools.partial(run_job, job, allow, max_result),
+        reply = guarded(job, limits, functools.partial(run_job, job, allow, max_result, channel),
                         functools.partial(send_reply, job, channel=channel, capture=capture))
         inbox.job_done()  # the job's code has returned: nothing left to stop if input closes
         send_reply(job, reply, channel, capture)
@@ -415,9 +452,6 @@ class ForkServer:
                 self.closed = True  # the host died without closing our input
         self._shutdown()
 
-    def _send(self, message: dict[str, Any]) -> None:
-        self._write(orjson.dumps(message) + b"\n")
-
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         try:
@@ -449,13 +483,13 @@ class ForkServer:
             line = bytes(self.requests[:end])
             self.requests[:end + 1] = bytes(end + 1)
             del self.requests[:end + 1]
-            message = orjson.loads(line)
+            request = decode_server_request(line)
             del line
-            if message["t"] == "fork":
-                self._fork(message["n"], message["output"], message["file"], message["job"])
-            elif message["t"] == "kill":
-                self._kill(message["n"], force=message["force"])
-            del message
+            if isinstance(request, ForkRequest):
+                self._fork(request)
+            else:
+                self._kill(request.key, force=request.force)
+            del request
 
     def _kill(self, key: int, *, force: bool) -> None:
         child = self.children.get(key)
@@ -466,7 +500,8 @@ class ForkServer:
 
     # -- children --------------------------------------------------------------------------
 
-    def _fork(self, key: int, output: str, identity: list[int], job: dict[str, Any]) -> None:
+    def _fork(self, request: ForkRequest) -> None:
+        key = request.key
         if os.getppid() != self.host_pid:
             self.closed = True  # the host is gone: this attempt will be rerun by the next one
             return
@@ -481,12 +516,12 @@ class ForkServer:
             gc.unfreeze()
             os.close(read_fd)
             os.close(write_fd)
-            self._send({"t": "exited", "n": key, "code": None, "why": f"could not fork: {exc}"})
+            self._write(encode_exited(key, None, f"could not fork: {exc}"))
             return
         if pid == 0:
             try:
                 self._forget()
-                self._child(job, output, identity, read_fd, write_fd)  # raises _ChildExit
+                self._child(request, read_fd, write_fd)  # raises _ChildExit
             except _ChildExit:
                 raise
             except BaseException:  # noqa: S110 - nothing else may unwind into the server
@@ -500,7 +535,7 @@ class ForkServer:
         self.by_pid[pid] = child
         self.by_fd[read_fd] = child
         self.poll.register(read_fd, self._pollin)
-        self._send({"t": "started", "n": key, "pid": pid})
+        self._write(encode_server_started(key, pid))
 
     def _forget(self) -> None:
         """In a child, first thing: wipe the server's data about every other attempt.
@@ -519,8 +554,7 @@ class ForkServer:
         self.by_pid.clear()
         self.by_fd.clear()
 
-    def _child(self, job: dict[str, Any], output: str, identity: list[int], read_fd: int,
-               write_fd: int) -> None:
+    def _child(self, request: ForkRequest, read_fd: int, write_fd: int) -> None:
         """The forked child: a fresh session, only its own descriptors, then the job."""
         import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
 
@@ -542,7 +576,7 @@ class ForkServer:
             os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
             # The host created the file (and reads it through its own handle): open that very
             # file, never a FIFO, symlink or other file a job may have put at its path.
-            capture_fd = procs.open_existing(output, (identity[0], identity[1]))
+            capture_fd = files.open_existing(request.output, request.identity)
             # Keep only the pipe and the capture file: not the host's channel (fd 1 until
             # Capture.reset), not the other children's pipes, not the server's self-pipe.
             _close_fds_except(write_fd, capture_fd, limit=self.open_max)
@@ -550,13 +584,14 @@ class ForkServer:
             capture.reset()
             ready = True
             channel = Channel(write_fd)
-            channel.job_id = job["id"]
+            channel.job_id = request.job.id
             context.set_reporter(channel.progress)
-            reply = guarded(job, self.limits,
-                            functools.partial(run_job, job, self.allow, self.max_result),
-                            functools.partial(send_reply, job, channel=channel,
+            reply = guarded(request.job, self.limits,
+                            functools.partial(run_job, request.job, self.allow,
+                                              self.max_result, channel),
+                            functools.partial(send_reply, request.job, channel=channel,
                                               capture=capture))
-            send_reply(job, reply, channel, capture)
+            send_reply(request.job, reply, channel, capture)
             code = 0
         except BaseException:
             with contextlib.suppress(BaseException):
@@ -625,8 +660,7 @@ class ForkServer:
         # Also from its final read in _ended: then it is a zombie (still ours) or, without
         # waitid, reaped -- and only its group may be signalled.
         procs.signal_forked(child.pid, force=True, reaped=child.reaped)
-        self._send({"t": "broken", "n": child.key,
-                    "why": "the worker sent a message larger than allowed"})
+        self._write(encode_broken(child.key, "the worker sent a message larger than allowed"))
 
     def _close_pipe(self, child: _Forked) -> None:
         if child.fd is not None:
@@ -678,8 +712,7 @@ class ForkServer:
         self.by_pid.pop(child.pid, None)
         child.code = os.waitstatus_to_exitcode(status)
         del self.children[child.key]
-        self._send({"t": "exited", "n": child.key, "code": child.code,
-                    "strays": len(child.strays)})
+        self._write(encode_exited(child.key, child.code, strays=len(child.strays)))
 
     def _shutdown(self) -> None:
         """The host is gone or closed our input: kill every child's group, reap, report."""

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from ..config import Settings
+from ..files import create_private, read_tail
 from ..models import Claimed
 from .child import command, message_limit
 from .procs import (
-    create_private,
     describe_exit,
     kill_marked,
     new_group_options,
-    read_tail,
     signal_group,
     worker_environment,
     worker_label,

@@ -25,9 +25,9 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import procs
+from .protocol import ErrorReport, JobRequest, Reply
 
 INTERVAL = 0.05  # seconds between two samples of a limited job's memory
 MIB = 1 << 20
@@ -88,27 +88,26 @@ class MemoryWatch:
         self._thread.join()
 
 
-def exceeded_message(job_id: int, limit_mib: int, resident: int,
-                     strays: int) -> dict[str, Any]:
+def exceeded_reply(limit_mib: int, resident: int, strays: int) -> Reply:
     """The answer a worker sends for a job it kills for its memory (see ``protocol``)."""
-    return {"t": "done", "id": job_id, "ok": False, "crashed": True, "strays": strays,
-            "error": {"type": "MemoryLimitExceeded",
-                      "message": f"exceeded memory_limit {limit_mib} MiB (resident "
-                                 f"{resident // MIB} MiB); worker killed",
-                      "mro": ["MemoryLimitExceeded"]}}
+    reply = Reply(False, crashed=True, error=ErrorReport(
+        "MemoryLimitExceeded", f"exceeded memory_limit {limit_mib} MiB (resident "
+        f"{resident // MIB} MiB); worker killed", "", ["MemoryLimitExceeded"]))
+    reply.strays = strays
+    return reply
 
 
-def guarded(job: dict[str, Any], limits: Limits, run: Callable[[], dict[str, Any]],
-            send: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def guarded(job: JobRequest, limits: Limits, run: Callable[[], Reply],
+            send: Callable[[Reply], None]) -> Reply:
     """Run one job (``run`` returns its answer) within ``limits``; the answer with its
     ``strays``.  Over its memory limit, ``send`` gets the worker's own answer and the worker
     dies (this never returns)."""
-    limit = limits.memory_limit.get(job.get("class", ""))
+    limit = limits.memory_limit.get(job.cls)
     watch = None
     if limit is not None:
         def exceeded(resident: int) -> None:
             strays = procs.end_strays(0.0)
-            send(exceeded_message(job["id"], limit, resident, strays))
+            send(exceeded_reply(limit, resident, strays))
             procs.kill_own_group()
 
         watch = MemoryWatch(limit, exceeded)
@@ -118,6 +117,5 @@ def guarded(job: dict[str, Any], limits: Limits, run: Callable[[], dict[str, Any
         if watch is not None:
             watch.stop()
     strays = procs.end_strays(limits.kill_grace)
-    if strays:
-        reply["strays"] = strays
+    reply.strays = strays
     return reply

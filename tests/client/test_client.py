@@ -8,17 +8,25 @@ import asyncio
 import datetime as dt
 import json
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_fixture import InProcess, ServedHost, clean_env, in_process, make_project, serve
+from serve_fixture import (
+    InProcess,
+    ServedHost,
+    clean_env,
+    closed_port_url,
+    in_process,
+    make_project,
+    serve,
+)
 
 from asyncjobs import AsyncJobsClient, submit_job, submit_job_sync
-from asyncjobs.client.api_client import discover, submit_body
+from asyncjobs.client.api_client import submit_body
+from asyncjobs.client.discovery import discover
 from asyncjobs.errors import (
     AsyncJobsError,
     ConfigError,
@@ -53,13 +61,6 @@ async def client(served: ServedHost) -> AsyncIterator[AsyncJobsClient]:
 async def inprocess(tmp_path: Path) -> AsyncIterator[InProcess]:
     async with in_process(tmp_path) as env:
         yield env
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def pid_alive(pid: int) -> bool:

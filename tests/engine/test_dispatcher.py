@@ -358,7 +358,8 @@ class BrokenLauncher:
 
     capacity = 4
 
-    async def run(self, job: object, isolation: Isolation, on_progress: object) -> Outcome:
+    async def run(self, job: object, isolation: Isolation, on_progress: object,
+                  on_start: object = None) -> Outcome:
         raise RuntimeError("launcher bug")
 
     def stop(self, job_id: int, kind: OutcomeKind) -> bool:

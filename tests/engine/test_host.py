@@ -19,6 +19,7 @@ from store_support import claim_as
 from asyncjobs.config import Settings
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
 from asyncjobs.models import OutcomeKind, Status
+from asyncjobs.store import Start
 from asyncjobs.store.factory import DB_FILE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,8 +166,8 @@ async def test_cancel_a_job_queued_behind_another_never_runs_it(
         second = (await host.submit("Ok", "record", [str(record), "second"])).id
         draining = asyncio.create_task(drain(host))
         await wait_for_file(tmp_path / "first.started")
-        # Claimed with the first (sent ahead to the same warm worker) but not started.
-        assert (await host.get(second)).status is Status.RUNNING
+        # Reserved with the first (waiting for the one worker) but not started: pending.
+        assert (await host.get(second)).status is Status.PENDING
 
         async with asyncio.timeout(5):
             cancelled = await host.cancel(second)
@@ -264,9 +265,14 @@ async def leave_running(make_host: HostFactory, settings: Settings, clock: FakeC
     """Open a host that claims the due jobs and goes away without recording any outcome,
     the way a host killed mid-attempt leaves its data directory."""
     async with make_host(settings) as host:
-        assert (await host.store.dispatch_round(
+        claimed = (await host.store.dispatch_round(
             host=host.id, progress={}, finished=[], now=clock.now(), limit=10,
             concurrency={})).claimed
+        assert claimed
+        # ... and its workers started them.
+        await host.store.dispatch_round(
+            host=host.id, progress={}, started=[Start(c, clock.now()) for c in claimed],
+            finished=[], now=clock.now(), limit=0, concurrency={})
 
 
 async def test_an_interruption_does_not_use_up_an_attempt(settings: Settings,

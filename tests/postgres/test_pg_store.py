@@ -14,13 +14,19 @@ from typing import Any
 
 import asyncpg
 import pytest
-from store_support import NOW, claim, claim_as, done, interrupted, spec
+from store_support import NOW, claim, claim_as, done, host_row, interrupted, reserve, spec
 
 from asyncjobs.errors import Unavailable
 from asyncjobs.models import OutcomeKind, Status
 from asyncjobs.store.postgres import PostgresStore
 
 StoreFactory = Callable[[], Awaitable[PostgresStore]]
+
+
+async def reserve_as(store: PostgresStore, host: str, now: float, lease: float) -> list[Any]:
+    """Register ``host`` (alive for ``lease`` seconds from ``now``) and reserve one job."""
+    await store.register_host(host_row(host, now=now, lease=lease))
+    return await reserve(store, now, 1, host=host)
 
 
 @pytest.fixture
@@ -112,6 +118,24 @@ async def test_orphans_are_the_running_jobs_of_expired_hosts_only(stores: StoreF
     assert mine.id not in [c.id for c in await store.orphans(NOW + 99, alive="me")]
     listed = {h.id: h.running for h in await store.hosts(NOW)}
     assert listed == {"alive": 1, "dead": 1}
+
+
+async def test_a_dead_hosts_reservations_are_released_by_the_rescue(
+        stores: StoreFactory) -> None:
+    store = await stores()
+    await store.submit([spec(run_at=NOW - 60) for _ in range(2)], NOW - 60)
+    (dead,) = await reserve_as(store, "dead", NOW - 20, lease=19)
+    (alive,) = await reserve_as(store, "alive", NOW - 20, lease=50)
+
+    assert await store.orphans(NOW, alive="me") == []  # reservations only: none running
+
+    released = await store.get(dead.id)
+    assert released is not None and released.status is Status.PENDING
+    assert [(a.number, a.outcome) for a in released.attempt_history] == [
+        (1, OutcomeKind.INTERRUPTED)]  # it may have started: the history says so
+    assert [c.id for c in await claim(store, NOW, 5, host="me")] == [dead.id]  # due again
+    kept = await store.get(alive.id)
+    assert kept is not None and kept.attempt_history == []  # a live host's stays reserved
 
 
 async def test_hosts_starting_together_migrate_once(pg_url: str) -> None:

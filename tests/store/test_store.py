@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from store_support import NOW, claim, done, failed, host_row, ids, spec
+from store_support import NOW, claim, done, failed, host_row, ids, reserve, spec, start
 
 from asyncjobs.errors import HostLocked, WrongState
 from asyncjobs.models import (
+    ErrorInfo,
     Outcome,
     OutcomeKind,
     Priority,
@@ -196,7 +197,8 @@ async def test_job_counts_match_the_jobs_through_every_transition(
                                      next_run=NOW + 60, now=NOW)
     await _assert_counts_match(store, db)
 
-    a1, a2, a3, a4 = await claim(store, NOW, 4)
+    a1, a2, a3 = await claim(store, NOW, 3)
+    (a4,) = await reserve(store, NOW, 1)  # reserved, given back before it starts
     not_started = Finished(a4, Outcome(OutcomeKind.INTERRUPTED, started=False),
                            Transition(Status.PENDING, counts=False), NOW + 1)
     await store.finish([done(a1), failed(a2), failed(a3, Status.PENDING, NOW + 5), not_started])
@@ -225,3 +227,90 @@ async def test_a_finish_that_misses_a_job_recounts_its_class(store: SqliteStore,
         conn.commit()
     await store.finish([done(c1), done(c2)])  # c2 is no longer running: a missed CAS
     await _assert_counts_match(store, tmp_path / "jobs.db")
+
+
+# -- reservations (issue #14): a claim reserves, a worker's start makes running ---------------
+
+async def test_a_claim_reserves_and_only_a_start_makes_running(store: SqliteStore) -> None:
+    (job_id,) = await ids(store, spec())
+
+    reserved = await reserve(store, NOW + 3, 1)
+    job = await store.get(job_id)
+    assert job is not None
+    # Reserved for a worker but not started: pending to every reader, and claimed once.
+    assert (job.status, job.attempts, job.started_at, job.attempt_history) == (
+        Status.PENDING, 0, None, [])
+    assert (await store.stats(NOW)).counts.get("pending") == 1
+    assert await reserve(store, NOW + 3, 1) == []
+
+    await start(store, reserved, NOW + 4)
+    job = await store.get(job_id)
+
+    assert job is not None
+    assert (job.status, job.attempts, job.started_at) == (Status.RUNNING, 1, NOW + 4)
+    (attempt,) = job.attempt_history
+    assert (attempt.number, attempt.outcome, attempt.started_at) == (1, None, NOW + 4)
+    assert (await store.stats(NOW)).counts.get("running") == 1
+
+
+async def test_an_attempt_given_back_unreserved_keeps_its_place(store: SqliteStore) -> None:
+    first, _ = await ids(store, spec(run_at=NOW - 2), spec(run_at=NOW - 1))
+    c1, _ = await reserve(store, NOW, 2)
+    back = Outcome(OutcomeKind.INTERRUPTED, started=False)
+
+    await store.finish([Finished(c1, back, Transition(Status.PENDING, run_at=NOW + 9,
+                                                      counts=False), NOW + 1)])
+    job = await store.get(first)
+
+    assert job is not None
+    assert (job.status, job.run_at, job.attempts, job.attempt_history) == (
+        Status.PENDING, NOW - 2, 0, [])
+    assert [c.id for c in await reserve(store, NOW + 1, 5)] == [first]
+
+
+async def test_a_reserved_job_is_cancelled_through_its_worker(store: SqliteStore) -> None:
+    (job_id,) = await ids(store, spec())
+    (c,) = await reserve(store, NOW, 1)
+
+    # Held by a worker: the host must stop it there (the outcome is then recorded).
+    assert (await store.cancel(job_id, NOW, "by request")).previous is Status.RUNNING
+    stopped = Outcome(OutcomeKind.CANCELLED, error=ErrorInfo("Cancelled", "before it started"),
+                      started=False)
+    await store.finish([Finished(c, stopped, Transition(
+        Status.CANCELLED, error=stopped.error, counts=False), NOW + 1)])
+    job = await store.get(job_id)
+
+    assert job is not None
+    assert (job.status, job.attempts, job.attempt_history) == (Status.CANCELLED, 0, [])
+    assert (await store.stats(NOW)).counts.get("cancelled") == 1
+    assert not (await store.stats(NOW)).counts.get("pending")
+
+
+async def test_a_reserved_job_counts_against_its_class_concurrency(store: SqliteStore) -> None:
+    await ids(store, spec("A"), spec("A"))
+
+    assert len(await reserve(store, NOW, 5, {"A": 1})) == 1
+    assert await reserve(store, NOW, 5, {"A": 1}) == []  # the reserved one may start any moment
+
+
+async def test_reservations_left_by_a_dead_host_are_cleared_at_open(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.open()
+    (job_id,) = await ids(store, spec())
+    assert await reserve(store, NOW, 1)
+    await store.close()
+
+    store = SqliteStore(tmp_path / "jobs.db")
+    await store.open()
+    try:
+        (again,) = await reserve(store, NOW, 1)
+        job = await store.get(job_id)
+    finally:
+        await store.close()
+
+    # Due again; and as it may have started just before the host died, its history says so
+    # (without using up an attempt), and the next attempt is numbered after it.
+    assert job is not None
+    assert (again.id, again.attempt, job.status, job.attempts) == (job_id, 2, Status.PENDING, 0)
+    (maybe,) = job.attempt_history
+    assert (maybe.outcome, maybe.started_at) == (OutcomeKind.INTERRUPTED, NOW)
