@@ -26,7 +26,6 @@ from .writes import CLAIM_COLUMNS, claimed_from_row, dumps, job_update
 
 # A reservation returns the attempt it is for: the next run, one more counted attempt.
 _NEXT = {"runs": "jobs.runs + 1", "attempts": "jobs.attempts + 1"}
-NO_RANK = 32767  # "any priority": every rank is below it
 
 log = logging.getLogger("asyncjobs.store")
 
@@ -38,34 +37,46 @@ INSERT_JOBS = (
     "$7::float8[], $8::int[], $9::bigint[], $11::int[]) AS u(c, m, a, k, p, r, t, x, h, s) "
     "RETURNING id")
 
-# One statement: find the best due jobs no other transaction holds and no host has reserved
-# (leaving out the full classes, $6, and any priority not ranked better than $7), keep at
-# most each capped class's room ($3/$4: the classes with room left and how much), and
-# reserve them for host $5: they stay pending until a worker starts them (:func:`start`).
-# Without caps the arrays are empty and the candidates are a range of the jobs_due index.
-CLAIM = f"""
+# One statement: find the best due jobs no other transaction holds and no host has reserved,
+# and reserve them for host $3: they stay pending until a worker starts them (:func:`start`).
+# With caps, $4/$5 are the classes with room left and how much, $6 the full ones (left
+# out); with a rank, only better priorities than it.  Each case is a statement of its own,
+# with no filter it does not need: a prepared statement is soon planned once for any
+# parameters, and filters on unknown values made that plan scan and sort every pending job
+# instead of walking the jobs_due index.
+def _claim_sql(*, capped: bool, ranked: bool) -> str:
+    rank = f"AND priority < ${7 if capped else 4}" if ranked else ""
+    if capped:
+        where = f"AND class <> ALL ($6::text[]) {rank}"
+        chosen = """SELECT id FROM (
+        SELECT cand.id, caps.room, row_number() OVER (
+            PARTITION BY cand.class ORDER BY cand.priority, cand.run_at, cand.id) AS k
+        FROM cand LEFT JOIN unnest($4::text[], $5::int[]) AS caps(cls, room)
+            ON caps.cls = cand.class) AS ranked
+    WHERE room IS NULL OR k <= room"""
+    else:
+        where, chosen = rank, "SELECT id FROM cand"
+    returning = ", ".join(_NEXT.get(c, f"jobs.{c}") for c in CLAIM_COLUMNS.split(", "))
+    return f"""
 WITH cand AS (
     SELECT id, class, priority, run_at FROM jobs
-    WHERE status = 'pending' AND run_at <= $1 AND reserved_at IS NULL
-      AND class <> ALL ($6::text[]) AND priority < $7
+    WHERE status = 'pending' AND run_at <= $1 AND reserved_at IS NULL {where}
     ORDER BY priority, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), chosen AS (
-    SELECT id FROM (
-        SELECT cand.id, caps.room, row_number() OVER (
-            PARTITION BY cand.class ORDER BY cand.priority, cand.run_at, cand.id) AS k
-        FROM cand LEFT JOIN unnest($3::text[], $4::int[]) AS caps(cls, room)
-            ON caps.cls = cand.class) AS ranked
-    WHERE room IS NULL OR k <= room
+    {chosen}
 ), moved AS (
-    UPDATE jobs SET reserved_at = $1, host = $5, cancel_requested = false
-    FROM chosen WHERE jobs.id = chosen.id AND jobs.status = 'pending'
-    RETURNING {", ".join(_NEXT.get(c, f"jobs.{c}") for c in CLAIM_COLUMNS.split(", "))},
-        jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
+    UPDATE jobs SET reserved_at = $1, host = $3, cancel_requested = false
+    WHERE jobs.id = ANY (ARRAY(SELECT id FROM chosen)) AND jobs.status = 'pending'
+    RETURNING {returning}, jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
 )
 SELECT * FROM moved ORDER BY sort_priority, sort_run_at, id
 """  # noqa: S608 - column names only, no input
+
+
+CLAIMS = {(capped, ranked): _claim_sql(capped=capped, ranked=ranked)
+          for capped in (False, True) for ranked in (False, True)}
 
 # Reserved attempts a worker began ($5: the host): running from the worker's own start time,
 # with their attempt rows, numbered as claimed.
@@ -183,7 +194,7 @@ async def _submit_one(conn: asyncpg.Connection, spec: JobSpec, now: float) -> Su
 
 async def claim(conn: asyncpg.Connection, now: float, limit: int,
                 concurrency: Mapping[str, int], host: str, *,
-                below: int = NO_RANK) -> list[Claimed]:
+                below: int | None = None) -> list[Claimed]:
     """Reserve up to ``limit`` due jobs for ``host``: priority, run_at, id (``below``: only
     of a priority ranked better than that).
 
@@ -198,9 +209,12 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
     claimed: list[Claimed] = []
     while len(claimed) < limit:
         open_ = {cls: n for cls, n in room.items() if n > 0}
-        rows = await conn.fetch(CLAIM, now, limit - len(claimed), list(open_),
-                                list(open_.values()), host,
-                                [cls for cls, n in room.items() if n <= 0], below)
+        args: list[Any] = [now, limit - len(claimed), host]
+        if room:
+            args += [list(open_), list(open_.values()), [c for c, n in room.items() if n <= 0]]
+        if below is not None:
+            args.append(below)
+        rows = await conn.fetch(CLAIMS[bool(room), below is not None], *args)
         for row in rows:
             claimed.append(claimed_from_row(row, attempt=row[5], attempts=row[6]))
             if row[1] in room:
