@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+WHAT: dict[object, str] = {int: "an integer", float: "a number"}  # what each converter expects, for errors
+
 
 def _env_number(env: Mapping[str, str], name: str, convert: Callable[[str], T]) -> T | None:
     text = env.get(name)
@@ -28,7 +30,7 @@ def _env_number(env: Mapping[str, str], name: str, convert: Callable[[str], T]) 
     try:
         return convert(text)
     except ValueError:
-        raise ConfigError(f"${name}", f"a {convert.__name__}", text) from None
+        raise ConfigError(f"${name}", WHAT.get(convert, "a number"), text) from None
 
 
 def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
