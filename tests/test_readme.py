@@ -67,3 +67,24 @@ def test_id_free_cli_examples_succeed_against_the_shipped_jobs(served: ServedHos
         assert result.returncode == expected, (argv, result.stdout, result.stderr)
         ran += 1
     assert ran >= 10
+
+
+def test_the_unique_key_example_shows_a_duplicate(served: ServedHost) -> None:
+    """Run as written (with a key of its own), the second submit finds the first job."""
+    block = README.split("### Unique jobs", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0] == lines[1]
+    argv = [a.replace("report-2026-11", "readme-unique-test") for a in lines[0][1:]]
+    first, second = served.cli(*argv), served.cli(*argv)
+    assert first.returncode == second.returncode == 0, (first.stderr, second.stderr)
+    job_id = re.fullmatch(r"submitted job (\d+) \(pending\)\n", first.stdout)
+    assert job_id, first.stdout
+    assert second.stdout.startswith(f"job {job_id[1]} is already pending"), second.stdout
+    duplicate = served.cli(*argv, "--json")
+    assert '"duplicate": true' in duplicate.stdout
+    served.cli("cancel", job_id[1])
+
+
+def test_the_exit_codes_mention_a_wait_that_ran_out() -> None:
+    exit_codes = README.split("Exit codes: ", 1)[1].split("\n\n", 1)[0]
+    assert "wait --timeout" in exit_codes and "ran out" in exit_codes
