@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-WHAT: dict[object, str] = {int: "an integer", float: "a number"}  # what each converter expects, for errors
+# What each converter expects, as an error says it.
+WHAT: dict[object, str] = {int: "an integer", float: "a number"}
 
 
 def _env_number(env: Mapping[str, str], name: str, convert: Callable[[str], T]) -> T | None:

@@ -83,7 +83,7 @@ def test_run_at_is_bounded_like_delay(served: ServedHost) -> None:
 
 async def test_events_without_async_with_is_a_type_error() -> None:
     async with AsyncJobsClient(closed_port_url(), "t") as client:
-        with pytest.raises(TypeError, match="async with client.events"):
+        with pytest.raises(TypeError, match=r"async with client\.events"):
             async for _ in client.events():
                 pass
 
