@@ -21,6 +21,7 @@ from serve_fixture import ServedHost, clean_env, closed_port_url, serve
 from asyncjobs import AsyncJobsClient, submit_job_sync
 from asyncjobs.client import cli
 from asyncjobs.client.api_client import submit_body
+from asyncjobs.engine import datadir
 from asyncjobs.errors import InvalidField
 
 
@@ -128,6 +129,13 @@ def test_a_closed_stdout_exits_141_without_a_traceback(served: ServedHost) -> No
 def test_the_logs_directory_is_private(served: ServedHost) -> None:
     served.cli("submit", "SampleJob", "process", "logged", "--wait")
     assert stat.S_IMODE((served.data_dir / "logs").stat().st_mode) == 0o700
+
+
+def test_an_old_open_logs_directory_is_narrowed(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir(mode=0o755)
+    os.chmod(tmp_path / "logs", 0o755)
+    datadir.prepare(tmp_path)
+    assert stat.S_IMODE((tmp_path / "logs").stat().st_mode) == 0o700
 
 
 def test_argument_errors_name_the_flag_typed(served: ServedHost) -> None:
