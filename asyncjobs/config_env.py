@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# What each converter expects, as an error says it.
+WHAT: dict[object, str] = {int: "an integer", float: "a number"}
+
 
 def _env_number(env: Mapping[str, str], name: str, convert: Callable[[str], T]) -> T | None:
     text = env.get(name)
@@ -28,7 +31,7 @@ def _env_number(env: Mapping[str, str], name: str, convert: Callable[[str], T]) 
     try:
         return convert(text)
     except ValueError:
-        raise ConfigError(f"${name}", f"a {convert.__name__}", text) from None
+        raise ConfigError(f"${name}", WHAT.get(convert, "a number"), text) from None
 
 
 def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:

@@ -122,9 +122,12 @@ def _run_at(body: Mapping[str, object], now: float) -> float:
         if not isinstance(text, str):
             raise InvalidField("run_at", "must be an ISO 8601 time like 2026-11-22T10:00:00Z")
         try:
-            return parse_iso(text)
+            moment = parse_iso(text)
         except ValueError:
             raise InvalidField("run_at", f"not an ISO 8601 time: {text[:100]!r}") from None
+        if moment - now > MAX_DELAY:  # as for delay: so far out is surely a mistake
+            raise InvalidField("run_at", "must be at most ten years from now")
+        return moment
     if body.get("delay") is not None:
         delay = _number("delay", body["delay"])
         if delay > MAX_DELAY:

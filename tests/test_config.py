@@ -252,3 +252,12 @@ def test_a_store_url_password_never_appears_in_an_error(tmp_path: Path) -> None:
     assert error.path == "store"
     assert "hunter2" not in str(error)
     assert "mysql://jobs:***@db/jobs" in str(error)
+
+
+def test_a_bad_env_number_says_what_it_expected_in_plain_english(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as port:
+        load_doc(tmp_path, {}, {"ASYNCJOBS_PORT": "abc"})
+    assert port.value.expected == "an integer"
+    with pytest.raises(ConfigError) as delay:
+        load_doc(tmp_path, {}, {"ASYNCJOBS_RETRY_DELAY": "soon"})
+    assert delay.value.expected == "a number"

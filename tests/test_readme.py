@@ -87,15 +87,16 @@ def test_every_cli_example_does_what_it_says(served: ServedHost) -> None:
             served.cli(*example, *(["--delay", "3600"] if slow else []))
     jobs = _jobs(served)
     for job in jobs:
-        if job["class"] != "SlowJob":
+        if not _for_later(job):
             assert served.cli("wait", str(job["id"]), "--timeout", "20").returncode in (0, 1)
     jobs = {int(str(job["id"])): job for job in _jobs(served)}
     ended = {job_id: job["status"] for job_id, job in jobs.items()}
     failed = [i for i, status in ended.items() if status == "failed"]
     # (the module's host also ran the id-free examples: their jobs are here too)
     assert failed and {jobs[i]["class"] for i in failed} == {"UserLoginService"}, ended
+    later = {i for i, job in jobs.items() if _for_later(job)}
     assert all(status == "completed" for i, status in ended.items()
-               if jobs[i]["class"] not in ("UserLoginService", "SlowJob")), ended
+               if jobs[i]["class"] != "UserLoginService" and i not in later), ended
     typed = [job for job in jobs.values() if job["args"] == ["x", 2]]
     assert typed and typed[0]["result"] == {"processed": ["x", 2], "joined": "x,2"}
     waiting = next(i for i, job in jobs.items() if job["class"] == "SlowJob")
@@ -114,6 +115,33 @@ def test_every_cli_example_does_what_it_says(served: ServedHost) -> None:
     assert _status(served, failed[0]) in ("pending", "running", "failed")  # retried
 
 
+def _for_later(job: dict[str, object]) -> bool:
+    """Submitted with --delay (pending is what it should be)."""
+    return job["status"] == "pending" and job["run_at"] is not None and \
+        str(job["run_at"]) > str(job["created_at"])
+
+
 def _status(served: ServedHost, job_id: int) -> str:
     shown = served.cli("status", str(job_id), "--json")
     return str(json.loads(shown.stdout)["status"])
+
+
+def test_the_unique_key_example_shows_a_duplicate(served: ServedHost) -> None:
+    """Run as written (with a key of its own), the second submit finds the first job."""
+    block = README.split("### Unique jobs", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0] == lines[1]
+    argv = [a.replace("report-2026-11", "readme-unique-test") for a in lines[0][1:]]
+    first, second = served.cli(*argv), served.cli(*argv)
+    assert first.returncode == second.returncode == 0, (first.stderr, second.stderr)
+    job_id = re.fullmatch(r"submitted job (\d+) \(pending\)\n", first.stdout)
+    assert job_id, first.stdout
+    assert second.stdout.startswith(f"job {job_id[1]} is already pending"), second.stdout
+    duplicate = served.cli(*argv, "--json")
+    assert '"duplicate": true' in duplicate.stdout
+    served.cli("cancel", job_id[1])
+
+
+def test_the_exit_codes_mention_a_wait_that_ran_out() -> None:
+    exit_codes = README.split("Exit codes: ", 1)[1].split("\n\n", 1)[0]
+    assert "wait --timeout" in exit_codes and "ran out" in exit_codes

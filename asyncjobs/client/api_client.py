@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,9 +20,18 @@ from typing import TypedDict, Unpack
 import aiohttp
 import orjson
 
-from ..errors import AsyncJobsError, BadResponse, ConfigError, HostUnreachable, from_wire
+from ..errors import (
+    AsyncJobsError,
+    BadResponse,
+    ConfigError,
+    HostUnreachable,
+    InvalidField,
+    Unauthorized,
+    from_wire,
+)
+from ..files import create_private
 from ..models import TERMINAL, JSONValue
-from .discovery import discover
+from .discovery import discover, token_places
 from .events import EventStream
 
 WAIT_SLICE = 30.0  # seconds per long-poll request; well under any proxy's idle timeout
@@ -75,7 +85,19 @@ def iso_time(moment: dt.datetime) -> str:
 
 def submit_body(cls: str, method: str, args: Sequence[JSONValue] | None = None,
                 **options: Unpack[SubmitOptions]) -> dict[str, JSONValue]:
-    """The §5 submit object; options left at ``None`` are left out (the host's defaults)."""
+    """The §5 submit object; options left at ``None`` are left out (the host's defaults).
+
+    Refused here, before anything is sent: a ``str`` or ``bytes`` as ``args`` (a sequence
+    too, which ``list()`` would split into characters), and a non-finite ``delay`` or
+    ``timeout`` (JSON has no inf or nan; encoded as null, the host would see no field).
+    """
+    if isinstance(args, str | bytes | bytearray):
+        raise TypeError(f"args must be a list of arguments, not {type(args).__name__}: "
+                        f"pass [{args!r}] for one argument")
+    for name in ("delay", "timeout"):
+        value = options.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidField(name, f"must be a finite number, got {value!r}")
     body: dict[str, JSONValue] = {"class": cls, "method": method, "args": list(args or [])}
     body.update({k: v for k, v in options.items() if v is not None})
     if (kwargs := options.get("kwargs")) is not None:
@@ -97,6 +119,7 @@ class AsyncJobsClient:
 
     def __init__(self, url: str | None = None, token: str | None = None, *,
                  config: str | Path | None = None, connect_timeout: float = 5.0) -> None:
+        self._config = config
         if url is None or token is None:
             found_url, found_token = discover(config)
             url, token = url or found_url, token or found_token
@@ -157,7 +180,12 @@ class AsyncJobsClient:
         if response.status >= 400:
             text = await response.read()
             response.release()
-            raise _error(response.status, text, self.url)
+            error = _error(response.status, text, self.url)
+            if isinstance(error, Unauthorized) and not self.token:
+                # "wrong token" misleads when none was sent: say where one was looked for.
+                raise Unauthorized(f"no API token was found (looked in {token_places(self._config)}"
+                                   f"); the host at {self.url} needs one") from None
+            raise error
         return response
 
     async def _call(self, method: str, path: str, *, body: JSONValue = None,
@@ -297,7 +325,8 @@ class AsyncJobsClient:
         response = await self._open("POST", "/api/backup", read_timeout=600.0)
         size = 0
         try:
-            with staged.open("wb") as f:
+            # 0600, and never through a link: the copy holds every job's args and results.
+            with create_private(staged) as f:
                 async for chunk in response.content.iter_chunked(1 << 20):
                     f.write(chunk)
                     size += len(chunk)

@@ -9,6 +9,8 @@ runs: the client commands never import the store or the host.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -34,8 +36,21 @@ from .commands import (
     cmd_wait,
 )
 
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE
+
 DESCRIPTION = ("The asyncjobs command: serve and run locally, every other command through "
                "the HTTP API.")
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number (JSON has no inf or nan: the host would get null)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+    return value
 
 
 def _job_args(parser: argparse.ArgumentParser) -> None:
@@ -52,60 +67,64 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     _job_args(p)
     p.add_argument("--args", dest="json_args", metavar="ARGS",
                    help="arguments as a JSON array; --json '[...]' works too")
+    # What ``--json '[...]'`` becomes (see _json_args_flag), so errors name the flag typed.
+    p.add_argument("--json-array", dest="json_array", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true",
                    help='print {"id", "status"} (with --wait: the finished job) as JSON')
     p.add_argument("--priority", choices=["high", "medium", "low"])
-    p.add_argument("--delay", type=float, metavar="S", help="run no sooner than S seconds")
+    p.add_argument("--delay", type=seconds, metavar="S", help="run no sooner than S seconds")
     p.add_argument("--run-at", metavar="TIME", help="run no sooner than this ISO 8601 time")
-    p.add_argument("--timeout", type=float, metavar="S", help="kill an attempt after S seconds")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="kill an attempt after S seconds")
     p.add_argument("--max-attempts", type=int, metavar="N")
     p.add_argument("--then", action="append", default=[], metavar="CLASS:METHOD[:p1,p2]",
                    help="a further chain step (repeatable); it gets previous=<result>")
     p.add_argument("--unique-key", metavar="K",
                    help="do not submit again while a job with this key is pending or running")
     p.add_argument("--wait", action="store_true", help="wait until the job is finished")
-    p.add_argument("--wait-timeout", type=float, metavar="S", help="stop waiting after S s")
+    p.add_argument("--wait-timeout", type=seconds, metavar="S", help="stop waiting after S s")
     p.set_defaults(func=cmd_submit)
 
 
 def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                     common: argparse.ArgumentParser) -> None:
-    reader = argparse.ArgumentParser(add_help=False, parents=[common])
-    reader.add_argument("--json", action="store_true", help="print JSON (the §6 job shape)")
-
-    def add(name: str, func: Callable[[argparse.Namespace], int], text: str,
+    def add(name: str, func: Callable[[argparse.Namespace], int], text: str, json: str,
             job_id: bool | None = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[reader], help=text)
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--json", action="store_true", help=f"print {json} as JSON")
         if job_id is not None:
             p.add_argument("id", type=int, metavar="ID", nargs=None if job_id else "?")
         p.set_defaults(func=func)
         return p
 
-    add("status", cmd_status, "show one job: progress, result, last error, attempts")
-    p = add("list", cmd_list, "list jobs, newest first", job_id=None)
+    job = "the job (every field, with its attempt history)"
+    add("status", cmd_status, "show one job: progress, result, last error, attempts", job)
+    p = add("list", cmd_list, "list jobs, newest first", "the list of jobs (without their "
+            "attempt histories)", job_id=None)
     p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--class", dest="cls", metavar="CLASS")
     p.add_argument("--chain", type=int, metavar="ID", help="the steps of the chain with this id")
     p.add_argument("--limit", type=int, default=50, metavar="N")
     p.add_argument("--cursor", metavar="C", help="the page after the one that printed C")
-    add("cancel", cmd_cancel, "cancel a pending or running job")
-    add("retry", cmd_retry, "retry a failed or cancelled job")
-    p = add("wait", cmd_wait, "wait until a job is finished; exit 1 unless it completed")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop waiting after S seconds")
+    add("cancel", cmd_cancel, "cancel a pending or running job", job)
+    add("retry", cmd_retry, "retry a failed or cancelled job", job)
+    p = add("wait", cmd_wait, "wait until a job is finished; exit 1 unless it completed", job)
+    p.add_argument("--timeout", type=seconds, metavar="S", help="stop waiting after S seconds")
     p = add("logs", cmd_logs, "tail jobs.log (or jobs_errors.log), optionally of one job",
-            job_id=False)
+            "the log lines (a list of strings)", job_id=False)
     p.add_argument("--errors", action="store_true", help="jobs_errors.log instead")
     p.add_argument("--lines", type=int, default=50, metavar="N")
-    add("stats", cmd_stats, "counts per status and class, throughput, workers", job_id=None)
+    add("stats", cmd_stats, "counts per status and class, throughput, workers",
+        "the counts, throughput, workers and uptime", job_id=None)
     add("schedules", cmd_schedules, "list recurring schedules with their next run",
-        job_id=None)
+        "the list of schedules", job_id=None)
     add("hosts", cmd_hosts, "list the hosts sharing the store: heartbeat, running jobs",
-        job_id=None)
-    add("prune", cmd_prune, "delete finished jobs past their retention now", job_id=None)
+        "the list of hosts", job_id=None)
+    add("prune", cmd_prune, "delete finished jobs past their retention now",
+        "how many jobs were deleted, per rule", job_id=None)
     add("dashboard", cmd_dashboard, "print a one-time sign-in URL for the dashboard",
-        job_id=None)
+        '{"url"}', job_id=None)
     p = add("backup", cmd_backup, "write a consistent copy of the live store to PATH",
-            job_id=None)
+            '{"path", "bytes"}', job_id=None)
     p.add_argument("path", metavar="PATH", help="a new file (never overwritten)")
 
 
@@ -126,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run one job in the foreground, without a host")
     _job_args(run)
     run.add_argument("--json", dest="json_args", metavar="ARGS", help="arguments as a JSON array")
-    run.add_argument("--timeout", type=float)
+    run.add_argument("--timeout", type=seconds)
     run.set_defaults(func=cmd_run)
 
     _submit_parser(sub, common)
@@ -144,9 +163,9 @@ def _json_args_flag(argv: list[str]) -> list[str]:
         arg = argv[i]
         following = argv[i + 1] if i + 1 < len(argv) else ""
         if arg.startswith("--json=") and arg[7:].lstrip().startswith("["):
-            out.append("--args=" + arg[7:])
+            out.append("--json-array=" + arg[7:])
         elif arg == "--json" and following.lstrip().startswith("["):
-            out += ["--args", following]
+            out += ["--json-array", following]
             i += 1
         else:
             out.append(arg)
@@ -159,6 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_json_args_flag(list(sys.argv[1:] if argv is None else argv)))
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+    except BrokenPipeError:
+        # The reader went away (``asyncjobs wait 5 | head -3``): no traceback.  Point stdout
+        # at devnull so the interpreter's final flush cannot fail again, and exit 141 as a
+        # shell reports a command killed by SIGPIPE (128 + 13), so pipelines see the cut.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except HostUnreachable as exc:
         print(f"asyncjobs: {exc.message}", file=sys.stderr)
         return EXIT_UNREACHABLE

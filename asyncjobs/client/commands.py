@@ -33,15 +33,20 @@ T = TypeVar("T")
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
-def parse_params(text: str | None, json_args: str | None) -> list[JSONValue]:
-    """The seeds' ``"p1,p2"`` form (strings), or ``--json '[...]'`` for typed values."""
+def parse_params(text: str | None, json_args: str | None,
+                 flag: str = "--json") -> list[JSONValue]:
+    """The seeds' ``"p1,p2"`` form (strings), or ``flag '[...]'`` for typed values (not both:
+    one of them would be silently dropped)."""
     if json_args is not None:
+        if text:
+            raise InvalidField(flag, f'give the arguments either as "p1,p2" ({text!r}) or '
+                                     f"with {flag}, not both")
         try:
             value = orjson.loads(json_args)
         except orjson.JSONDecodeError as exc:
-            raise InvalidField("--json", f"not valid JSON: {exc}") from None
+            raise InvalidField(flag, f"not valid JSON: {exc}") from None
         if not isinstance(value, list):
-            raise InvalidField("--json", "must be a JSON array of arguments")
+            raise InvalidField(flag, "must be a JSON array of arguments")
         return value
     if not text:
         return []
@@ -70,7 +75,8 @@ def parse_step(text: str) -> dict[str, JSONValue]:
         raise InvalidField("--then", f"expected CLASS:METHOD[:p1,p2], got {text!r}")
     is_json = params.lstrip().startswith("[")
     return {"class": cls, "method": method,
-            "args": parse_params(None if is_json else params, params if is_json else None)}
+            "args": parse_params(None if is_json else params, params if is_json else None,
+                                 "--then")}
 
 
 def _print_json(value: JSONValue) -> None:
@@ -174,8 +180,18 @@ def _submit_options(args: argparse.Namespace) -> SubmitOptions:
             "then": [parse_step(t) for t in args.then] or None, "unique_key": args.unique_key}
 
 
+def _submit_params(args: argparse.Namespace) -> list[JSONValue]:
+    """The arguments of ``submit``, from whichever of its forms the user typed (one only)."""
+    if args.json_args is not None and args.json_array is not None:
+        raise InvalidField("--args", "give the arguments with --args or --json '[...]', "
+                                     "not both")
+    if args.json_array is not None:
+        return parse_params(args.params, args.json_array, "--json")
+    return parse_params(args.params, args.json_args, "--args")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    params = parse_params(args.params, args.json_args)
+    params = _submit_params(args)
     options = _submit_options(args)
 
     async def call(client: AsyncJobsClient) -> dict[str, JSONValue]:
@@ -189,7 +205,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _emit(args, result, display.job_detail)
         return _finished_code(result)
     if args.json:
-        _print_json({"id": result["id"], "status": result["status"]})
+        _print_json({"id": result["id"], "status": result["status"],
+                     **({"duplicate": True} if result.get("duplicate") else {})})
     elif result.get("duplicate"):
         print(f"job {result['id']} is already {result['status']} with unique key "
               f"{args.unique_key!r}; not submitted again")

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from ..config import find_config, load_settings
-from ..engine.datadir import HOST_FILE, read_token
+from ..engine.datadir import HOST_FILE, TOKEN_FILE, read_token
 from ..web.auth import connect_host
 
 DEFAULT_URL = "http://127.0.0.1:8765"
@@ -30,6 +30,18 @@ def read_host_url(data_dir: Path) -> str | None:
     return url if isinstance(url, str) and url else None
 
 
+def _configured(config: str | Path | None, env: Mapping[str, str],
+                ) -> tuple[Path, str, str]:
+    """The data directory, the configured URL, and which config they came from."""
+    asked = config is not None or bool(env.get("ASYNCJOBS_CONFIG"))
+    if asked or find_config(None, env).exists():
+        settings = load_settings(config, env)
+        fallback = f"http://{connect_host(settings.api.host)}:{settings.api.port}"
+        return settings.data_dir, fallback, f"of {find_config(config, env)}"
+    data_dir = Path(env.get("ASYNCJOBS_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
+    return data_dir, DEFAULT_URL, "with no config file found"
+
+
 def discover(config: str | Path | None = None,
              env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """Find the host's URL and token without contacting it.
@@ -43,13 +55,14 @@ def discover(config: str | Path | None = None,
     url, token = env.get("ASYNCJOBS_URL") or None, env.get("ASYNCJOBS_TOKEN") or None
     if url and token:
         return url.rstrip("/"), token
-    asked = config is not None or bool(env.get("ASYNCJOBS_CONFIG"))
-    if asked or find_config(None, env).exists():
-        settings = load_settings(config, env)
-        data_dir = settings.data_dir
-        fallback = f"http://{connect_host(settings.api.host)}:{settings.api.port}"
-    else:
-        data_dir = Path(env.get("ASYNCJOBS_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
-        fallback = DEFAULT_URL
+    data_dir, fallback, _ = _configured(config, env)
     url = url or read_host_url(data_dir) or fallback
     return url.rstrip("/"), token or read_token(data_dir)
+
+
+def token_places(config: str | Path | None = None,
+                 env: Mapping[str, str] | None = None) -> str:
+    """Where :func:`discover` looks for a token, for a message saying none was found."""
+    env = os.environ if env is None else env
+    data_dir, _, source = _configured(config, env)
+    return f"$ASYNCJOBS_TOKEN and {data_dir / TOKEN_FILE} ({source})"

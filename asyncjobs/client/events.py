@@ -37,13 +37,16 @@ class EventStream:
             self._response.close()
 
     def __aiter__(self) -> AsyncIterator[dict[str, JSONValue]]:
-        return self._iterate()
+        if self._response is None:  # not an assert: those vanish under python -O
+            raise TypeError("the event stream is not open: use 'async with client.events() "
+                            "as stream: async for event in stream'")
+        return self._iterate(self._response)
 
-    async def _iterate(self) -> AsyncIterator[dict[str, JSONValue]]:
-        assert self._response is not None, "use 'async with client.events() as stream'"
+    async def _iterate(self, response: aiohttp.ClientResponse,
+                       ) -> AsyncIterator[dict[str, JSONValue]]:
         data: list[bytes] = []
         try:
-            async for raw in self._response.content:
+            async for raw in response.content:
                 line = raw.rstrip(b"\r\n")
                 if line.startswith(b"data:"):
                     data.append(line[5:].strip())

@@ -61,8 +61,18 @@ def prepare(data_dir: Path, files: tuple[str, ...] = ()) -> None:
         os.chmod(data_dir, 0o700)
     for directory in (data_dir, *(data_dir / d for d in PRIVATE_DIRS)):
         _tighten_files(directory)
+    for name in PRIVATE_DIRS:  # made 0755 by versions before the logs were created 0700
+        _tighten_dir(data_dir / name)
     for name in files:
         os.close(open_private(data_dir / name, os.O_WRONLY | os.O_CREAT))
+
+
+def _tighten_dir(directory: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        info = directory.lstat()
+        if (stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+                and info.st_mode & 0o077):
+            os.chmod(directory, 0o700)
 
 
 def _tighten_files(directory: Path) -> None:

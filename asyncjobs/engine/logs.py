@@ -120,7 +120,8 @@ class RotatingFile:
 class JobLog:
     def __init__(self, directory: Path, settings: LogSettings) -> None:
         with contextlib.suppress(OSError):  # RotatingFile reports what it cannot write
-            directory.mkdir(parents=True, exist_ok=True)
+            # 0700: its lines name every job, and the error log holds their tracebacks.
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory
         self._events = RotatingFile(directory / LOG_FILES["jobs"], settings.max_bytes,
                                     settings.backups)

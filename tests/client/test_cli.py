@@ -286,12 +286,12 @@ def test_schedule_table() -> None:
 # -- parsing and formatting (no host) -----------------------------------------------------------
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (["submit", "A", "m", "--json", '["x"]'], ["submit", "A", "m", "--args", '["x"]']),
-    (["submit", "A", "m", "--json=[1]", "--json"], ["submit", "A", "m", "--args=[1]",
+    (["submit", "A", "m", "--json", '["x"]'], ["submit", "A", "m", "--json-array", '["x"]']),
+    (["submit", "A", "m", "--json=[1]", "--json"], ["submit", "A", "m", "--json-array=[1]",
                                                     "--json"]),
     (["submit", "A", "m", "p", "--json"], ["submit", "A", "m", "p", "--json"]),
     (["--config", "c.json", "submit", "A", "m", "--json", " [1]"],
-     ["--config", "c.json", "submit", "A", "m", "--args", " [1]"]),
+     ["--config", "c.json", "submit", "A", "m", "--json-array", " [1]"]),
     (["run", "A", "m", "--json", '["x"]'], ["run", "A", "m", "--json", '["x"]']),
 ])
 def test_json_flag_means_arguments_only_before_an_array(argv: list[str],
