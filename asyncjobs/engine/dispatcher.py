@@ -160,6 +160,8 @@ class Dispatcher:
             return 0
         self.job_log.flush()
         self._storage_ok = True
+        for s in started:
+            self._publish(s.claimed.id, Status.RUNNING, s.claimed.attempt, s.at)
         for f in finished:
             self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
         for step_id in done.advanced:
@@ -244,9 +246,10 @@ class Dispatcher:
         c = entry.claimed
         self.job_log.event(at, c.id, cls=c.cls, method=c.method, attempt=c.attempt,
                            status="running")
-        self._publish(c.id, Status.RUNNING, c.attempt, at)
-        # Short jobs end (and wake us) within a few ms: their start rides with that round,
-        # which halves the rounds of a drain; a long job shows ``running`` a moment later.
+        # Published once the round has stored it (see tick): a reader woken by the event
+        # must find the job running.  Short jobs end (and wake us) within a few ms: their
+        # start rides with that round, which halves the rounds of a drain; a long job shows
+        # ``running`` a moment later.
         if self._start_timer is None:
             self._start_timer = asyncio.get_running_loop().call_later(START_FLUSH,
                                                                       self._flush_starts)

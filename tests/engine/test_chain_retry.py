@@ -25,24 +25,30 @@ async def _wait_for_file(path: Path, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def _held_chain(host: Host, tmp_path: Path) -> tuple[int, int, Path]:
-    """A chain whose first step runs until the returned file is removed; then ``Ok.run``."""
+async def _step_cancelled_while_the_first_runs(
+        host: Host, drain: Drain, tmp_path: Path) -> tuple[int, int, Path, asyncio.Task[None]]:
+    """A chain whose first step runs until the returned file is removed, then ``Ok.run``;
+    the second step cancelled while the first runs.  Also the drain's task."""
     hold = tmp_path / "hold"
     hold.touch()
     head = (await host.submit("Sleepy", "hold", [str(tmp_path), "first", str(hold)],
                               then=[{"class": "Ok", "method": "run"}])).id
-    return head, head + 1, hold
+    draining = asyncio.create_task(drain(host))
+    try:
+        await _wait_for_file(tmp_path / "first.started")
+        await host.cancel(head + 1)
+    except BaseException:
+        hold.unlink(missing_ok=True)  # else the host would wait 30 s for it to end
+        raise
+    return head, head + 1, hold, draining
 
 
 async def test_a_step_retried_while_its_predecessor_runs_waits_for_it(
         settings: Settings, make_host: HostFactory, drain: Drain, tmp_path: Path) -> None:
     async with make_host(settings) as host:
-        head, step, hold = await _held_chain(host, tmp_path)
-        draining = asyncio.create_task(drain(host))
+        head, step, hold, draining = await _step_cancelled_while_the_first_runs(
+            host, drain, tmp_path)
         try:
-            await _wait_for_file(tmp_path / "first.started")
-            await host.cancel(step)
-
             retried = await host.retry(step)
             assert (retried.status, retried.run_at) == (Status.PENDING, None)  # waiting
             await asyncio.sleep(0.3)  # a step that were due would have run by now
@@ -62,13 +68,9 @@ async def test_a_step_retried_while_its_predecessor_runs_waits_for_it(
 async def test_a_step_retried_after_its_predecessor_completed_gets_its_result(
         settings: Settings, make_host: HostFactory, drain: Drain, tmp_path: Path) -> None:
     async with make_host(settings) as host:
-        _, step, hold = await _held_chain(host, tmp_path)
-        draining = asyncio.create_task(drain(host))
-        try:
-            await _wait_for_file(tmp_path / "first.started")
-            await host.cancel(step)
-        finally:
-            hold.unlink(missing_ok=True)
+        _, step, hold, draining = await _step_cancelled_while_the_first_runs(
+            host, drain, tmp_path)
+        hold.unlink()
         await draining
         assert (await host.get(step)).status is Status.CANCELLED
 

@@ -303,7 +303,7 @@ def test_job_page_shows_the_whole_chain(page: Any, server: Server) -> None:
         {"class": "SampleJob", "method": "process", "args": ["two"]},
         {"class": "UserLogoutService", "method": "handle", "args": ["three"]},
         {"class": "SampleJob", "method": "process", "args": ["four"]}])
-    assert server.wait(first + 2)["error"]["type"] == "TypeError"
+    assert server.wait(first + 2)["error"]["type"] == "ArgumentsError"  # (a TypeError)
 
     page.goto(f"{server.url}/#/jobs/{first + 1}")
 
