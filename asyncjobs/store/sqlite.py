@@ -51,13 +51,16 @@ from . import (
     Start,
     Stats,
     Submitted,
+    chains,
     housekeeping,
     writes,
 )
 from .backup import BackupInfo, backup
 from .rows import (
+    CLAIM_COLUMNS,
     JOB_COLUMNS,
     attempt_from_row,
+    claimed_from_row,
     job_from_row,
     page_from_rows,
     stats_from_rows,
@@ -314,12 +317,12 @@ class SqliteStore:
         return result
 
     async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult:
-        result: CancelResult = await self._write(partial(writes.cancel, job_id=job_id, now=now,
+        result: CancelResult = await self._write(partial(chains.cancel, job_id=job_id, now=now,
                                                          reason=reason))
         return result
 
     async def retry(self, job_id: int, now: float) -> list[int]:
-        result: list[int] = await self._write(partial(writes.retry, job_id=job_id, now=now))
+        result: list[int] = await self._write(partial(chains.retry, job_id=job_id, now=now))
         return result
 
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
@@ -372,12 +375,12 @@ class SqliteStore:
 
     async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         rows = await self._read(
-            f"SELECT {writes.CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
+            f"SELECT {CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
             "WHERE status = 'running' AND (host IS NULL OR (host != ? AND host NOT IN "
             "(SELECT id FROM hosts WHERE expires_at > ?)))", (alive, now))
         orphans = []
         for row in rows:
-            orphan = writes.claimed_from_row(row, attempt=row[5], attempts=row[6])
+            orphan = claimed_from_row(row, attempt=row[5], attempts=row[6])
             orphan.cancel_requested = bool(row[12])  # after CLAIM_COLUMNS
             orphans.append(orphan)
         return orphans
