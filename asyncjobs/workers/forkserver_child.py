@@ -91,7 +91,7 @@ def run_forked(request: ForkRequest, read_fd: int, write_fd: int, *, server_pid:
             os._exit(code)  # still on the server's descriptors: leave at once
     # End like a spawned worker (non-daemon threads joined, atexit handlers run --
     # logging.shutdown among them -- files flushed): unwind out of the server's frames
-    # to fork_serve, which ends the child with _exit_child.  Nothing between here and
+    # to fork_serve, which ends the child with exit_child.  Nothing between here and
     # there catches it, so the child never runs the server's loop.
     raise ChildExit(code)
 
