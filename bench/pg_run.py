@@ -187,6 +187,11 @@ def render(reps: list[dict[str, float]], sizes: PgSizes) -> str:
             if dups:
                 lines.append(f"  {key:26} ran twice {sum(dups):4}   longest idle "
                              f"{max(idle):8.1f} ms")
+    busy = [rep["load.others_mean"] for rep in reps if "load.others_mean" in rep]
+    peak = [rep["load.others_max"] for rep in reps if "load.others_max" in rep]
+    if busy:
+        lines.append(f"\nOther processes' CPU during the steps: {max(busy):.2f} cores on "
+                     f"average (worst run), {max(peak):.2f} in the busiest step")
     lines.append("\nTargets (issue 16, medians)")
     for label, key, ok, wanted in targets():
         values = [rep[key] for rep in reps if key in rep]

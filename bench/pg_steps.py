@@ -76,14 +76,11 @@ def fresh_db(admin_dsn: str, label: str) -> Iterator[str]:
 
 def peer_python(peer: str) -> str | None:
     """The interpreter that can run the peer, or None when it is not installed."""
-    if peer == "oban":
-        py = OBAN_VENV / "bin" / "python"
-        return str(py) if py.exists() else None
-    module = {"pgqueuer": "pgqueuer", "procrastinate": "procrastinate"}[peer]
     try:
-        __import__(module)
+        __import__(peer)  # the module is named like the peer
     except ImportError:
-        return None
+        py = OBAN_VENV / "bin" / "python"  # Oban for Python needs >= 3.12: its own venv
+        return str(py) if peer == "oban" and py.exists() else None
     return sys.executable
 
 
