@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "jobs"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # bench/ itself, stdlib only: any interpreter runs it
 
 
 def emit(**fields: Any) -> None:
@@ -92,8 +95,7 @@ async def enqueue(adapter: Any, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def paced(adapter: Any, p: dict[str, Any]) -> dict[str, Any]:
-    """Single enqueues at a fixed rate; each call is its own task, as independent producers
-    would send them, so a slow call does not delay the next one's start."""
+    """Single enqueues at a fixed rate, each its own task as independent producers send."""
     n, rate, path = int(p["n"]), float(p["rate"]), str(p["records"])
     times: list[float] = []
     async with adapter.client(p["dsn"]) as c:
@@ -106,16 +108,7 @@ async def paced(adapter: Any, p: dict[str, Any]) -> dict[str, Any]:
             await c.single(i, time.time(), path)
             times.append(time.perf_counter() - t)
 
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        tasks = []
-        for i in range(n):
-            delay = start + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-        offered = n / (loop.time() - start)
+        offered = await common.paced(n, rate, one)
     times.sort()
     return {"n": n, "offered_rate": offered,
             "enqueue_p50_ms": times[len(times) // 2] * 1000,
@@ -133,7 +126,6 @@ ACTIONS = {"install": install, "worker": run_worker, "enqueue": enqueue, "paced"
 
 def main() -> None:
     params = json.loads(sys.argv[1])
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     adapter = importlib.import_module(f"pg_{params['peer']}")
     result = asyncio.run(ACTIONS[params["action"]](adapter, params))
     emit(result=result)

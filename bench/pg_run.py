@@ -192,6 +192,10 @@ def render(reps: list[dict[str, float]], sizes: PgSizes) -> str:
     if busy:
         lines.append(f"\nOther processes' CPU during the steps: {max(busy):.2f} cores on "
                      f"average (worst run), {max(peak):.2f} in the busiest step")
+    took = sorted({k for rep in reps for k in rep if k.startswith("seconds.")})
+    if took:
+        lines.append("\nSeconds per step (median): " + ", ".join(
+            f"{k[8:]} {summary([r[k] for r in reps if k in r])['median']:.0f}" for k in took))
     lines.append("\nTargets (issue 16, medians)")
     for label, key, ok, wanted in targets():
         values = [rep[key] for rep in reps if key in rep]

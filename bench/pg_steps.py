@@ -36,7 +36,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import run as suite
-from child import iso_exact
 from common import BENCH, count_lines, drain_rate, job_body, percentile, read_records, write_config
 
 OBAN_VENV = BENCH / ".venv-oban"
@@ -173,22 +172,30 @@ def wait_records(path: Path, n: int, timeout: float, procs: list[PeerProc]) -> N
         time.sleep(0.02)
 
 
-def peer_drain(admin: str, tmp: Path, peer: str, procs: int, n: int) -> dict[str, Any]:
-    work = tmp / f"{peer}-drain{procs}"
+@contextlib.contextmanager
+def peer_db(admin: str, tmp: Path, peer: str, step: str) -> Iterator[tuple[str, Path]]:
+    """A fresh database with the peer's schema installed, and a work directory for the
+    step's record and log files (kept when the step fails, for its worker.log)."""
+    work = tmp / f"{peer}-{step}"
     work.mkdir(parents=True)
-    records, log = work / "records.txt", work / "worker.log"
     with fresh_db(admin, peer) as dsn:
         peer_call(peer, {"dsn": dsn, "action": "install"})
+        yield dsn, work
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def peer_drain(admin: str, tmp: Path, peer: str, procs: int, n: int) -> dict[str, Any]:
+    with peer_db(admin, tmp, peer, f"drain{procs}") as (dsn, work):
+        records, log = work / "records.txt", work / "worker.log"
         enq = peer_call(peer, {"dsn": dsn, "action": "enqueue", "n": n, "batch": 500,
                                "records": str(records)})
         with peer_workers(peer, dsn, procs, log) as workers:
             for w in workers:
                 w.send("go")
             wait_records(records, n, n / 20 + 60, workers)
-    recs = read_records(records)
-    if len(recs) < n:
-        raise RuntimeError(f"{peer}: only {len(recs)} of {n} jobs ran; see {log}")
-    shutil.rmtree(work, ignore_errors=True)
+        recs = read_records(records)
+        if len(recs) < n:
+            raise RuntimeError(f"{peer}: only {len(recs)} of {n} jobs ran; see {log}")
     return {**drain_rate(recs), "enqueue_rate": enq["rate"]}
 
 
@@ -201,27 +208,21 @@ def latency_figures(records: Path, n: int) -> dict[str, float]:
 
 
 def peer_latency(admin: str, tmp: Path, peer: str, n: int, rate: float) -> dict[str, Any]:
-    work = tmp / f"{peer}-latency"
-    work.mkdir(parents=True)
-    records, log = work / "records.txt", work / "worker.log"
-    with fresh_db(admin, peer) as dsn:
-        peer_call(peer, {"dsn": dsn, "action": "install"})
-        with peer_workers(peer, dsn, 1, log) as workers:
+    with peer_db(admin, tmp, peer, "latency") as (dsn, work):
+        records = work / "records.txt"
+        with peer_workers(peer, dsn, 1, work / "worker.log") as workers:
             workers[0].send("go")
             sent = peer_call(peer, {"dsn": dsn, "action": "paced", "n": n, "rate": rate,
                                     "records": str(records), "warm": str(work / "warm.txt")})
             wait_records(records, n, 60, workers)
-    out = {**latency_figures(records, n), **sent}
-    shutil.rmtree(work, ignore_errors=True)
-    return out
+        return {**latency_figures(records, n), **sent}
 
 
 def peer_submit(admin: str, tmp: Path, peer: str, single: int, batched: int
                 ) -> dict[str, float]:
     """Enqueue rates with no worker: ``single`` one call each, ``batched`` in 500s."""
-    sink = str(tmp / "never.txt")
-    with fresh_db(admin, peer) as dsn:
-        peer_call(peer, {"dsn": dsn, "action": "install"})
+    with peer_db(admin, tmp, peer, "submit") as (dsn, work):
+        sink = str(work / "never.txt")
         one = peer_call(peer, {"dsn": dsn, "action": "enqueue", "n": single, "batch": 1,
                                "records": sink})
         many = peer_call(peer, {"dsn": dsn, "action": "enqueue", "n": batched, "batch": 500,
@@ -287,6 +288,8 @@ def aj_drain(admin: str, tmp: Path, hosts: int, n: int, lead: float = 2.0
              ) -> dict[str, Any]:
     """n jobs submitted to the first host with one due instant ``lead`` s ahead; every
     host's pool is warmed first (2 jobs per worker slot of every host)."""
+    from child import iso_exact  # noqa: PLC0415  (imports asyncjobs: only once CODE is set)
+
     work = tmp / f"asyncjobs-drain{hosts}"
     records, warm = work / "records.txt", work / "warm.txt"
     with fresh_db(admin, "asyncjobs") as dsn, aj_hosts(work, dsn, hosts) as served:
