@@ -111,6 +111,8 @@ def repetition(args: argparse.Namespace, sizes: PgSizes, tmp: Path,
             return
         if system == "asyncjobs":
             r = step(f"{system}.submit", steps.aj_submit, admin, tmp, sizes.suite_sizes())
+            r = {**(r or {}), **(step(f"{system}.host_submit", steps.aj_host_submit, admin,
+                                      tmp, sizes.submit_single) or {})}
         else:
             r = step(f"{system}.submit", steps.peer_submit, admin, tmp, system,
                      sizes.submit_single, sizes.submit_batched)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import json
 import os
@@ -263,7 +264,11 @@ def aj_hosts(tmp: Path, dsn: str, count: int) -> Iterator[list[suite.Served]]:
         for i in range(count):
             work = tmp / f"host{i}"
             aj_config(work, dsn)
-            served.append(stack.enter_context(suite.serve(work)))
+            try:
+                served.append(stack.enter_context(suite.serve(work)))
+            except RuntimeError as exc:  # the run's temporary directory goes: quote the log
+                log = (work / "serve.log").read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"{exc}: {' | '.join(log[-3:])}") from exc
         yield served
 
 
@@ -288,8 +293,6 @@ def aj_drain(admin: str, tmp: Path, hosts: int, n: int, lead: float = 2.0
              ) -> dict[str, Any]:
     """n jobs submitted to the first host with one due instant ``lead`` s ahead; every
     host's pool is warmed first (2 jobs per worker slot of every host)."""
-    from child import iso_exact  # noqa: PLC0415  (imports asyncjobs: only once CODE is set)
-
     work = tmp / f"asyncjobs-drain{hosts}"
     records, warm = work / "records.txt", work / "warm.txt"
     with fresh_db(admin, "asyncjobs") as dsn, aj_hosts(work, dsn, hosts) as served:
@@ -297,7 +300,8 @@ def aj_drain(admin: str, tmp: Path, hosts: int, n: int, lead: float = 2.0
         asyncio.run(_post_batches(served[0], [job_body(-1 - i, warm)
                                               for i in range(warmups)]))
         _wait_lines(warm, warmups, 60, served)
-        run_at = iso_exact(time.time() + lead)  # one instant, however long the submit takes
+        # One due instant for all, however long the submit takes (ISO 8601, microseconds).
+        run_at = dt.datetime.fromtimestamp(time.time() + lead, dt.UTC).isoformat()
         bodies = [job_body(i, records, run_at=run_at) for i in range(n)]
         t0 = time.perf_counter()
         asyncio.run(_post_batches(served[0], bodies))
@@ -319,13 +323,19 @@ def aj_latency(admin: str, tmp: Path, n: int, rate: float) -> dict[str, Any]:
 
 
 def aj_submit(admin: str, tmp: Path, sizes: suite.Sizes) -> dict[str, float]:
-    """run.py's HTTP submit figures against one host, then ``Host.submit`` in-process."""
+    """run.py's HTTP submit figures against one host."""
     work = tmp / "asyncjobs-submit"
-    with fresh_db(admin, "asyncjobs") as dsn:
-        with aj_hosts(work, dsn, 1) as served:
-            r = asyncio.run(suite.http_submits(served[0], sizes))
-        r["host_submit"] = suite.run_child({"scenario": "host_submit",
-                                            "work": str(work / "host0"),
-                                            "k": sizes.host_submit})
+    with fresh_db(admin, "asyncjobs") as dsn, aj_hosts(work, dsn, 1) as served:
+        r = asyncio.run(suite.http_submits(served[0], sizes))
     shutil.rmtree(work, ignore_errors=True)
     return {kind: v["rate"] for kind, v in r.items()}
+
+
+def aj_host_submit(admin: str, tmp: Path, k: int) -> dict[str, float]:
+    """``Host.submit`` in a loop, in-process (bench/child.py), jobs delayed far ahead."""
+    work = tmp / "asyncjobs-host-submit"
+    with fresh_db(admin, "asyncjobs") as dsn:
+        aj_config(work, dsn)
+        r = suite.run_child({"scenario": "host_submit", "work": str(work), "k": k})
+    shutil.rmtree(work, ignore_errors=True)
+    return {"host_submit": r["rate"]}
