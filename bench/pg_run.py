@@ -66,8 +66,7 @@ def repetition(args: argparse.Namespace, sizes: PgSizes, tmp: Path,
 
     def step(label: str, fn: Callable[..., Any], *a: Any) -> Any:
         """A failing step is reported and the run goes on: one bug must not cost the rest."""
-        if (busy := meter.others()) is not None:
-            others.append(busy)
+        meter.others()  # start this step's count of other processes' CPU
         print(f"  {label} ... (load {suite.loadavg():.2f})", flush=True)
         t0 = time.monotonic()
         try:
@@ -80,6 +79,9 @@ def repetition(args: argparse.Namespace, sizes: PgSizes, tmp: Path,
             return None
         finally:
             f[f"seconds.{label}"] = time.monotonic() - t0
+            if (busy := meter.others()) is not None:  # per step: pick the quiet ones
+                others.append(busy)
+                f[f"others.{label}"] = busy
 
     def drain(system: str, procs: int) -> None:
         if system not in only:
@@ -129,8 +131,6 @@ def repetition(args: argparse.Namespace, sizes: PgSizes, tmp: Path,
         latency(system)
     for system in SYSTEMS:
         submit(system)
-    if (busy := meter.others()) is not None:
-        others.append(busy)
     if others:
         f["load.others_mean"] = sum(others) / len(others)
         f["load.others_max"] = max(others)
