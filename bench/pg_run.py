@@ -34,7 +34,7 @@ from common import BENCH, summary
 SYSTEMS = ("asyncjobs", *steps.PEERS)
 LABEL = {"asyncjobs": "asyncjobs", "pgqueuer": "pgqueuer", "oban": "Oban for Python",
          "procrastinate": "procrastinate"}
-OBAN_PYTHONS = ("3.13", "3.12")
+OBAN_PYTHONS = ("3.12", "3.13")
 
 
 @dataclass
@@ -225,7 +225,8 @@ def targets() -> list[tuple[str, str, Callable[[float], bool], str]]:
 
 def setup_oban() -> int:
     """bench/.venv-oban with a Python >= 3.12 (pyenv's, or on PATH) and the oban package."""
-    pyenv = sorted((Path.home() / ".pyenv" / "versions").glob("3.1[2-9].*"), reverse=True)
+    # The oldest interpreter that Oban for Python supports: the one its releases are tried on.
+    pyenv = sorted((Path.home() / ".pyenv" / "versions").glob("3.1[2-9].*"))
     found = next((str(v / "bin" / "python") for v in pyenv if (v / "bin" / "python").exists()),
                  None)
     for name in (f"python{v}" for v in OBAN_PYTHONS):
@@ -234,7 +235,7 @@ def setup_oban() -> int:
         print("no Python >= 3.12 found (pyenv or PATH): the Oban for Python rows are skipped")
         return 1
     venv = steps.OBAN_VENV
-    subprocess.run([found, "-m", "venv", str(venv)], check=True)
+    subprocess.run([found, "-m", "venv", "--clear", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "oban>=0.7"], check=True)
     print(f"{venv}: oban {steps.peer_version('oban')}")
     return 0
