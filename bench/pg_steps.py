@@ -291,15 +291,16 @@ def _wait_lines(path: Path, n: int, timeout: float, hosts: list[suite.Served]) -
 
 def aj_drain(admin: str, tmp: Path, hosts: int, n: int, lead: float = 2.0
              ) -> dict[str, Any]:
-    """n jobs submitted to the first host with one due instant ``lead`` s ahead; every
-    host's pool is warmed first (2 jobs per worker slot of every host)."""
+    """n jobs submitted to the first host with one due instant ``lead`` s ahead, after a
+    warm-up through every host."""
     work = tmp / f"asyncjobs-drain{hosts}"
     records, warm = work / "records.txt", work / "warm.txt"
     with fresh_db(admin, "asyncjobs") as dsn, aj_hosts(work, dsn, hosts) as served:
-        warmups = 4 * hosts
-        asyncio.run(_post_batches(served[0], [job_body(-1 - i, warm)
-                                              for i in range(warmups)]))
-        _wait_lines(warm, warmups, 60, served)
+        # Workers start on demand: 4 jobs through each host's own API, one host after the
+        # other, so that (most likely) every host's 2 pool workers exist before the drain.
+        for h, s in enumerate(served):
+            asyncio.run(_post_batches(s, [job_body(-1 - 4 * h - i, warm) for i in range(4)]))
+            _wait_lines(warm, 4 * (h + 1), 60, served)
         # One due instant for all, however long the submit takes (ISO 8601, microseconds).
         run_at = dt.datetime.fromtimestamp(time.time() + lead, dt.UTC).isoformat()
         bodies = [job_body(i, records, run_at=run_at) for i in range(n)]
