@@ -30,12 +30,12 @@ Every job is the same no-op as everywhere in bench/: ``benchjobs.record`` append
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,8 @@ async def run_worker(adapter: Any, p: dict[str, Any]) -> dict[str, Any]:
 
     async with adapter.worker(p["dsn"]) as w:
         emit(ready=os.getpid())
-        reader = loop.run_in_executor(None, read_stdin)
+        # A daemon thread: asyncio.run() must not wait for it to read end of file.
+        threading.Thread(target=read_stdin, daemon=True).start()
         await asyncio.wait([asyncio.ensure_future(go.wait()),
                             asyncio.ensure_future(stop.wait())],
                            return_when=asyncio.FIRST_COMPLETED)
@@ -73,7 +74,6 @@ async def run_worker(adapter: Any, p: dict[str, Any]) -> dict[str, Any]:
             return {"ran": False}
         started = time.time()
         await w.run(stop)
-    del reader  # blocked on stdin until the parent closes it; main() exits without it
     return {"ran": True, "started": started, "stopped": time.time()}
 
 
@@ -109,10 +109,9 @@ async def paced(adapter: Any, p: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - t)
 
         offered = await common.paced(n, rate, one)
-    times.sort()
-    return {"n": n, "offered_rate": offered,
-            "enqueue_p50_ms": times[len(times) // 2] * 1000,
-            "enqueue_p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000}
+    ms = [t * 1000 for t in times]
+    return {"n": n, "offered_rate": offered, "enqueue_p50_ms": common.percentile(ms, 50),
+            "enqueue_p99_ms": common.percentile(ms, 99)}
 
 
 async def install(adapter: Any, p: dict[str, Any]) -> dict[str, Any]:
@@ -129,10 +128,6 @@ def main() -> None:
     adapter = importlib.import_module(f"pg_{params['peer']}")
     result = asyncio.run(ACTIONS[params["action"]](adapter, params))
     emit(result=result)
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-    # The stdin reader thread of a worker may still block on read: do not wait for it.
-    os._exit(0)
 
 
 if __name__ == "__main__":

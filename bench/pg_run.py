@@ -95,6 +95,8 @@ def repetition(args: argparse.Namespace, sizes: PgSizes, tmp: Path,
             f[key] = r["rate"]
             f[f"{key}.duplicates"] = r["duplicates"]
             f[f"{key}.max_idle_ms"] = 1000 * r["max_idle_s"]
+            if r["db_cpu_s"]:
+                f[f"{key}.db_us_per_job"] = 1e6 * r["db_cpu_s"] / sizes.drain
 
     def latency(system: str) -> None:
         if system not in only:
@@ -147,6 +149,9 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("drain1", "drain, 1 process (asyncjobs: 1 host)", "jobs/s", "{:,.0f}"),
     ("drain2", "drain, 2 processes (asyncjobs: 2 hosts)", "jobs/s", "{:,.0f}"),
     ("drain3", "drain, 3 hosts", "jobs/s", "{:,.0f}"),
+    ("drain1.db_us_per_job", "  database CPU per job, 1 process/host", "us", "{:,.0f}"),
+    ("drain2.db_us_per_job", "  database CPU per job, 2 processes/hosts", "us", "{:,.0f}"),
+    ("drain3.db_us_per_job", "  database CPU per job, 3 hosts", "us", "{:,.0f}"),
     ("latency.p50_ms", "start latency p50", "ms", "{:.1f}"),
     ("latency.p99_ms", "start latency p99", "ms", "{:.1f}"),
     ("submit.single", "submit, single (1 client, sequential)", "jobs/s", "{:,.0f}"),

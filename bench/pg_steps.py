@@ -72,6 +72,59 @@ def fresh_db(admin_dsn: str, label: str) -> Iterator[str]:
         asyncio.run(_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+class BackendCpu:
+    """CPU seconds the PostgreSQL backends serving one database used while this is open
+    (local server only; 0 otherwise).  Sampled from /proc every 20 ms by a thread, since a
+    backend's time leaves /proc when it exits; a backend's time before the start is not
+    counted.  Shared server processes (WAL writer, checkpointer) are not included."""
+
+    def __init__(self, dsn: str) -> None:
+        self.marker = f" {urlsplit(dsn).path.lstrip('/')} "  # in a backend's process title
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.others: set[int] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.ticks = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in self.others:
+                continue
+            pid = int(entry)
+            try:
+                if pid not in self.first:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    if not title.startswith(b"postgres: ") or \
+                            self.marker.encode() not in title:
+                        self.others.add(pid)
+                        continue
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / self.ticks
+            # A backend there at the start counts from its time then, a later one from 0.
+            self.first.setdefault(pid, 0.0 if self.thread.is_alive() else cpu)
+            self.last[pid] = cpu
+
+    def _run(self) -> None:
+        while not self.done.wait(0.02):
+            self._sample()
+        self._sample()
+
+    def __enter__(self) -> BackendCpu:
+        self._sample()  # backends already there: their time so far is the baseline
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+    def seconds(self) -> float:
+        return sum(self.last[p] - self.first[p] for p in self.last)
+
+
 # -- peers -------------------------------------------------------------------------------------
 
 def peer_python(peer: str) -> str | None:
@@ -188,16 +241,17 @@ def peer_db(admin: str, tmp: Path, peer: str, step: str) -> Iterator[tuple[str, 
 def peer_drain(admin: str, tmp: Path, peer: str, procs: int, n: int) -> dict[str, Any]:
     with peer_db(admin, tmp, peer, f"drain{procs}") as (dsn, work):
         records, log = work / "records.txt", work / "worker.log"
-        enq = peer_call(peer, {"dsn": dsn, "action": "enqueue", "n": n, "batch": 500,
-                               "records": str(records)})
-        with peer_workers(peer, dsn, procs, log) as workers:
-            for w in workers:
-                w.send("go")
-            wait_records(records, n, n / 20 + 60, workers)
+        with BackendCpu(dsn) as db:
+            enq = peer_call(peer, {"dsn": dsn, "action": "enqueue", "n": n, "batch": 500,
+                                   "records": str(records)})
+            with peer_workers(peer, dsn, procs, log) as workers:
+                for w in workers:
+                    w.send("go")
+                wait_records(records, n, n / 20 + 60, workers)
         recs = read_records(records)
         if len(recs) < n:
             raise RuntimeError(f"{peer}: only {len(recs)} of {n} jobs ran; see {log}")
-    return {**drain_rate(recs), "enqueue_rate": enq["rate"]}
+    return {**drain_rate(recs), "enqueue_rate": enq["rate"], "db_cpu_s": db.seconds()}
 
 
 def latency_figures(records: Path, n: int) -> dict[str, float]:
@@ -304,15 +358,17 @@ def aj_drain(admin: str, tmp: Path, hosts: int, n: int, lead: float = 2.0
         # One due instant for all, however long the submit takes (ISO 8601, microseconds).
         run_at = dt.datetime.fromtimestamp(time.time() + lead, dt.UTC).isoformat()
         bodies = [job_body(i, records, run_at=run_at) for i in range(n)]
-        t0 = time.perf_counter()
-        asyncio.run(_post_batches(served[0], bodies))
-        submit_s = time.perf_counter() - t0
-        _wait_lines(records, n, n / 20 + 60, served)
+        with BackendCpu(dsn) as db:
+            t0 = time.perf_counter()
+            asyncio.run(_post_batches(served[0], bodies))
+            submit_s = time.perf_counter() - t0
+            _wait_lines(records, n, n / 20 + 60, served)
     recs = read_records(records)
     if len(recs) < n:
         raise RuntimeError(f"asyncjobs x{hosts}: only {len(recs)} of {n} jobs ran")
     shutil.rmtree(work, ignore_errors=True)
-    return {**drain_rate(recs), "submit_s": submit_s, "late_submit": submit_s > lead}
+    return {**drain_rate(recs), "submit_s": submit_s, "late_submit": submit_s > lead,
+            "db_cpu_s": db.seconds()}
 
 
 def aj_latency(admin: str, tmp: Path, n: int, rate: float) -> dict[str, Any]:
