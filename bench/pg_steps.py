@@ -288,8 +288,10 @@ def peer_submit(admin: str, tmp: Path, peer: str, single: int, batched: int
 # -- asyncjobs on its PostgreSQL store ----------------------------------------------------------
 
 def aj_config(work: Path, dsn: str) -> Path:
-    """bench's usual project (pool isolation, workers.max 2) with ``"store": dsn``."""
-    path = write_config(work, isolation="pool", durability="normal", workers=2)
+    """bench's usual project (pool isolation, workers.max 2) with ``"store": dsn``.
+    ``durability: full`` is ``synchronous_commit=on`` on PostgreSQL: the server default the
+    peers run with (``normal`` would turn it off for asyncjobs alone)."""
+    path = write_config(work, isolation="pool", durability="full", workers=2)
     config = json.loads(path.read_text())
     config["store"] = dsn
     path.write_text(json.dumps(config, indent=2))
@@ -301,8 +303,11 @@ def aj_unsupported(tmp: Path, admin: str) -> str | None:
     from asyncjobs.config import load_settings  # noqa: PLC0415
 
     try:
-        load_settings(aj_config(tmp / "probe", admin), env={})
-    except Exception as exc:  # any refusal of the key means: no PostgreSQL store here
+        settings = load_settings(aj_config(tmp / "probe", admin), env={})
+        from asyncjobs.store.factory import open_store  # noqa: PLC0415
+
+        open_store(settings)  # builds the store object, does not connect
+    except Exception as exc:  # any refusal means: no PostgreSQL store in this code
         return str(exc).splitlines()[0][:120]
     finally:
         shutil.rmtree(tmp / "probe", ignore_errors=True)
