@@ -2,27 +2,28 @@
 
 Precedence is defaults < file < ``ASYNCJOBS_*`` environment < explicit overrides (CLI flags).
 Every error names the key path, what was expected and what was found, so a typo in a
-production config is a one-line fix rather than a debugging session.
+production config is a one-line fix rather than a debugging session.  The value readers
+live in :mod:`asyncjobs.config_checks`, the environment overrides in
+:mod:`asyncjobs.config_env`; this module holds the settings' shape and reads the file.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
+from . import config_checks as check
+from .backend_url import check_store
+from .config_env import apply_env
 from .cron import CronError, CronExpr
 from .errors import ConfigError
 from .models import Isolation, Priority
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-MODULE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 DEFAULT_CONFIG = "config.json"
 
 
@@ -49,6 +50,7 @@ class JobClass:
     no_retry_on: tuple[str, ...] = ()
     concurrency: int | None = None
     isolation: Isolation | None = None
+    memory_limit: int | None = None  # MiB; None: workers.memory_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class WorkerSettings:
     isolation: Isolation = Isolation.POOL
     max_jobs_per_worker: int = 1000
     kill_grace: float = 5.0
+    memory_limit: int | None = None  # MiB per job (a class's own wins); None: unlimited
+    max_memory_per_worker: int | None = None  # MiB; a pool worker past it after a job exits
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,11 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     max_body_bytes: int = 1024 * 1024
+    # Bounds that keep one local process from locking the API out (issue #13 item 3, 6).
+    idle_timeout: float = 15.0  # s a connection may sit without a request in progress
+    max_connections: int = 256
+    max_event_streams: int = 32
+    session_ttl: float = 8 * 3600.0  # s a dashboard sign-in lasts
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,15 @@ class Schedule:
     @property
     def expression(self) -> str:
         return self.cron if self.cron is not None else f"every {self.every:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """How a host proves it is alive: a heartbeat every ``heartbeat`` seconds extends its
+    lease to ``lease`` seconds; a host whose lease ran out is dead and its attempts rescued."""
+
+    heartbeat: float = 5.0
+    lease: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +126,9 @@ class Settings:
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
     retention: RetentionSettings = RetentionSettings()
     data_dir: Path = Path(".asyncjobs")
+    store: str | None = None  # None: SQLite at data_dir/asyncjobs.db; else a store URL
     durability: str = "full"
+    hosts: HostSettings = HostSettings()
     shutdown_grace: float = 10.0
     max_interruptions: int = 5
     max_result_bytes: int = 1024 * 1024
@@ -120,78 +140,24 @@ class Settings:
         return self.jobs.get(name)
 
 
-T = TypeVar("T")
 
-
-def _expect(path: str, value: object, kind: type[T] | tuple[type, ...], what: str) -> T:
-    # bool is an int in Python; a config saying "max": true is a mistake, not 1.
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ConfigError(path, what, value)
-    if not isinstance(value, kind):
-        raise ConfigError(path, what, value)
-    return value  # type: ignore[return-value]
-
-
-def _number(path: str, value: object, *, minimum: float = 0.0, positive: bool = False) -> float:
-    try:
-        num = float(_expect(path, value, (int, float), "a number"))
-    except OverflowError:  # an integer beyond any float
-        raise ConfigError(path, "a number of sensible size", value) from None
-    if not math.isfinite(num):  # only the environment can say "nan" or "inf"
-        raise ConfigError(path, "a finite number", value)
-    if num < minimum or (positive and num <= 0):
-        raise ConfigError(path, f"a number {'>' if positive else '>='} {minimum}", value)
-    return num
-
-
-def _text(path: str, value: object, what: str) -> str:
-    text = _expect(path, value, str, what)
-    if "\x00" in text:
-        raise ConfigError(path, f"{what} without NUL characters", text)
-    return text
-
-
-def _int(path: str, value: object, *, minimum: int = 0) -> int:
-    num = _expect(path, value, int, "an integer")
-    if num < minimum:
-        raise ConfigError(path, f"an integer >= {minimum}", value)
-    return num
-
-
-def _names(path: str, value: object) -> tuple[str, ...]:
-    items = _expect(path, value, list, "a list of names")
-    for i, item in enumerate(items):
-        if not isinstance(item, str) or not NAME_RE.match(item):
-            raise ConfigError(f"{path}[{i}]", "a name like 'ValueError'", item)
-    return tuple(items)
-
-
-def _enum(path: str, value: object, enum: Callable[[str], T], choices: str) -> T:
-    try:
-        return enum(_expect(path, value, str, f"one of {choices}"))
-    except ValueError:
-        raise ConfigError(path, f"one of {choices}", value) from None
-
-
-def _check_keys(path: str, obj: Mapping[str, object], allowed: set[str]) -> None:
-    for key in obj:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else key
-            raise ConfigError(where, f"one of the keys {sorted(allowed)}", key)
+TOP_KEYS = {"jobs", "retry", "timeout", "workers", "api", "logs", "data_dir", "durability",
+            "shutdown_grace", "max_interruptions", "store", "hosts", "max_result_bytes",
+            "max_output_bytes", "schedules", "retention", "$schema", "_comment"}
+JOB_KEYS = {"module", "methods", "priority", "timeout", "max_attempts", "retry_on",
+            "no_retry_on", "concurrency", "isolation", "memory_limit"}
 
 
 def _job_class(name: str, raw: object) -> JobClass:
     path = f"jobs.{name}"
-    if not NAME_RE.match(name) or name.startswith("_"):
+    if not check.NAME_RE.match(name) or name.startswith("_"):
         raise ConfigError("jobs", "class names made of letters, digits and _", name)
-    obj = _expect(path, raw, dict, "an object")
-    allowed = {"module", "methods", "priority", "timeout", "max_attempts", "retry_on",
-               "no_retry_on", "concurrency", "isolation"}
-    _check_keys(path, obj, allowed)
-    module = _expect(f"{path}.module", obj.get("module", "jobs"), str, "a module path")
-    if not MODULE_RE.match(module):
+    obj = check.expect(path, raw, dict, "an object")
+    check.check_keys(path, obj, JOB_KEYS)
+    module = check.expect(f"{path}.module", obj.get("module", "jobs"), str, "a module path")
+    if not check.MODULE_RE.match(module):
         raise ConfigError(f"{path}.module", "a dotted module path like 'jobs.lessons'", module)
-    methods = _names(f"{path}.methods", obj.get("methods"))
+    methods = check.names(f"{path}.methods", obj.get("methods"))
     if not methods:
         raise ConfigError(f"{path}.methods", "at least one method name", [])
     for method in methods:
@@ -201,27 +167,28 @@ def _job_class(name: str, raw: object) -> JobClass:
         name=name,
         module=module,
         methods=methods,
-        priority=_enum(f"{path}.priority", obj.get("priority", "medium"), Priority,
-                       "'high', 'medium', 'low'"),
-        timeout=(_number(f"{path}.timeout", obj["timeout"], positive=True)
+        priority=check.enum_value(f"{path}.priority", obj.get("priority", "medium"), Priority,
+                                  "'high', 'medium', 'low'"),
+        timeout=(check.number(f"{path}.timeout", obj["timeout"], positive=True)
                  if "timeout" in obj else None),
-        max_attempts=(_int(f"{path}.max_attempts", obj["max_attempts"], minimum=1)
+        max_attempts=(check.integer(f"{path}.max_attempts", obj["max_attempts"], minimum=1)
                       if "max_attempts" in obj else None),
-        retry_on=_names(f"{path}.retry_on", obj.get("retry_on", [])),
-        no_retry_on=_names(f"{path}.no_retry_on", obj.get("no_retry_on", [])),
-        concurrency=(_int(f"{path}.concurrency", obj["concurrency"], minimum=1)
+        retry_on=check.names(f"{path}.retry_on", obj.get("retry_on", [])),
+        no_retry_on=check.names(f"{path}.no_retry_on", obj.get("no_retry_on", [])),
+        concurrency=(check.integer(f"{path}.concurrency", obj["concurrency"], minimum=1)
                      if "concurrency" in obj else None),
-        isolation=(_enum(f"{path}.isolation", obj["isolation"], Isolation, "'pool', 'process'")
-                   if "isolation" in obj else None),
+        isolation=(check.enum_value(f"{path}.isolation", obj["isolation"], Isolation,
+                                    "'pool', 'process'") if "isolation" in obj else None),
+        memory_limit=check.mib(f"{path}.memory_limit", obj.get("memory_limit")),
     )
 
 
 def _schedule(name: str, raw: object, jobs: Mapping[str, JobClass]) -> Schedule:
     path = f"schedules.{name}"
-    obj = _expect(path, raw, dict, "an object")
-    _check_keys(path, obj, {"class", "method", "args", "kwargs", "cron", "every"})
-    cls = _expect(f"{path}.class", obj.get("class"), str, "an allow-listed class name")
-    method = _expect(f"{path}.method", obj.get("method"), str, "a method name")
+    obj = check.expect(path, raw, dict, "an object")
+    check.check_keys(path, obj, {"class", "method", "args", "kwargs", "cron", "every"})
+    cls = check.expect(f"{path}.class", obj.get("class"), str, "an allow-listed class name")
+    method = check.expect(f"{path}.method", obj.get("method"), str, "a method name")
     entry = jobs.get(cls)
     if entry is None:
         raise ConfigError(f"{path}.class", f"a class listed under jobs ({sorted(jobs)})", cls)
@@ -231,7 +198,7 @@ def _schedule(name: str, raw: object, jobs: Mapping[str, JobClass]) -> Schedule:
         raise ConfigError(path, "exactly one of 'cron' or 'every'", sorted(obj))
     cron = None
     if "cron" in obj:
-        cron = _expect(f"{path}.cron", obj["cron"], str, "a five-field cron expression")
+        cron = check.expect(f"{path}.cron", obj["cron"], str, "a five-field cron expression")
         try:
             CronExpr.parse(cron)
         except CronError as exc:
@@ -239,93 +206,124 @@ def _schedule(name: str, raw: object, jobs: Mapping[str, JobClass]) -> Schedule:
                               cron) from None
     return Schedule(
         name=name, cls=cls, method=method,
-        args=tuple(_expect(f"{path}.args", obj.get("args", []), list, "a list")),
-        kwargs=_expect(f"{path}.kwargs", obj.get("kwargs", {}), dict, "an object"),
+        args=tuple(check.expect(f"{path}.args", obj.get("args", []), list, "a list")),
+        kwargs=check.expect(f"{path}.kwargs", obj.get("kwargs", {}), dict, "an object"),
         cron=cron,
-        every=_number(f"{path}.every", obj["every"], positive=True) if "every" in obj else None,
+        every=(check.number(f"{path}.every", obj["every"], positive=True)
+               if "every" in obj else None),
     )
 
 
+def _retry(doc: Mapping[str, object]) -> RetrySettings:
+    r = check.section(doc, "retry", {"max_attempts", "base_delay", "factor", "max_delay",
+                                     "jitter"})
+    d = RetrySettings()
+    retry = RetrySettings(
+        max_attempts=check.integer("retry.max_attempts", r.get("max_attempts", d.max_attempts),
+                                   minimum=1),
+        base_delay=check.number("retry.base_delay", r.get("base_delay", d.base_delay)),
+        factor=check.number("retry.factor", r.get("factor", d.factor), minimum=1.0),
+        max_delay=check.number("retry.max_delay", r.get("max_delay", d.max_delay)),
+        jitter=check.number("retry.jitter", r.get("jitter", d.jitter)),
+    )
+    if retry.jitter > 1:
+        raise ConfigError("retry.jitter", "a fraction between 0 and 1", retry.jitter)
+    return retry
+
+
+def _workers(doc: Mapping[str, object]) -> WorkerSettings:
+    w = check.section(doc, "workers", {"max", "isolation", "max_jobs_per_worker", "kill_grace",
+                                       "memory_limit", "max_memory_per_worker"})
+    d = WorkerSettings()
+    return WorkerSettings(
+        max=check.integer("workers.max", w.get("max", d.max), minimum=1),
+        isolation=check.enum_value("workers.isolation", w.get("isolation", d.isolation.value),
+                                   Isolation, "'pool', 'process'"),
+        max_jobs_per_worker=check.integer(
+            "workers.max_jobs_per_worker", w.get("max_jobs_per_worker", d.max_jobs_per_worker),
+            minimum=1),
+        kill_grace=check.number("workers.kill_grace", w.get("kill_grace", d.kill_grace)),
+        memory_limit=check.mib("workers.memory_limit", w.get("memory_limit")),
+        max_memory_per_worker=check.mib("workers.max_memory_per_worker",
+                                        w.get("max_memory_per_worker")),
+    )
+
+
+def _api(doc: Mapping[str, object]) -> ApiSettings:
+    a = check.section(doc, "api", {"host", "port", "max_body_bytes", "idle_timeout",
+                                   "max_connections", "max_event_streams", "session_ttl"})
+    d = ApiSettings()
+    port = check.port("api.port", a.get("port", d.port))
+    return ApiSettings(
+        host=check.text("api.host", a.get("host", d.host), "a host name or address"),
+        port=port,
+        max_body_bytes=check.integer("api.max_body_bytes",
+                                     a.get("max_body_bytes", d.max_body_bytes), minimum=1024),
+        idle_timeout=check.number("api.idle_timeout", a.get("idle_timeout", d.idle_timeout),
+                                  positive=True),
+        max_connections=check.integer("api.max_connections",
+                                      a.get("max_connections", d.max_connections), minimum=2),
+        max_event_streams=check.integer("api.max_event_streams",
+                                        a.get("max_event_streams", d.max_event_streams),
+                                        minimum=1),
+        session_ttl=check.number("api.session_ttl", a.get("session_ttl", d.session_ttl),
+                                 positive=True),
+    )
+
+
+def _logs(doc: Mapping[str, object]) -> LogSettings:
+    lg = check.section(doc, "logs", {"max_bytes", "backups"})
+    d = LogSettings()
+    return LogSettings(
+        max_bytes=check.integer("logs.max_bytes", lg.get("max_bytes", d.max_bytes),
+                                minimum=1024),
+        backups=check.integer("logs.backups", lg.get("backups", d.backups)),
+    )
+
+
+def _hosts(doc: Mapping[str, object]) -> HostSettings:
+    h = check.section(doc, "hosts", {"heartbeat", "lease"})
+    d = HostSettings()
+    hosts = HostSettings(
+        heartbeat=check.number("hosts.heartbeat", h.get("heartbeat", d.heartbeat),
+                               positive=True),
+        lease=check.number("hosts.lease", h.get("lease", d.lease), positive=True))
+    if hosts.lease <= hosts.heartbeat:
+        raise ConfigError("hosts.lease", "more seconds than hosts.heartbeat", hosts.lease)
+    return hosts
+
+
 def _retention(doc: Mapping[str, object]) -> RetentionSettings:
-    r = _section(doc, "retention", {"completed_days", "failed_days"})
+    r = check.section(doc, "retention", {"completed_days", "failed_days"})
     return RetentionSettings(
-        completed_days=(_number("retention.completed_days", r["completed_days"], positive=True)
+        completed_days=(check.number("retention.completed_days", r["completed_days"],
+                                     positive=True)
                         if r.get("completed_days") is not None else None),
-        failed_days=(_number("retention.failed_days", r["failed_days"], positive=True)
+        failed_days=(check.number("retention.failed_days", r["failed_days"], positive=True)
                      if r.get("failed_days") is not None else None),
     )
 
 
-def _section(raw: Mapping[str, object], key: str, allowed: set[str]) -> dict[str, Any]:
-    obj = _expect(key, raw.get(key, {}), dict, "an object")
-    _check_keys(key, obj, allowed)
-    return obj
-
-
 def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = None) -> Settings:
     """Validate a decoded ``config.json`` document into :class:`Settings`."""
-    doc = _expect("(top level)", raw, dict, "a JSON object")
-    _check_keys("", doc, {"jobs", "retry", "timeout", "workers", "api", "logs", "data_dir",
-                          "durability", "shutdown_grace", "max_interruptions",
-                          "max_result_bytes", "max_output_bytes", "schedules", "retention",
-                          "$schema", "_comment"})
-    jobs_raw = _expect("jobs", doc.get("jobs", {}), dict, "an object of class name -> entry")
+    doc = check.expect("(top level)", raw, dict, "a JSON object")
+    check.check_keys("", doc, TOP_KEYS)
+    jobs_raw = check.expect("jobs", doc.get("jobs", {}), dict,
+                            "an object of class name -> entry")
     jobs = {name: _job_class(name, entry) for name, entry in jobs_raw.items()}
-    schedules_raw = _expect("schedules", doc.get("schedules", {}), dict,
-                            "an object of schedule name -> entry")
+    schedules_raw = check.expect("schedules", doc.get("schedules", {}), dict,
+                                 "an object of schedule name -> entry")
     schedules = {name: _schedule(name, entry, jobs) for name, entry in schedules_raw.items()}
-
-    r = _section(doc, "retry", {"max_attempts", "base_delay", "factor", "max_delay", "jitter"})
-    d = RetrySettings()
-    retry = RetrySettings(
-        max_attempts=_int("retry.max_attempts", r.get("max_attempts", d.max_attempts), minimum=1),
-        base_delay=_number("retry.base_delay", r.get("base_delay", d.base_delay)),
-        factor=_number("retry.factor", r.get("factor", d.factor), minimum=1.0),
-        max_delay=_number("retry.max_delay", r.get("max_delay", d.max_delay)),
-        jitter=_number("retry.jitter", r.get("jitter", d.jitter)),
-    )
-    if retry.jitter > 1:
-        raise ConfigError("retry.jitter", "a fraction between 0 and 1", retry.jitter)
-
-    w = _section(doc, "workers", {"max", "isolation", "max_jobs_per_worker", "kill_grace"})
-    dw = WorkerSettings()
-    workers = WorkerSettings(
-        max=_int("workers.max", w.get("max", dw.max), minimum=1),
-        isolation=_enum("workers.isolation", w.get("isolation", dw.isolation.value), Isolation,
-                        "'pool', 'process'"),
-        max_jobs_per_worker=_int("workers.max_jobs_per_worker",
-                                 w.get("max_jobs_per_worker", dw.max_jobs_per_worker), minimum=1),
-        kill_grace=_number("workers.kill_grace", w.get("kill_grace", dw.kill_grace)),
-    )
-
-    a = _section(doc, "api", {"host", "port", "max_body_bytes"})
-    da = ApiSettings()
-    port = _int("api.port", a.get("port", da.port))
-    if port > 65535:
-        raise ConfigError("api.port", "a port number 0-65535", port)
-    api = ApiSettings(
-        host=_text("api.host", a.get("host", da.host), "a host name or address"),
-        port=port,
-        max_body_bytes=_int("api.max_body_bytes", a.get("max_body_bytes", da.max_body_bytes),
-                            minimum=1024),
-    )
-
-    lg = _section(doc, "logs", {"max_bytes", "backups"})
-    dl = LogSettings()
-    logs = LogSettings(
-        max_bytes=_int("logs.max_bytes", lg.get("max_bytes", dl.max_bytes), minimum=1024),
-        backups=_int("logs.backups", lg.get("backups", dl.backups)),
-    )
-
-    durability = _expect("durability", doc.get("durability", "full"), str, "'full' or 'normal'")
-    if durability not in ("full", "normal"):
-        raise ConfigError("durability", "'full' or 'normal'", durability)
-    data_dir = Path(_text("data_dir", doc.get("data_dir", ".asyncjobs"), "a path"))
+    # Checked in this order (sections first), so the first error reported stays the same.
+    retry, workers, api, logs = _retry(doc), _workers(doc), _api(doc), _logs(doc)
+    durability = check.durability("durability", doc.get("durability", "full"))
+    data_dir = Path(check.text("data_dir", doc.get("data_dir", ".asyncjobs"), "a path"))
+    hosts = _hosts(doc)
     s = Settings()
     return Settings(
         jobs=jobs,
         retry=retry,
-        timeout=_number("timeout", doc.get("timeout", s.timeout), positive=True),
+        timeout=check.number("timeout", doc.get("timeout", s.timeout), positive=True),
         workers=workers,
         api=api,
         logs=logs,
@@ -333,53 +331,21 @@ def parse_settings(raw: object, *, base_dir: Path, config_path: Path | None = No
         retention=_retention(doc),
         data_dir=data_dir if data_dir.is_absolute() else base_dir / data_dir,
         durability=durability,
-        shutdown_grace=_number("shutdown_grace", doc.get("shutdown_grace", s.shutdown_grace)),
-        max_interruptions=_int("max_interruptions",
-                               doc.get("max_interruptions", s.max_interruptions), minimum=1),
-        max_result_bytes=_int("max_result_bytes", doc.get("max_result_bytes",
-                                                          s.max_result_bytes), minimum=1),
-        max_output_bytes=_int("max_output_bytes", doc.get("max_output_bytes",
-                                                          s.max_output_bytes)),
+        store=check_store("store", doc.get("store")),
+        hosts=hosts,
+        shutdown_grace=check.number("shutdown_grace",
+                                    doc.get("shutdown_grace", s.shutdown_grace)),
+        max_interruptions=check.integer("max_interruptions",
+                                        doc.get("max_interruptions", s.max_interruptions),
+                                        minimum=1),
+        max_result_bytes=check.integer("max_result_bytes",
+                                       doc.get("max_result_bytes", s.max_result_bytes),
+                                       minimum=1),
+        max_output_bytes=check.integer("max_output_bytes",
+                                       doc.get("max_output_bytes", s.max_output_bytes)),
         base_dir=base_dir,
         config_path=config_path,
     )
-
-
-def _env_number(env: Mapping[str, str], name: str, convert: Callable[[str], T]) -> T | None:
-    text = env.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        return convert(text)
-    except ValueError:
-        raise ConfigError(f"${name}", f"a {convert.__name__}", text) from None
-
-
-def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
-    """Apply the ``ASYNCJOBS_*`` overrides (max attempts, retry delay, port, data dir, ...)."""
-    retry = settings.retry
-    if (n := _env_number(env, "ASYNCJOBS_MAX_ATTEMPTS", int)) is not None:
-        retry = replace(retry, max_attempts=_int("$ASYNCJOBS_MAX_ATTEMPTS", n, minimum=1))
-    if (f := _env_number(env, "ASYNCJOBS_RETRY_DELAY", float)) is not None:
-        retry = replace(retry, base_delay=_number("$ASYNCJOBS_RETRY_DELAY", f))
-    api = settings.api
-    if (port := _env_number(env, "ASYNCJOBS_PORT", int)) is not None:
-        if port > 65535:
-            raise ConfigError("$ASYNCJOBS_PORT", "a port number 0-65535", port)
-        api = replace(api, port=_int("$ASYNCJOBS_PORT", port))
-    if host := env.get("ASYNCJOBS_HOST"):
-        api = replace(api, host=host)
-    workers = settings.workers
-    if (m := _env_number(env, "ASYNCJOBS_WORKERS", int)) is not None:
-        workers = replace(workers, max=_int("$ASYNCJOBS_WORKERS", m, minimum=1))
-    data_dir = settings.data_dir
-    if d := env.get("ASYNCJOBS_DATA_DIR"):
-        data_dir = Path(d).absolute()
-    durability = env.get("ASYNCJOBS_DURABILITY") or settings.durability
-    if durability not in ("full", "normal"):
-        raise ConfigError("$ASYNCJOBS_DURABILITY", "'full' or 'normal'", durability)
-    return replace(settings, retry=retry, api=api, workers=workers, data_dir=data_dir,
-                   durability=durability)
 
 
 def find_config(path: str | Path | None, env: Mapping[str, str]) -> Path:

@@ -106,6 +106,7 @@ class Outcome:
     retry_requested: bool = False
     fail_now: bool = False  # from ``raise Fail(...)``
     started: bool = True  # False: taken back before it ran (no execution, no attempt row)
+    strays: int = 0  # processes the job left running, killed when the attempt ended
 
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS
@@ -143,16 +144,20 @@ class Attempt:
     exit_code: int | None
     error: ErrorInfo | None
     output: str
+    strays: int = 0  # processes the job left running, killed when the attempt ended
+    host: str | None = None  # the id of the host that ran it (None: from before hosts)
 
     def to_json(self) -> dict[str, JSONValue]:
         return {
             "number": self.number,
+            "host": self.host,
             "outcome": self.outcome.value if self.outcome else "running",
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "exit_code": self.exit_code,
             "error": self.error.to_json(with_traceback=True) if self.error else None,
             "output": self.output,
+            "strays": self.strays,
         }
 
 
@@ -215,7 +220,10 @@ class JobRecord:
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS
 class Claimed:
-    """A job the dispatcher has just moved to ``running``, with its new attempt number."""
+    """A job the dispatcher has just reserved for an attempt, with that attempt's number.
+
+    It is still ``pending`` to every reader until a worker reports that it starts it.
+    """
 
     id: int
     cls: str
@@ -228,6 +236,8 @@ class Claimed:
     timeout: float
     interruptions: int
     chain_id: int | None = None  # set for a step of a chain: finishing it moves the chain on
+    priority: int = 1  # Priority.rank: the launcher starts better-ranked attempts first
+    cancel_requested: bool = False  # (orphans only) cancelled while its host was gone
 
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS

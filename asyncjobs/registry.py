@@ -24,6 +24,11 @@ MAX_CHAIN = 100
 MAX_DELAY = 10 * 365 * 86400.0  # a delay or run_at further out is surely a mistake
 MAX_TIMEOUT = 30 * 86400.0  # an attempt may run a month; beyond that timers overflow
 _PRIORITIES = {p.value: p for p in Priority}
+MAX_DEPTH = 64  # JSON nesting in args/kwargs; deeper cannot be stored (orjson stops at 254)
+# Numbers in args/kwargs: orjson keeps integers exact only within 64 bits and turns a larger
+# one into a float without a word; refusing every number beyond that range (a 1e30 float
+# too) is a rule that a client can state and a JSON Schema can express.
+NUMBER_RANGE = (-(2**63), 2**64 - 1)
 
 
 def check_allowed(settings: Settings, cls: object, method: object) -> JobClass:
@@ -48,11 +53,39 @@ def _number(name: str, value: object, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _in_range(number: float) -> bool:
+    if isinstance(number, int):
+        return NUMBER_RANGE[0] <= number <= NUMBER_RANGE[1]
+    # Strictly inside: -2**63 - 1, parsed by orjson, is the float -2**63.
+    return float(NUMBER_RANGE[0]) < number < float(2**64)
+
+
+def check_json(name: str, value: object) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_DEPTH` levels, and numbers outside
+    :data:`NUMBER_RANGE` (iteratively: a hostile document must not exhaust the stack of the
+    check meant to stop it)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidField(name, f"is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif (isinstance(item, int | float) and not isinstance(item, bool)
+              and not _in_range(item)):
+            raise InvalidField(name, f"number {str(item)[:40]} is outside the 64-bit integer "
+                                     "range, where it could not be kept exact; send big "
+                                     "numbers as strings")
+
+
 def _args(name: str, value: object) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
         raise InvalidField(name, "must be a JSON array")
+    check_json(name, value)
     return value
 
 
@@ -61,6 +94,7 @@ def _kwargs(name: str, value: object) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidField(name, "must be a JSON object")
+    check_json(name, value)
     return value
 
 
@@ -88,9 +122,12 @@ def _run_at(body: Mapping[str, object], now: float) -> float:
         if not isinstance(text, str):
             raise InvalidField("run_at", "must be an ISO 8601 time like 2026-11-22T10:00:00Z")
         try:
-            return parse_iso(text)
+            moment = parse_iso(text)
         except ValueError:
             raise InvalidField("run_at", f"not an ISO 8601 time: {text[:100]!r}") from None
+        if moment - now > MAX_DELAY:  # as for delay: so far out is surely a mistake
+            raise InvalidField("run_at", "must be at most ten years from now")
+        return moment
     if body.get("delay") is not None:
         delay = _number("delay", body["delay"])
         if delay > MAX_DELAY:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from .config import load_settings
+from .engine.datadir import HOST_FILE, TOKEN_FILE
 
 if TYPE_CHECKING:
     from .client.api_client import AsyncJobsClient
@@ -116,7 +117,7 @@ class ServeProcess:
         if self.running:
             raise RuntimeError(f"the host is already running (pid {self.pid})")
         timeout = self.start_timeout if timeout is None else timeout
-        host_file = self.data_dir / "host.json"
+        host_file = self.data_dir / HOST_FILE
         # So that we wait for this run's URL, not the last one's.  (No directory, or not a
         # directory: serve will say so in its log.)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -142,7 +143,7 @@ class ServeProcess:
     def _read_host_file(self, host_file: Path) -> bool:
         try:
             self.url = json.loads(host_file.read_text())["url"]
-            self.token = (self.data_dir / "token").read_text().strip()
+            self.token = (self.data_dir / TOKEN_FILE).read_text().strip()
         except (OSError, ValueError, KeyError):
             return False  # not written yet, or written only in part
         return True

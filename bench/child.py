@@ -37,8 +37,9 @@ from common import (
 )
 
 from asyncjobs.config import load_settings
-from asyncjobs.engine.host import DB_FILE, Host
+from asyncjobs.engine.host import Host
 from asyncjobs.models import Priority
+from asyncjobs.store.factory import DB_FILE
 
 
 def emit(**fields: Any) -> None:

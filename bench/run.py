@@ -166,9 +166,11 @@ def serve(work: Path) -> Iterator[Served]:
     """``asyncjobs serve`` on port 0 over ``work``; start-up timed until /api/health answers."""
     import urllib.request  # noqa: PLC0415
 
+    from asyncjobs.engine.datadir import HOST_FILE, TOKEN_FILE  # noqa: PLC0415
+
     env = child_env()
     env["ASYNCJOBS_PORT"] = "0"
-    host_file = work / "data" / "host.json"
+    host_file = work / "data" / HOST_FILE
     host_file.unlink(missing_ok=True)
     log = (work / "serve.log").open("ab")
     t0 = time.perf_counter()
@@ -196,7 +198,7 @@ def serve(work: Path) -> Iterator[Served]:
         else:
             raise RuntimeError("asyncjobs serve did not become ready")
         startup = time.perf_counter() - t0
-        token = (work / "data" / "token").read_text().strip()
+        token = (work / "data" / TOKEN_FILE).read_text().strip()
         yield Served(proc, url, token, startup)
     finally:
         if proc.poll() is None:

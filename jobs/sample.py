@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 class SampleJob:
-    def process(self, *params: str, previous: object = None) -> dict[str, object]:
+    def process(self, *params: object, previous: object = None) -> dict[str, object]:
         """Joins its parameters; in a chain it also receives the previous step's result."""
-        result: dict[str, object] = {"processed": list(params), "joined": ",".join(params)}
+        result: dict[str, object] = {"processed": list(params),
+                                     "joined": ",".join(map(str, params))}
         if previous is not None:
             result["previous"] = previous
         return result

@@ -122,8 +122,10 @@ def launch_chromium(playwright: Any) -> Any:
 
 def signed_in_page(browser: Any, server: Server, *, width: int = 1280,
                    height: int = 800) -> Any:
-    """A fresh browser context signed in through a one-time link, showing the dashboard."""
+    """A fresh browser context signed in through a one-time link, showing the dashboard
+    (the sign-in page trades the link's code for a session, then goes to ``/``)."""
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.goto(server.url + server.login_path())
+    page.wait_for_url(server.url + "/")
     return page

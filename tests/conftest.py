@@ -8,7 +8,12 @@ user's ``jobs/``: with the config's directory first on ``sys.path``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ from fakes import Drain, FakeClock, HostFactory, SettingsFactory, fixed_rand
 
 from asyncjobs.config import Settings, load_settings
 from asyncjobs.engine.host import Host
+from asyncjobs.workers import procs
 
 FIXTURE_PACKAGE = Path(__file__).parent / "jobs_fixture"
 TESTJOBS = "jobs_fixture.testjobs"
@@ -118,3 +124,34 @@ def drain() -> Drain:
             await host.dispatcher.drain()
 
     return run
+
+
+SESSION_MARK = "PYTEST_ASYNCJOBS_SESSION"
+"""Set for the whole test run and inherited by every process it starts (hosts, workers,
+what jobs start), so that any of them still running at the end can be found."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite() -> Iterator[None]:
+    """Fail the run if a process it started (and its descendants) is still running at the
+    end: a leaked worker, fork server, host or job helper (§4 Containment)."""
+    mark = f"{os.getpid()}-{time.time_ns()}"
+    os.environ[SESSION_MARK] = mark
+    yield
+    deadline = time.monotonic() + 10  # what is being shut down right now may finish
+    while (left := [p for p in procs.marked(SESSION_MARK, mark) if p != os.getpid()]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    described = [f"{pid}: {_cmdline(pid)}" for pid in left]
+    for pid in left:  # ours: started by this run
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, "processes started by the tests outlived them:\n" + "\n".join(described)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return "?"

@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -148,3 +149,11 @@ async def in_process(directory: Path, **overrides: Any) -> AsyncIterator[InProce
         server = TestServer(build_app(host))
         async with TestClient(server) as http:
             yield InProcess(host, http, config.parent)
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

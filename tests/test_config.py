@@ -106,6 +106,17 @@ def test_unknown_keys_are_named(tmp_path: Path, doc: dict[str, Any], path: str,
         ({"jobs": {"_A": {"methods": ["run"]}}}, "jobs", "'_A'"),
         ({"jobs": {"A": {"methods": ["run"], "timeout": -1}}}, "jobs.A.timeout", "-1"),
         ({"durability": "sometimes"}, "durability", "'sometimes'"),
+        ({"store": "mysql://db/jobs"}, "store", "'mysql://db/jobs'"),
+        ({"store": "postgresql"}, "store", "'postgresql'"),
+        ({"store": 5}, "store", "5"),
+        ({"hosts": {"heartbeat": 0}}, "hosts.heartbeat", "0"),
+        ({"hosts": {"heartbeat": 5, "lease": 5}}, "hosts.lease", "5.0"),
+        ({"workers": {"memory_limit": 0}}, "workers.memory_limit", "0"),
+        ({"workers": {"memory_limit": 1.5}}, "workers.memory_limit", "1.5"),
+        ({"workers": {"max_memory_per_worker": "1G"}}, "workers.max_memory_per_worker",
+         "'1G'"),
+        ({"jobs": {"A": {"methods": ["run"], "memory_limit": -512}}}, "jobs.A.memory_limit",
+         "-512"),
         ([1, 2], "(top level)", "[1, 2]"),
     ],
 )
@@ -222,3 +233,31 @@ def test_parse_settings_checks_schedules_against_the_allow_list(tmp_path: Path) 
 
     assert info.value.path == "schedules.s.class"
     assert "'B'" in str(info.value)
+
+
+def test_store_setting_and_its_env_override(tmp_path: Path) -> None:
+    assert load_doc(tmp_path, {}).store is None  # SQLite in data_dir
+    url = "postgresql://jobs@db.internal:5432/jobs"
+    assert load_doc(tmp_path, {"store": url}).store == url
+    assert load_doc(tmp_path, {"store": "sqlite"},
+                    {"ASYNCJOBS_STORE": "postgres://h/db"}).store == "postgres://h/db"
+    with pytest.raises(ConfigError) as info:
+        load_doc(tmp_path, {}, {"ASYNCJOBS_STORE": "oracle://h"})
+    assert info.value.path == "$ASYNCJOBS_STORE"
+
+
+def test_a_store_url_password_never_appears_in_an_error(tmp_path: Path) -> None:
+    error = config_error(tmp_path, {"store": "mysql://jobs:hunter2@db/jobs"})
+
+    assert error.path == "store"
+    assert "hunter2" not in str(error)
+    assert "mysql://jobs:***@db/jobs" in str(error)
+
+
+def test_a_bad_env_number_says_what_it_expected_in_plain_english(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as port:
+        load_doc(tmp_path, {}, {"ASYNCJOBS_PORT": "abc"})
+    assert port.value.expected == "an integer"
+    with pytest.raises(ConfigError) as delay:
+        load_doc(tmp_path, {}, {"ASYNCJOBS_RETRY_DELAY": "soon"})
+    assert delay.value.expected == "a number"

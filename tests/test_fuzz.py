@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import string
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from asyncjobs.config import load_settings, parse_settings
 from asyncjobs.errors import ConfigError
-from asyncjobs.workers.protocol import Done, Progress, ProtocolError, Skipped, decode
+from asyncjobs.workers.protocol import Began, Done, Progress, ProtocolError, Skipped, decode
 
 MAX_RESULT = 65536
 MAX_OUTPUT = 2000
@@ -94,11 +95,13 @@ MESSAGE_KEYS = st.sampled_from(["t", "id", "ok", "result", "error", "retry", "de
                                 "output", "fraction", "message", "skipped", "mro", "type",
                                 "traceback"])
 MESSAGES = st.fixed_dictionaries(
-    {"t": st.sampled_from(["done", "progress", "skipped", "job", "skip", ""]) | JSON_SCALARS,
+    {"t": st.sampled_from(["done", "progress", "skipped", "started", "job", "skip", ""])
+     | JSON_SCALARS,
      "id": st.integers(-5, 2**63) | JSON_SCALARS},
     optional={"ok": JSON_VALUES, "result": JSON_VALUES, "retry": JSON_VALUES,
               "delay": JSON_VALUES, "fail": JSON_VALUES, "output": JSON_VALUES,
               "fraction": JSON_VALUES, "message": JSON_VALUES, "skipped": JSON_VALUES,
+              "at": JSON_VALUES,
               "error": JSON_VALUES | st.dictionaries(MESSAGE_KEYS, JSON_VALUES, max_size=5)})
 
 
@@ -107,7 +110,9 @@ def _check_decoded(line: bytes) -> None:
         message = decode(line)
     except ProtocolError:
         return
-    assert isinstance(message, Progress | Skipped | Done)
+    assert isinstance(message, Began | Progress | Skipped | Done)
+    if isinstance(message, Began):
+        assert math.isfinite(message.at)
     if isinstance(message, Progress):
         assert 0.0 <= message.fraction <= 1.0
     if isinstance(message, Done) and message.outcome.retry_delay is not None:

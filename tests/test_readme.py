@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -67,3 +68,80 @@ def test_id_free_cli_examples_succeed_against_the_shipped_jobs(served: ServedHos
         assert result.returncode == expected, (argv, result.stdout, result.stderr)
         ran += 1
     assert ran >= 10
+
+
+def _jobs(served: ServedHost) -> list[dict[str, object]]:
+    listed = served.cli("list", "--json", "--limit", "100")
+    assert listed.returncode == 0, listed.stderr
+    jobs: list[dict[str, object]] = json.loads(listed.stdout)
+    return jobs
+
+
+def test_every_cli_example_does_what_it_says(served: ServedHost) -> None:
+    """The submitted jobs end as their comments say; the examples naming a job id run on a
+    job of the kind they are about (``cancel`` a waiting one, ``retry`` a failed one...)."""
+    examples = cli_examples()
+    for example in examples:  # the submits first, as a user would
+        if example[0] == "submit":
+            slow = "SlowJob" in example
+            served.cli(*example, *(["--delay", "3600"] if slow else []))
+    jobs = _jobs(served)
+    for job in jobs:
+        if not _for_later(job):
+            assert served.cli("wait", str(job["id"]), "--timeout", "20").returncode in (0, 1)
+    jobs = {int(str(job["id"])): job for job in _jobs(served)}
+    ended = {job_id: job["status"] for job_id, job in jobs.items()}
+    failed = [i for i, status in ended.items() if status == "failed"]
+    # (the module's host also ran the id-free examples: their jobs are here too)
+    assert failed and {jobs[i]["class"] for i in failed} == {"UserLoginService"}, ended
+    later = {i for i, job in jobs.items() if _for_later(job)}
+    assert all(status == "completed" for i, status in ended.items()
+               if jobs[i]["class"] != "UserLoginService" and i not in later), ended
+    typed = [job for job in jobs.values() if job["args"] == ["x", 2]]
+    assert typed and typed[0]["result"] == {"processed": ["x", 2], "joined": "x,2"}
+    waiting = next(i for i, job in jobs.items() if job["class"] == "SlowJob")
+    completed = min(i for i, status in ended.items() if status == "completed")
+    ids = {"cancel": waiting, "retry": failed[0], "status": completed, "wait": completed,
+           "logs": completed}
+    ran = 0
+    for example in examples:
+        if example[0] in ids and len(example) > 1 and example[1].isdigit():
+            argv = [example[0], str(ids[example[0]]), *example[2:]]
+            result = served.cli(*argv)
+            assert result.returncode == 0, (argv, result.stdout, result.stderr)
+            ran += 1
+    assert ran >= 5
+    assert _status(served, waiting) == "cancelled"
+    assert _status(served, failed[0]) in ("pending", "running", "failed")  # retried
+
+
+def _for_later(job: dict[str, object]) -> bool:
+    """Submitted with --delay (pending is what it should be)."""
+    return job["status"] == "pending" and job["run_at"] is not None and \
+        str(job["run_at"]) > str(job["created_at"])
+
+
+def _status(served: ServedHost, job_id: int) -> str:
+    shown = served.cli("status", str(job_id), "--json")
+    return str(json.loads(shown.stdout)["status"])
+
+
+def test_the_unique_key_example_shows_a_duplicate(served: ServedHost) -> None:
+    """Run as written (with a key of its own), the second submit finds the first job."""
+    block = README.split("### Unique jobs", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0] == lines[1]
+    argv = [a.replace("report-2026-11", "readme-unique-test") for a in lines[0][1:]]
+    first, second = served.cli(*argv), served.cli(*argv)
+    assert first.returncode == second.returncode == 0, (first.stderr, second.stderr)
+    job_id = re.fullmatch(r"submitted job (\d+) \(pending\)\n", first.stdout)
+    assert job_id, first.stdout
+    assert second.stdout.startswith(f"job {job_id[1]} is already pending"), second.stdout
+    duplicate = served.cli(*argv, "--json")
+    assert '"duplicate": true' in duplicate.stdout
+    served.cli("cancel", job_id[1])
+
+
+def test_the_exit_codes_mention_a_wait_that_ran_out() -> None:
+    exit_codes = README.split("Exit codes: ", 1)[1].split("\n\n", 1)[0]
+    assert "wait --timeout" in exit_codes and "ran out" in exit_codes

@@ -13,6 +13,7 @@ from asyncjobs.config import Settings
 from asyncjobs.errors import BadRequest, InvalidField, NotAllowed
 from asyncjobs.models import Priority, iso
 from asyncjobs.registry import check_allowed, parse_submit
+from asyncjobs.web.responses import status_of
 
 NOW = 1_800_000_000.0
 JOBS = {
@@ -77,7 +78,7 @@ def test_names_outside_the_allow_list_are_refused_and_logged(
         with pytest.raises(NotAllowed) as info:
             check_allowed(settings, cls, method)
 
-    assert info.value.code == "not_allowed" and info.value.status == 403
+    assert info.value.code == "not_allowed" and status_of(info.value) == 403
     assert "allow-list" in str(info.value)
     assert any("refused" in r.getMessage() for r in caplog.records)
 
@@ -139,7 +140,7 @@ def test_invalid_fields_are_named(settings: Settings, body: dict[str, Any], fiel
         parse_submit(settings, body, NOW)
 
     assert info.value.field == field
-    assert info.value.status == 422
+    assert status_of(info.value) == 422
     assert str(info.value).startswith(f"{field}: ")
 
 

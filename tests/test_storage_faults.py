@@ -197,7 +197,9 @@ async def test_a_full_disk_refuses_submits_and_recovers(tmp_path: Path) -> None:
         filler = mnt / "filler"
 
         def fill() -> None:
-            with open(filler, "wb") as f:
+            # Unbuffered: a buffered file keeps the part of its last write that did not fit
+            # and fails again at close, depending on how much room the database left.
+            with open(filler, "wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(b"\0" * (1 << 16))

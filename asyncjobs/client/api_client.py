@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypedDict, Unpack
@@ -19,23 +20,21 @@ from typing import TypedDict, Unpack
 import aiohttp
 import orjson
 
-from ..config import find_config, load_settings
 from ..errors import (
-    ERRORS_BY_CODE,
     AsyncJobsError,
+    BadResponse,
     ConfigError,
     HostUnreachable,
     InvalidField,
-    JobNotFound,
+    Unauthorized,
+    from_wire,
 )
-from ..models import JSONValue
-from ..web.auth import read_token
+from ..files import create_private
+from ..models import TERMINAL, JSONValue
+from .discovery import discover, token_places
+from .events import EventStream
 
-DEFAULT_URL = "http://127.0.0.1:8765"
-DEFAULT_DATA_DIR = Path(".asyncjobs")
-HOST_FILE = "host.json"
 WAIT_SLICE = 30.0  # seconds per long-poll request; well under any proxy's idle timeout
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 Job = dict[str, JSONValue]
 """A job in the §6 JSON shape."""
@@ -60,59 +59,15 @@ class SubmitOptions(TypedDict, total=False):
     unique_key: str | None
 
 
-def _read_host_url(data_dir: Path) -> str | None:
-    try:
-        url = orjson.loads((data_dir / HOST_FILE).read_bytes()).get("url")
-    except (OSError, orjson.JSONDecodeError, AttributeError):
-        return None
-    return url if isinstance(url, str) and url else None
-
-
-def discover(config: str | Path | None = None,
-             env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
-    """Find the host's URL and token without contacting it.
-
-    Each comes from the first of: the environment (``ASYNCJOBS_URL``, ``ASYNCJOBS_TOKEN``),
-    then ``<data_dir>/host.json`` and ``<data_dir>/token`` of the configuration (the host
-    writes both at start), then the configured address.  With no config file at all (and
-    none asked for), the defaults are ``http://127.0.0.1:8765`` and ``./.asyncjobs``.
-    """
-    env = os.environ if env is None else env
-    url, token = env.get("ASYNCJOBS_URL") or None, env.get("ASYNCJOBS_TOKEN") or None
-    if url and token:
-        return url.rstrip("/"), token
-    asked = config is not None or bool(env.get("ASYNCJOBS_CONFIG"))
-    if asked or find_config(None, env).exists():
-        settings = load_settings(config, env)
-        data_dir = settings.data_dir
-        name = "127.0.0.1" if settings.api.host in ("0.0.0.0", "", "::") else settings.api.host  # noqa: S104
-        fallback = f"http://{name}:{settings.api.port}"
-    else:
-        data_dir = Path(env.get("ASYNCJOBS_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
-        fallback = DEFAULT_URL
-    url = url or _read_host_url(data_dir) or fallback
-    return url.rstrip("/"), token or read_token(data_dir)
-
-
-def _error(status: int, body: bytes, url: str, job_id: int | None) -> AsyncJobsError:
-    """The :mod:`errors` class for an API error response, carrying its code and message."""
+def _error(status: int, body: bytes, url: str) -> AsyncJobsError:
+    """The :mod:`errors` exception an API error response describes (see ``from_wire``)."""
     try:
         info = orjson.loads(body)["error"]
         code, message = str(info["code"]), str(info["message"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        exc = AsyncJobsError(f"{url} answered HTTP {status} without an asyncjobs error; "
-                             "is it really an asyncjobs host?")
-        exc.code, exc.status = "bad_response", status
-        return exc
-    cls = ERRORS_BY_CODE.get(code, AsyncJobsError)
-    exc = cls.__new__(cls)
-    AsyncJobsError.__init__(exc, message)  # the subclasses' own __init__ builds messages
-    exc.code, exc.status = code, status
-    if isinstance(exc, InvalidField):
-        exc.field = message.partition(":")[0]
-    if isinstance(exc, JobNotFound):
-        exc.job_id = job_id if job_id is not None else 0
-    return exc
+        details = info.get("details")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return BadResponse(url, status)
+    return from_wire(code, message, details if isinstance(details, dict) else None)
 
 
 def _step(step: Step) -> dict[str, JSONValue]:
@@ -130,7 +85,19 @@ def iso_time(moment: dt.datetime) -> str:
 
 def submit_body(cls: str, method: str, args: Sequence[JSONValue] | None = None,
                 **options: Unpack[SubmitOptions]) -> dict[str, JSONValue]:
-    """The §5 submit object; options left at ``None`` are left out (the host's defaults)."""
+    """The §5 submit object; options left at ``None`` are left out (the host's defaults).
+
+    Refused here, before anything is sent: a ``str`` or ``bytes`` as ``args`` (a sequence
+    too, which ``list()`` would split into characters), and a non-finite ``delay`` or
+    ``timeout`` (JSON has no inf or nan; encoded as null, the host would see no field).
+    """
+    if isinstance(args, str | bytes | bytearray):
+        raise TypeError(f"args must be a list of arguments, not {type(args).__name__}: "
+                        f"pass [{args!r}] for one argument")
+    for name in ("delay", "timeout"):
+        value = options.get(name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidField(name, f"must be a finite number, got {value!r}")
     body: dict[str, JSONValue] = {"class": cls, "method": method, "args": list(args or [])}
     body.update({k: v for k, v in options.items() if v is not None})
     if (kwargs := options.get("kwargs")) is not None:
@@ -140,47 +107,6 @@ def submit_body(cls: str, method: str, args: Sequence[JSONValue] | None = None,
     if (then := options.get("then")) is not None:
         body["then"] = [_step(s) for s in then]
     return body
-
-
-class EventStream:
-    """``async with client.events() as stream: async for event in stream`` (SSE, §5).
-
-    Entering returns once the host has subscribed this stream, so no state change made
-    after that is missed.  Each event is the decoded ``data`` dict (it has a ``type``).
-    """
-
-    def __init__(self, client: AsyncJobsClient) -> None:
-        self._client = client
-        self._response: aiohttp.ClientResponse | None = None
-
-    async def __aenter__(self) -> EventStream:
-        self._response = await self._client._open("GET", "/api/events", read_timeout=None)
-        await self._response.content.readline()  # ": connected": the host has subscribed us
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._response is not None:
-            self._response.close()
-
-    def __aiter__(self) -> AsyncIterator[dict[str, JSONValue]]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[dict[str, JSONValue]]:
-        assert self._response is not None, "use 'async with client.events() as stream'"
-        data: list[bytes] = []
-        try:
-            async for raw in self._response.content:
-                line = raw.rstrip(b"\r\n")
-                if line.startswith(b"data:"):
-                    data.append(line[5:].strip())
-                elif not line and data:
-                    event = orjson.loads(b"\n".join(data))
-                    data = []
-                    if isinstance(event, dict):
-                        yield event
-        except aiohttp.ClientError as exc:
-            raise HostUnreachable(f"lost the event stream of {self._client.url} "
-                                  f"({type(exc).__name__})") from None
 
 
 class AsyncJobsClient:
@@ -193,6 +119,7 @@ class AsyncJobsClient:
 
     def __init__(self, url: str | None = None, token: str | None = None, *,
                  config: str | Path | None = None, connect_timeout: float = 5.0) -> None:
+        self._config = config
         if url is None or token is None:
             found_url, found_token = discover(config)
             url, token = url or found_url, token or found_token
@@ -227,9 +154,14 @@ class AsyncJobsClient:
             self._session = aiohttp.ClientSession(headers=headers)
         return self._session
 
+    def _lost(self, exc: BaseException, what: str = "lost the connection to the asyncjobs host at",
+              hint: str = "") -> HostUnreachable:
+        """The error for a connection to the host that broke off mid-way."""
+        return HostUnreachable(f"{what} {self.url} ({type(exc).__name__}){hint}")
+
     async def _open(self, method: str, path: str, *, body: JSONValue = None,
-                    params: Mapping[str, str] | None = None, read_timeout: float | None = 60.0,
-                    job_id: int | None = None) -> aiohttp.ClientResponse:
+                    params: Mapping[str, str] | None = None,
+                    read_timeout: float | None = 60.0) -> aiohttp.ClientResponse:
         url = self.url + path
         timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout,
                                         sock_read=read_timeout)
@@ -244,31 +176,33 @@ class AsyncJobsClient:
             raise HostUnreachable(f"no asyncjobs host is reachable at {self.url} ({reason}); "
                                   "start one with 'asyncjobs serve'") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
-                                  f"({type(exc).__name__}); is 'asyncjobs serve' running?") \
-                from None
+            raise self._lost(exc, hint="; is 'asyncjobs serve' running?") from None
         if response.status >= 400:
             text = await response.read()
             response.release()
-            raise _error(response.status, text, self.url, job_id)
+            error = _error(response.status, text, self.url)
+            if isinstance(error, Unauthorized) and not self.token:
+                # "wrong token" misleads when none was sent: say where one was looked for.
+                raise Unauthorized(f"no API token was found (looked in {token_places(self._config)}"
+                                   f"); the host at {self.url} needs one") from None
+            raise error
         return response
 
     async def _call(self, method: str, path: str, *, body: JSONValue = None,
-                    params: Mapping[str, str] | None = None, read_timeout: float = 60.0,
-                    job_id: int | None = None) -> JSONValue:
+                    params: Mapping[str, str] | None = None,
+                    read_timeout: float = 60.0) -> JSONValue:
         response = await self._open(method, path, body=body, params=params,
-                                    read_timeout=read_timeout, job_id=job_id)
+                                    read_timeout=read_timeout)
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HostUnreachable(f"lost the connection to the asyncjobs host at {self.url} "
-                                  f"({type(exc).__name__})") from None
+            raise self._lost(exc) from None
         finally:
             response.release()
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise _error(response.status, data, self.url, job_id) from None
+            raise _error(response.status, data, self.url) from None
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -295,17 +229,17 @@ class AsyncJobsClient:
 
     async def get(self, job_id: int) -> Job:
         """One job with its attempt history (§6)."""
-        job: Job = await self._call("GET", f"/api/jobs/{int(job_id)}", job_id=job_id)
+        job: Job = await self._call("GET", f"/api/jobs/{int(job_id)}")
         return job
 
     async def cancel(self, job_id: int) -> Job:
         """Cancel a pending job, or kill a running one; the job afterwards. Finished: 409."""
-        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/cancel", job_id=job_id)
+        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/cancel")
         return job
 
     async def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back in the queue with a fresh attempt budget."""
-        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/retry", job_id=job_id)
+        job: Job = await self._call("POST", f"/api/jobs/{int(job_id)}/retry")
         return job
 
     async def wait(self, job_id: int, timeout: float | None = None) -> Job:
@@ -319,7 +253,7 @@ class AsyncJobsClient:
             left = WAIT_SLICE if deadline is None else min(WAIT_SLICE, deadline - loop.time())
             job: Job = await self._call(
                 "GET", f"/api/jobs/{int(job_id)}/wait", params={"timeout": f"{max(0, left):.3f}"},
-                read_timeout=max(0, left) + 30, job_id=job_id)
+                read_timeout=max(0, left) + 30)
             if job["status"] in TERMINAL or (deadline is not None and loop.time() >= deadline):
                 return job
 
@@ -369,11 +303,44 @@ class AsyncJobsClient:
         schedules: Records = answer["schedules"]
         return schedules
 
+    async def hosts(self) -> Records:
+        """The hosts sharing the store: id, address, heartbeat, running attempts, alive."""
+        answer = await self._call("GET", "/api/hosts")
+        hosts: Records = answer["hosts"]
+        return hosts
+
     async def prune(self) -> dict[str, int]:
         """Apply the retention rules now; how many finished jobs were deleted, per rule."""
         answer = await self._call("POST", "/api/prune")
         pruned: dict[str, int] = answer["pruned"]
         return pruned
+
+    async def backup(self, path: str | Path) -> int:
+        """Write a consistent copy of the host's live store to the new file ``path``; its
+        size in bytes.  Written aside and renamed, so ``path`` is never half a copy."""
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{target} exists already; a backup never overwrites a file")
+        staged = target.with_name(f".{target.name}.partial")
+        response = await self._open("POST", "/api/backup", read_timeout=600.0)
+        size = 0
+        try:
+            # 0600, and never through a link: the copy holds every job's args and results.
+            with create_private(staged) as f:
+                async for chunk in response.content.iter_chunked(1 << 20):
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if size != response.content_length:
+                raise HostUnreachable(f"the backup from {self.url} ended after {size} bytes")
+            os.replace(staged, target)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._lost(exc) from None
+        finally:
+            response.release()
+            staged.unlink(missing_ok=True)
+        return size
 
     async def health(self) -> dict[str, JSONValue]:
         health: dict[str, JSONValue] = await self._call("GET", "/api/health")
@@ -382,6 +349,11 @@ class AsyncJobsClient:
     def events(self) -> EventStream:
         """Server-sent events, one per state change (see :class:`EventStream`)."""
         return EventStream(self)
+
+    async def revoke_sessions(self) -> int:
+        """Sign every dashboard out (the API token stays valid); how many sessions ended."""
+        answer = await self._call("POST", "/api/sessions/revoke")
+        return int(answer["revoked"])
 
     async def login_link(self) -> str:
         """A one-time dashboard sign-in URL, valid for two minutes."""

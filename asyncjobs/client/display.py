@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from ..models import JSONValue
+from ..models import JSONValue, Status
 
 MAX_CELL = 60
 
@@ -118,6 +118,13 @@ def job_rows(jobs: Sequence[Mapping[str, JSONValue]], now: float | None = None) 
     return table(headers, rows, right=frozenset({0, 4}))
 
 
+def _strays(attempt: Mapping[str, JSONValue]) -> str:
+    """A job that left processes running should be visible: how many were killed."""
+    n = attempt.get("strays")
+    return f"[{n} stray process{'es' if n != 1 else ''} killed] " \
+        if isinstance(n, int) and n > 0 else ""
+
+
 def job_detail(job: Mapping[str, JSONValue], now: float | None = None) -> str:
     """The ``status`` view: every field, the progress, the last error, the attempts."""
     fields = [
@@ -146,7 +153,8 @@ def job_detail(job: Mapping[str, JSONValue], now: float | None = None) -> str:
         rows = [[str(a.get("number")), str(a.get("outcome")), ago(a.get("started_at"), now),
                  duration(a.get("started_at"), a.get("finished_at")),
                  "-" if a.get("exit_code") is None else str(a.get("exit_code")),
-                 compact(error_text(a.get("error")) if a.get("error") else "", MAX_CELL)]
+                 compact(_strays(a) + (error_text(a.get("error")) if a.get("error") else ""),
+                         MAX_CELL)]
                 for a in history]
         lines += ["", "attempts:", _indent(table(["#", "OUTCOME", "STARTED", "TOOK", "EXIT",
                                                   "ERROR"], rows, right=frozenset({0, 3})))]
@@ -160,7 +168,7 @@ def job_detail(job: Mapping[str, JSONValue], now: float | None = None) -> str:
 
 def stats_text(stats: Mapping[str, JSONValue]) -> str:
     counts = stats.get("counts") or {}
-    statuses = ["pending", "running", "completed", "failed", "cancelled"]
+    statuses = [s.value for s in Status]
     lines = [table(statuses, [[str(counts.get(s, 0)) for s in statuses]],
                    right=frozenset(range(5)))]
     classes = stats.get("classes") or {}
@@ -186,6 +194,14 @@ def schedule_rows(schedules: Sequence[Mapping[str, JSONValue]],
              ago(s["next_run"], now), ago(s["last_run"], now) if s["last_run"] else "never",
              str(s["last_job_id"] or "")] for s in schedules]
     return table(["NAME", "JOB", "WHEN", "NEXT RUN", "LAST RUN", "LAST JOB"], rows)
+
+
+def host_rows(hosts: Sequence[Mapping[str, JSONValue]], now: float | None = None) -> str:
+    rows = [[f"{h['id']}{' *' if h['this'] else ''}", str(h["url"] or "-"),
+             f"{h['hostname']}:{h['pid']}", ago(h["heartbeat_at"], now),
+             "alive" if h["alive"] else "gone", str(h["running"])] for h in hosts]
+    return table(["HOST (* this one)", "ADDRESS", "MACHINE:PID", "HEARTBEAT", "STATE",
+                  "RUNNING"], rows)
 
 
 def _indent(text: str, prefix: str = "  ") -> str:

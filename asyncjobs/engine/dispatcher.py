@@ -1,17 +1,26 @@
 """Claims due jobs, launches their attempts, and turns outcomes into stored transitions.
 
-One ``tick()`` does one round: record the attempts that ended since the last round (each
-decided by :func:`policy.decide`), then claim as many due jobs as the launcher can take
-(``launcher.capacity``: the workers plus a few queued per warm worker, so workers never wait
-for the store between two jobs) and launch them.  The price, documented for users: a job may
-start behind a few others claimed before it, whatever their priority.  Both, with any
-progress to store and the next due time to read, are one store op: one transaction.
+One ``tick()`` does one round: make ``running`` the attempts workers reported starting
+since the last round (with the worker's own start time), record the attempts that ended
+(each decided by :func:`policy.decide`), then reserve as many due jobs as the launcher can
+take (``launcher.capacity``: the workers plus a few queued per warm worker, so workers never
+wait for the store between two jobs) and launch them.  A reserved job is still ``pending``
+to every reader: ``running`` means a worker runs it, never more than ``workers.max``.  When
+the launcher is full and a due job outranks a reserved one that has not started, the round
+reserves the better one anyway: the launcher puts it ahead, taking the worse one back from
+its worker's queue.  All of it, with any progress to store and the next due time to read,
+is one store op: one transaction.
 ``run()`` ticks, then sleeps until the earliest future ``run_at`` or until woken by new work
 or a finished attempt: a timer, not a polling loop.  That earliest ``run_at`` is read in the
 round's own transaction, and a submit wakes the dispatcher only when its job is due before
 the timer would fire, so a job submitted for later costs the dispatcher nothing.
 ``drain()`` ticks until nothing is due or running, which makes tests deterministic with an
 injected clock.
+
+The dispatcher hears other parties only through the notifier (``due`` wakes it, ``cancel``
+stops an attempt it runs) and keeps no truth another host would need: per-class
+``concurrency`` is counted by the store inside the claim, and a cancel is also a mark in the
+store that each round reads back, so one that raced the claim or lost its signal still lands.
 """
 
 from __future__ import annotations
@@ -19,35 +28,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
 from dataclasses import dataclass
 
 from ..clock import Clock
 from ..config import Settings
 from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind, Status
-from ..store import Finished, Store
+from ..store import Finished, Start, Store
 from ..workers.launcher import Launcher
 from . import policy
-from .events import EventBus
 from .logs import JobLog
+from .roles import Event, Notifier
 
 log = logging.getLogger("asyncjobs.engine.dispatcher")
 
 STORAGE_RETRY = 1.0  # seconds between attempts to write after a storage error
 PROGRESS_FLUSH = 2.0  # seconds between progress writes to the store
+START_FLUSH = 0.005  # seconds a reported start may wait for a round that would come anyway
 
 
 @dataclass(slots=True)
 class _Running:
+    """An attempt handed to the launcher: reserved, and running once ``began`` is set."""
+
     claimed: Claimed
-    started: float  # monotonic
+    started: float  # monotonic, at launch
+    launched_at: float  # clock.now() at launch: no attempt starts before it
     task: asyncio.Task[None]
+    began: float | None = None  # clock.now() when the worker started it
 
 
 class Dispatcher:
     def __init__(self, *, store: Store, launcher: Launcher, settings: Settings, clock: Clock,
-                 events: EventBus, job_log: JobLog,
+                 events: Notifier, job_log: JobLog, host_id: str = "local",
                  rand: policy.Random = random.random) -> None:
+        self.host_id = host_id
         self.store = store
         self.launcher = launcher
         self.settings = settings
@@ -56,17 +70,34 @@ class Dispatcher:
         self.job_log = job_log
         self.rand = rand
         self.running: dict[int, _Running] = {}
-        self.progress: dict[int, tuple[float, str | None]] = {}
-        self._per_class: Counter[str] = Counter()
+        self._concurrency = {name: job.concurrency for name, job in settings.jobs.items()
+                             if job.concurrency is not None}
+        # Attempts stopped before the launcher took them (cancelled right after the claim).
+        self._stop_before_start: dict[int, OutcomeKind] = {}
         self._ended: list[tuple[Claimed, Outcome, float, float]] = []
+        self._starts: list[Start] = []
         self._unwritten: list[Finished] = []
+        self._unwritten_starts: list[Start] = []
         self._dirty_progress: dict[int, tuple[float, str | None]] = {}
         self._last_progress_flush = 0.0
         self._woken = False
+        self._start_timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._next_due: float | None = None  # earliest future run_at, as of the last round
         self._stopping = False
         self._storage_ok = True
+        self._unlisten = events.listen(self._on_event)
+
+    def close(self) -> None:
+        """Stop hearing the notifier (the host is closing)."""
+        self._unlisten()
+
+    def _on_event(self, event: Event) -> None:
+        kind = event.get("type")
+        if kind == "due":
+            self.due_at(float(event["run_at"]))
+        elif kind == "cancel" and not self.stop_attempt(int(event["id"])):
+            self.wake()  # claimed a moment ago, perhaps: the round reads the store's mark
 
     # -- waking ------------------------------------------------------------------------------
 
@@ -106,20 +137,22 @@ class Dispatcher:
         """Record ended attempts, then claim and launch due jobs; return how many launched."""
         self._woken = False
         now = self.clock.now()
+        started = self._unwritten_starts + self._starts
         finished = self._unwritten + [self._decide(*ended) for ended in self._ended]
-        self._ended = []
-        self._unwritten = []
+        self._ended, self._starts = [], []
+        self._unwritten, self._unwritten_starts = [], []
         free = 0 if self._stopping else self.launcher.capacity - len(self.running)
+        outrank = self._outrank() if free <= 0 and not self._stopping else None
         progress = self._take_progress(force=bool(finished))
-        if not (finished or progress or free > 0):
+        if not (finished or started or progress or free > 0 or outrank):
             return 0
         try:
             done = await self.store.dispatch_round(
-                progress=progress, finished=finished, now=now, limit=max(free, 0),
-                capacity=self._capacity() if free > 0 else {})
+                host=self.host_id, progress=progress, started=started, finished=finished,
+                now=now, limit=max(free, 0), concurrency=self._concurrency, outrank=outrank)
         except Exception as exc:  # storage trouble (or a bug in a write): keep, retry later
-            # The attempts are still "running" on disk until this write succeeds.
-            self._unwritten = finished
+            # The attempts are still as they were on disk until this write succeeds.
+            self._unwritten, self._unwritten_starts = finished, started
             for job_id, value in progress.items():
                 self._dirty_progress.setdefault(job_id, value)
             self._storage_error("record the dispatcher's round", exc)
@@ -127,16 +160,32 @@ class Dispatcher:
             return 0
         self.job_log.flush()
         self._storage_ok = True
+        for s in started:
+            self._publish(s.claimed.id, Status.RUNNING, s.claimed.attempt, s.at)
         for f in finished:
             self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
-            self.progress.pop(f.claimed.id, None)
         for step_id in done.advanced:
             self.events.publish({"type": "job", "id": step_id, "status": "pending"})
         if free > 0:
             self._next_due = done.next_due
         for job in done.claimed:
             self._launch(job)
+        for job_id in done.cancel:
+            self.stop_attempt(job_id)
         return len(done.claimed)
+
+    def _outrank(self) -> tuple[int, int] | None:
+        """With no room left: the worst priority rank among the attempts not started yet,
+        and how many those are; a due job ranked better may still be reserved (it goes
+        ahead of them).  None if nothing waits or all that waits is of the best rank."""
+        waiting = [r.claimed.priority for r in self.running.values() if r.began is None]
+        worst = max(waiting, default=0)
+        return (worst, len(waiting)) if worst > 0 else None
+
+    @property
+    def started(self) -> int:
+        """Attempts a worker has started and that have not ended: what ``running`` counts."""
+        return sum(1 for r in self.running.values() if r.began is not None)
 
     def _take_progress(self, *, force: bool) -> dict[int, tuple[float, str | None]]:
         now = self.clock.monotonic()
@@ -146,10 +195,6 @@ class Dispatcher:
         self._last_progress_flush = now
         dirty, self._dirty_progress = self._dirty_progress, {}
         return dirty
-
-    def _capacity(self) -> dict[str, int]:
-        return {name: job.concurrency - self._per_class[name]
-                for name, job in self.settings.jobs.items() if job.concurrency is not None}
 
     def _storage_error(self, what: str, exc: BaseException | None) -> None:
         self._storage_ok = False
@@ -187,18 +232,43 @@ class Dispatcher:
             self.settings.workers.isolation
 
     def _launch(self, claimed: Claimed) -> None:
-        self._per_class[claimed.cls] += 1
         task = asyncio.create_task(self._attempt(claimed), name=f"asyncjobs-job-{claimed.id}")
-        self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), task)
-        at = self.clock.now()
-        self.job_log.event(at, claimed.id, cls=claimed.cls, method=claimed.method,
-                           attempt=claimed.attempt, status="running")
-        self._publish(claimed.id, Status.RUNNING, claimed.attempt, at)
+        self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), self.clock.now(),
+                                            task)
+
+    def _on_start(self, job_id: int, ago: float) -> None:
+        """A worker reports it started ``job_id`` ``ago`` seconds ago: running from then."""
+        entry = self.running.get(job_id)
+        if entry is None or entry.began is not None:
+            return
+        entry.began = at = max(entry.launched_at, self.clock.now() - ago)
+        self._starts.append(Start(entry.claimed, at))
+        c = entry.claimed
+        self.job_log.event(at, c.id, cls=c.cls, method=c.method, attempt=c.attempt,
+                           status="running")
+        # Published once the round has stored it (see tick): a reader woken by the event
+        # must find the job running.  Short jobs end (and wake us) within a few ms: their
+        # start rides with that round, which halves the rounds of a drain; a long job shows
+        # ``running`` a moment later.
+        if self._start_timer is None:
+            self._start_timer = asyncio.get_running_loop().call_later(START_FLUSH,
+                                                                      self._flush_starts)
+
+    def _flush_starts(self) -> None:
+        self._start_timer = None
+        if self._starts:
+            self.wake()
 
     async def _attempt(self, claimed: Claimed) -> None:
         try:
-            outcome = await self.launcher.run(claimed, self._isolation(claimed.cls),
-                                              self._on_progress)
+            stopped = self._stop_before_start.pop(claimed.id, None)
+            if stopped is not None:  # never reached a worker: no execution to count
+                outcome = Outcome(stopped, error=ErrorInfo(
+                    stopped.value.capitalize(), f"{stopped.value} before it started"),
+                    started=False)
+            else:
+                outcome = await self.launcher.run(claimed, self._isolation(claimed.cls),
+                                                  self._on_progress, self._on_start)
         except asyncio.CancelledError:
             # The host is going down hard; the attempt stays "running" on disk and is
             # recovered as interrupted at the next start.  Never a job failure.
@@ -207,26 +277,41 @@ class Dispatcher:
             log.exception("launcher failed for job %s", claimed.id)
             outcome = Outcome(OutcomeKind.CRASHED, error=ErrorInfo(
                 "LauncherError", f"{type(exc).__name__}: {exc}"))
-        running = self.running.pop(claimed.id)
-        self._per_class[claimed.cls] -= 1
-        duration = self.clock.monotonic() - running.started
-        self._ended.append((claimed, outcome, self.clock.now(), duration))
+        entry = self.running[claimed.id]
+        now = self.clock.now()
+        duration = self.clock.monotonic() - entry.started
+        if outcome.started and entry.began is None:
+            # Ran but never said when it started (it died first, was refused, or the launcher
+            # does not report starts): it started at most ``duration`` ago.
+            self._on_start(claimed.id, duration)
+        elif entry.began is not None:
+            duration = max(0.0, now - entry.began)
+        self.running.pop(claimed.id)
+        self._stop_before_start.pop(claimed.id, None)  # asked when it had already ended
+        self._ended.append((claimed, outcome, now, duration))
         self.wake()
 
     def _on_progress(self, job_id: int, fraction: float, message: str | None) -> None:
-        self.progress[job_id] = self._dirty_progress[job_id] = (fraction, message)
+        self._dirty_progress[job_id] = (fraction, message)
         self.events.publish({"type": "progress", "id": job_id, "fraction": fraction,
                              "message": message})
 
     def stop_attempt(self, job_id: int, kind: OutcomeKind = OutcomeKind.CANCELLED) -> bool:
-        """Kill a running attempt (cancel, or interrupt at shutdown)."""
-        return job_id in self.running and self.launcher.stop(job_id, kind)
+        """Kill an attempt this host runs (cancel, or interrupt at shutdown); False if it
+        runs no such attempt."""
+        if job_id not in self.running:
+            return False
+        if not self.launcher.stop(job_id, kind):
+            # Launched a moment ago and not yet handed to the launcher: stop it at the door.
+            self._stop_before_start.setdefault(job_id, kind)
+        return True
 
     # -- loops -------------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        return not (self.running or self._ended or self._unwritten)
+        return not (self.running or self._ended or self._unwritten or self._starts
+                    or self._unwritten_starts)
 
     async def drain(self) -> None:
         """Tick until nothing is running and nothing is due at the clock's current time."""
@@ -265,14 +350,18 @@ class Dispatcher:
             await self._wait(self._sleep_time())
 
     async def recover(self) -> int:
-        """Record attempts a dead host left running as interrupted; requeue their jobs."""
-        orphans = await self.store.running()
+        """Record attempts dead hosts left running as interrupted (their jobs run again) or,
+        if a cancel came for them meanwhile, cancelled.
+
+        Only attempts whose host is gone (see :meth:`Store.orphans`): a live host's are
+        left alone, and so are this host's own."""
+        orphans = await self.store.orphans(self.clock.now(), alive=self.host_id)
         now = self.clock.now()
-        error = ErrorInfo("Interrupted", "the host stopped while this attempt ran")
-        finished = [self._decide(c, Outcome(OutcomeKind.INTERRUPTED, error=error), now, 0.0)
-                    for c in orphans]
+        finished = [self._decide(c, _orphaned(c), now, 0.0) for c in orphans]
         if finished:
             await self.store.finish(finished)
+            for f in finished:
+                self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
             log.warning("recovered %d interrupted job(s): %s", len(finished),
                         ", ".join(str(c.id) for c in orphans[:20]))
         return len(finished)
@@ -286,6 +375,16 @@ class Dispatcher:
     def interrupt_all(self) -> None:
         for job_id in list(self.running):
             self.launcher.stop(job_id, OutcomeKind.INTERRUPTED)
+
+
+def _orphaned(claimed: Claimed) -> Outcome:
+    """How an attempt whose host died ends: interrupted (it runs again), or cancelled if a
+    cancel came for it meanwhile (the host that would have killed it is gone)."""
+    if claimed.cancel_requested:
+        return Outcome(OutcomeKind.CANCELLED, error=ErrorInfo(
+            "Cancelled", "cancelled by request; its host stopped while it ran"))
+    return Outcome(OutcomeKind.INTERRUPTED, error=ErrorInfo(
+        "Interrupted", "the host stopped while this attempt ran"))
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -1,9 +1,11 @@
 """The host: owns the data directory, the store, the dispatcher and (optionally) the API.
 
 ``async with Host(settings) as host`` opens everything in order (lock the data directory,
-open and migrate the store, recover attempts a dead host left running, start dispatching,
-start the API) and closes it in reverse: stop intake, let running attempts finish for
-``shutdown_grace`` seconds, interrupt the rest (they run again after a restart), close.
+open and migrate the store, register this host's row, recover attempts dead hosts left
+running, start dispatching, start the API) and closes it in reverse: stop intake, let running
+attempts finish for ``shutdown_grace`` seconds, interrupt the rest (they run again after a
+restart), end this host's lease, close.  The store comes from the ``store`` setting, with its
+notifier (``host.events``) and leader role (see :mod:`asyncjobs.engine.roles`).
 """
 
 from __future__ import annotations
@@ -12,34 +14,37 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
+import socket
 import time
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 import orjson
 
-from .. import registry
+from .. import files, registry
 from ..clock import Clock, SystemClock
 from ..config import Settings
-from ..errors import HostLocked, JobNotFound, Unavailable
+from ..errors import HostLocked, JobNotFound, NotAllowed, Unavailable
 from ..models import TERMINAL, JobRecord, JSONValue, Status, iso
-from ..store import Page, Submitted
-from ..store.sqlite import SqliteStore
-from ..web.auth import load_or_create_token
-from ..workers import procs
+from ..store import FileBackup, HostRow, Page, Store, Submitted
+from ..store.backup import BackupInfo
+from ..store.factory import DB_FILE, open_store
 from ..workers.launcher import Launcher, SubprocessLauncher
-from . import policy
+from . import datadir, policy
 from .dispatcher import Dispatcher
 from .events import EventBus
+from .liveness import Liveness, ProgressCache
 from .logs import JobLog
+from .roles import Event, Notifier
 from .scheduler import Pruner, Scheduler
 
 log = logging.getLogger("asyncjobs.engine.host")
 
-DB_FILE = "asyncjobs.db"
 LOCK_FILE = "host.lock"
-HOST_FILE = "host.json"
 
 
 class Host:
@@ -50,7 +55,9 @@ class Host:
         self.clock: Clock = clock or SystemClock()
         self.rand = rand
         self.data_dir = settings.data_dir
-        self.events = EventBus()
+        self.id = uuid.uuid4().hex  # this run of the host, as its store row and attempts name it
+        self.events: Notifier = EventBus()  # until start: the store supplies the real one
+        self.progress = ProgressCache()
         self.token = ""
         self.url = ""
         self.started_at = 0.0
@@ -64,7 +71,8 @@ class Host:
         self.scheduler: Scheduler | None = None
         self.pruner: Pruner | None = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
+        self._liveness: Liveness | None = None
         self._dispatcher: Dispatcher | None = None
         self._job_log: JobLog | None = None
 
@@ -87,9 +95,9 @@ class Host:
         await self.aclose()
 
     def _take_lock(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.data_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held while we run
-        if not procs.try_lock(handle):
+        datadir.prepare(self.data_dir, files=(DB_FILE,))
+        handle = os.fdopen(datadir.open_private(self.data_dir / LOCK_FILE), "a+b")
+        if not files.try_lock(handle):
             handle.close()
             raise HostLocked(f"another asyncjobs host is already running on "
                              f"{self.data_dir}; stop it first or use another data_dir")
@@ -101,30 +109,43 @@ class Host:
         stack = self._stack = contextlib.AsyncExitStack()
         self._take_lock()
         stack.callback(self._release_lock)
-        self.token = load_or_create_token(self.data_dir)
+        self.token = datadir.load_or_create_token(self.data_dir)
         job_log = self._job_log = JobLog(self.data_dir / "logs", self.settings.logs)
         stack.callback(job_log.close)
-        store = self._store = SqliteStore(self.data_dir / DB_FILE,
-                                          durability=self.settings.durability)
+        store = self._store = open_store(self.settings)
         await store.open()
         stack.push_async_callback(store.close)
+        self.events = store.notifier()
+        await self.events.start()
+        stack.push_async_callback(self.events.close)
+        stack.callback(self.progress.attach(self.events))
+        leader = store.leader(self.id)
+        await leader.start()
+        stack.push_async_callback(leader.close)
+        await store.register_host(self._row(self.clock.now()))
         launcher = self._launcher or SubprocessLauncher(self.settings, self.data_dir / "run")
         stack.push_async_callback(launcher.aclose)
         dispatcher = self._dispatcher = Dispatcher(
             store=store, launcher=launcher, settings=self.settings, clock=self.clock,
-            events=self.events, job_log=job_log, rand=self.rand)
+            events=self.events, job_log=job_log, host_id=self.id, rand=self.rand)
+        stack.callback(dispatcher.close)
         await dispatcher.recover()
         self.scheduler = Scheduler(settings=self.settings, store=store, clock=self.clock,
-                                   on_submitted=self._on_scheduled)
+                                   on_submitted=self._on_scheduled, leader=leader)
         await self.scheduler.start()
-        self.pruner = Pruner(settings=self.settings, store=store, clock=self.clock)
+        self.pruner = Pruner(settings=self.settings, store=store, clock=self.clock,
+                             leader=leader)
+        liveness = self._liveness = Liveness(
+            store=store, host_id=self.id, settings=self.settings.hosts, clock=self.clock,
+            leader=leader, rescue=dispatcher.recover)
+        stack.push_async_callback(liveness.retire)
         if self._serve_api:
             from ..web.api import start_api  # noqa: PLC0415 - embedding without aiohttp routes
 
             runner, self.url = await start_api(self)
             stack.push_async_callback(runner.cleanup)
             # Lets the client find a host started on port 0, or on a port from the env.
-            (self.data_dir / HOST_FILE).write_bytes(orjson.dumps({"url": self.url}))
+            datadir.write_atomic(self.data_dir / datadir.HOST_FILE, orjson.dumps({"url": self.url}))
         # Registered last, so it runs first at close: the API still answers (503 for
         # submits, health "stopping") while running jobs get their shutdown grace.
         stack.push_async_callback(self._stop_dispatching, dispatcher)
@@ -132,10 +153,18 @@ class Host:
             self._run_task = asyncio.create_task(dispatcher.run(), name="asyncjobs-dispatcher")
             self._housekeeping = [
                 asyncio.create_task(self.scheduler.run(), name="asyncjobs-scheduler"),
-                asyncio.create_task(self.pruner.run(), name="asyncjobs-pruner")]
+                asyncio.create_task(self.pruner.run(), name="asyncjobs-pruner"),
+                asyncio.create_task(liveness.run(), name="asyncjobs-liveness")]
         self.started_at = time.time()
-        self._accepting = True
+        self._accepting = True  # before any await: the API is already answering
+        if self.url:
+            await store.register_host(self._row(self.clock.now()))  # now with its address
         log.info("host started on %s", self.data_dir)
+
+    def _row(self, now: float) -> HostRow:
+        return HostRow(id=self.id, url=self.url, pid=os.getpid(), hostname=socket.gethostname(),
+                       started_at=now, heartbeat_at=now,
+                       expires_at=now + self.settings.hosts.lease)
 
     def _release_lock(self) -> None:
         if self._lock is not None:
@@ -163,7 +192,7 @@ class Host:
             await asyncio.wait_for(asyncio.shield(self._run_task), self.settings.shutdown_grace)
         except TimeoutError:
             log.warning("shutdown grace over; interrupting %d running job(s)",
-                        len(dispatcher.running))
+                        dispatcher.started)
             dispatcher.interrupt_all()
             await self._run_task
         self._run_task = None
@@ -175,7 +204,7 @@ class Host:
         return self._dispatcher
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         if self._store is None:
             raise Unavailable("the host is not running")
         return self._store
@@ -212,16 +241,33 @@ class Host:
                 self.events.publish({"type": "job", "id": s.id, "status": "pending"})
                 earliest = spec.run_at if earliest is None else min(earliest, spec.run_at)
         if earliest is not None:
-            self.dispatcher.due_at(earliest)
+            self.events.publish({"type": "due", "run_at": earliest})
         return submitted
 
     def _on_scheduled(self, job_id: int) -> None:
         self.events.publish({"type": "job", "id": job_id, "status": "pending"})
-        self.dispatcher.wake()
+        self.events.publish({"type": "due", "run_at": self.clock.now()})
 
     async def schedules(self) -> list[dict[str, JSONValue]]:
         assert self.scheduler is not None
         return await self.scheduler.listing()
+
+    async def hosts(self) -> list[dict[str, JSONValue]]:
+        """The hosts registered in the store (``asyncjobs hosts``), this one marked."""
+        now = self.clock.now()
+        rows = await self.store.hosts(now)
+        return [{"id": h.id, "url": h.url, "pid": h.pid, "hostname": h.hostname,
+                 "started_at": iso(h.started_at), "heartbeat_at": iso(h.heartbeat_at),
+                 "alive": h.alive(now), "running": h.running, "this": h.id == self.id}
+                for h in rows]
+
+    async def backup(self, target: Path) -> BackupInfo:
+        """A consistent copy of the live store at ``target`` (``asyncjobs backup``)."""
+        store = self.store
+        if not isinstance(store, FileBackup):
+            raise NotAllowed("this store cannot be copied to a file; back it up with the "
+                             "database's own tools")
+        return await store.backup(target)
 
     async def prune(self) -> dict[str, int]:
         """Apply the retention rules now (``asyncjobs prune``)."""
@@ -233,7 +279,8 @@ class Host:
         job = await self.store.get(job_id)
         if job is None:
             raise JobNotFound(job_id)
-        live = self._dispatcher.progress.get(job_id) if self._dispatcher else None
+        # The store has progress as of its last flush; the notifier has fresher.
+        live = self.progress.get(job_id)
         if live is not None and job.status is Status.RUNNING:
             job = dataclasses.replace(job, progress=live)
         return job
@@ -246,22 +293,23 @@ class Host:
                                           cursor=cursor)
 
     async def cancel(self, job_id: int) -> JobRecord:
-        """Cancel a pending job at once, or kill a running one and wait until it is recorded."""
+        """Cancel a pending job at once, or have a running one killed by whichever host runs
+        it and wait until that is recorded."""
         now = self.clock.now()
-        for _ in range(100):
-            result = await self.store.cancel(job_id, now, "cancelled by request")
-            if result.previous is Status.PENDING:
-                for cancelled in result.cancelled_ids:
-                    self.events.publish({"type": "job", "id": cancelled, "status": "cancelled"})
-                job = await self.get(job_id)
-                self.job_log.event(now, job_id, cls=job.cls, method=job.method, attempt=None,
-                                   status="cancelled")
-                return job
-            if self.dispatcher.stop_attempt(job_id):
-                return await self.wait(job_id, self.settings.workers.kill_grace + 10)
-            # Claimed on disk a moment ago but not launched yet: look again shortly.
-            await asyncio.sleep(0.01)
-        raise Unavailable(f"job {job_id} could not be cancelled; try again")
+        result = await self.store.cancel(job_id, now, "cancelled by request")
+        if result.previous is Status.PENDING:
+            for cancelled in result.cancelled_ids:
+                self.events.publish({"type": "job", "id": cancelled, "status": "cancelled"})
+            job = await self.get(job_id)
+            self.job_log.event(now, job_id, cls=job.cls, method=job.method, attempt=None,
+                               status="cancelled")
+            return job
+        # Running: the store holds the request, so a host that claimed the job a moment ago
+        # and has not launched it yet still sees it in its next round; the signal makes that
+        # round (or the kill) happen now.
+        with self.events.subscribe() as queue:  # before the signal: its answer may come fast
+            self.events.publish({"type": "cancel", "id": job_id})
+            return await self._wait(job_id, self.settings.workers.kill_grace + 10, queue)
 
     async def retry(self, job_id: int) -> JobRecord:
         ids = await self.store.retry(job_id, self.clock.now())
@@ -270,31 +318,35 @@ class Host:
         job = await self.get(job_id)
         self.job_log.event(self.clock.now(), job_id, cls=job.cls, method=job.method,
                            attempt=None, status="pending", note="manual_retry=true")
-        self.dispatcher.wake()
+        self.events.publish({"type": "due", "run_at": self.clock.now()})
         return job
 
     async def wait(self, job_id: int, timeout: float) -> JobRecord:
         """Return the job once it is finished, or as it is when ``timeout`` seconds pass."""
         with self.events.subscribe() as queue:
-            job = await self.get(job_id)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while job.status not in TERMINAL:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    event = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    break
-                if event.get("id") == job_id or event.get("type") == "overflow":
-                    job = await self.get(job_id)
-            return job if job.status in TERMINAL else await self.get(job_id)
+            return await self._wait(job_id, timeout, queue)
+
+    async def _wait(self, job_id: int, timeout: float, queue: asyncio.Queue[Event]) -> JobRecord:
+        job = await self.get(job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while job.status not in TERMINAL:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                event = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                break
+            if (event.get("type") == "job" and event.get("id") == job_id) or \
+                    event.get("type") == "overflow":
+                job = await self.get(job_id)
+        return job if job.status in TERMINAL else await self.get(job_id)
 
     async def stats(self) -> dict[str, JSONValue]:
         now = self.clock.now()
         stats = await self.store.stats(now)
-        running = len(self._dispatcher.running) if self._dispatcher else 0
+        running = self._dispatcher.started if self._dispatcher else 0
         return {
             "counts": dict(stats.counts),
             "classes": {cls: dict(counts) for cls, counts in stats.by_class.items()},
@@ -311,6 +363,8 @@ class Host:
     def log_tail(self, name: str, lines: int, job_id: int | None = None) -> list[str]:
         tail = self.job_log.tail(name, lines if job_id is None else max(lines * 20, 2000))
         if job_id is not None:
-            marker = f" job={job_id} "
-            tail = [line for line in tail if marker in line][-lines:]
+            # The second field, not anywhere in the line: an entry's own text (escaped,
+            # but free) may contain " job=N ".
+            marker = f"job={job_id}"
+            tail = [line for line in tail if line.split(" ", 2)[1:2] == [marker]][-lines:]
         return tail

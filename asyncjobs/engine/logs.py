@@ -5,6 +5,11 @@ well and read well: ``2026-11-22T10:00:00.000Z job=17 class=SampleJob method=pro
 attempt=1 status=completed duration=0.012s``.  Event lines are buffered and flushed once per
 dispatcher round (``flush()``), not once per line: at thousands of jobs a second a
 stat-and-flush per line was a sixth of the host's time.  Error entries are flushed at once.
+
+Fields come from users (class and method names, error messages), so control characters in
+them are escaped (a newline becomes ``\\x0a``): a line cannot be forged, and one entry can never
+pass for another job's.  Traceback lines are indented, so none begins like an entry.  The
+files are created 0600 and never opened through a symlink (see :mod:`.datadir`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +25,19 @@ from typing import BinaryIO
 
 from ..config import LogSettings
 from ..models import ErrorInfo, iso
+from .datadir import open_private
 
 log = logging.getLogger("asyncjobs.engine.logs")
 
 LOG_FILES = {"jobs": "jobs.log", "errors": "jobs_errors.log"}
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character as ``\\xNN`` (or ``\\uNNNN``): one line."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                       else f"\\u{ord(m[0]):04x}", text)
 
 
 class RotatingFile:
@@ -43,8 +58,9 @@ class RotatingFile:
         self._guard(self._open)
 
     def _open(self) -> None:
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
-        self._size = self._file.tell()
+        self._file = os.fdopen(open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                               "ab")
+        self._size = self._file.seek(0, os.SEEK_END)
 
     def _guard(self, action: Callable[[], None]) -> None:
         try:
@@ -88,8 +104,7 @@ class RotatingFile:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115
-        self._size = 0
+        self._open()
 
     def flush(self) -> None:
         if self._file is not None:
@@ -105,7 +120,8 @@ class RotatingFile:
 class JobLog:
     def __init__(self, directory: Path, settings: LogSettings) -> None:
         with contextlib.suppress(OSError):  # RotatingFile reports what it cannot write
-            directory.mkdir(parents=True, exist_ok=True)
+            # 0700: its lines name every job, and the error log holds their tracebacks.
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory = directory
         self._events = RotatingFile(directory / LOG_FILES["jobs"], settings.max_bytes,
                                     settings.backups)
@@ -114,22 +130,24 @@ class JobLog:
 
     def event(self, at: float, job_id: int, *, cls: str, method: str, attempt: int | None,
               status: str, duration: float | None = None, note: str = "") -> None:
-        line = f"{iso(at)} job={job_id} class={cls} method={method}"
+        line = f"{iso(at)} job={job_id} class={escape(cls)} method={escape(method)}"
         if attempt is not None:
             line += f" attempt={attempt}"
         line += f" status={status}"
         if duration is not None:
             line += f" duration={duration:.3f}s"
         if note:
-            line += f" {note}"
+            line += f" {escape(note)}"
         self._events.write(line + "\n")
 
     def error(self, at: float, job_id: int, *, cls: str, method: str, attempt: int,
               outcome: str, error: ErrorInfo) -> None:
-        text = (f"{iso(at)} job={job_id} class={cls} method={method} attempt={attempt} "
-                f"outcome={outcome} error={error.type}: {error.message}\n")
+        text = (f"{iso(at)} job={job_id} class={escape(cls)} method={escape(method)} "
+                f"attempt={attempt} outcome={outcome} "
+                f"error={escape(error.type)}: {escape(error.message)}\n")
         if error.traceback:
-            text += error.traceback.rstrip() + "\n"
+            text += "".join(f"    {escape(line)}\n"
+                            for line in error.traceback.rstrip().split("\n"))
         self._errors.write(text)
         self._errors.flush()
 

@@ -1,10 +1,13 @@
-"""Recurring schedules and retention: the host's two housekeeping loops.
+"""Recurring schedules and retention: the two once-per-store housekeeping loops.
 
-``Scheduler`` enqueues each configured schedule's job on time.  A firing writes the job and
-the schedule's next run in one transaction, so a restart can neither lose nor repeat one; a
-schedule whose run came due while the host was down fires once at start-up, not once per
-missed tick.  ``Pruner`` deletes finished jobs past their retention in small batches, each its
-own short transaction, so dispatch is never held up behind a large delete.
+``Scheduler`` enqueues each configured schedule's job on time.  A firing is a compare-and-set
+on the slot (the stored next run) that writes the job and moves the next run in one
+transaction, so a restart can neither lose nor repeat one and two schedulers on one store
+(two hosts, or a leader change) fire each slot once; a schedule whose run came due while the
+host was down fires once at start-up, not once per missed tick.  Both loops do their work
+only while this host is the :class:`~asyncjobs.engine.roles.Leader`.  ``Pruner`` deletes
+finished jobs past their retention in small batches, each its own short transaction, so
+dispatch is never held up behind a large delete.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from ..cron import CronExpr
 from ..errors import AsyncJobsError
 from ..models import JSONValue, Status, iso
 from ..store import Store
+from .roles import FixedLeader, Leader
 
 log = logging.getLogger("asyncjobs.engine.scheduler")
 
 MAX_SLEEP = 60.0  # re-check at least this often, so a wall-clock jump cannot strand a schedule
+FOLLOWER_SLEEP = 5.0  # how often a host that is not the leader asks whether it has become it
 PRUNE_EVERY = 600.0
 PRUNE_BATCH = 500
 
@@ -42,10 +47,11 @@ def following_run(schedule: Schedule, previous: float | None, now: float) -> flo
 
 class Scheduler:
     def __init__(self, *, settings: Settings, store: Store, clock: Clock,
-                 on_submitted: Callable[[int], None]) -> None:
+                 on_submitted: Callable[[int], None], leader: Leader | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.leader: Leader = leader or FixedLeader()
         self.on_submitted = on_submitted
         self.next_run: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -77,9 +83,13 @@ class Scheduler:
             following = following_run(schedule, due, now)
             try:
                 job_id = await self.store.fire_schedule(
-                    name, expression=schedule.expression, spec=spec, next_run=following, now=now)
+                    name, expression=schedule.expression, spec=spec, slot=due,
+                    next_run=following, now=now)
             except AsyncJobsError as exc:
                 log.error("schedule %s could not fire: %s; will try again", name, exc)
+                continue
+            if job_id is None:  # another scheduler fired this slot: take up its timing
+                await self._reload(name)
                 continue
             self.next_run[name] = following
             log.info("schedule %s fired job %s; next run %s", name, job_id, iso(following))
@@ -87,12 +97,20 @@ class Scheduler:
             fired.append(job_id)
         return fired
 
+    async def _reload(self, name: str) -> None:
+        state = (await self.store.schedule_states()).get(name)
+        if state is not None:
+            self.next_run[name] = state.next_run
+
     async def run(self) -> None:
         while True:
-            await self.tick()
             delay = MAX_SLEEP
-            if self.next_run:
-                delay = min(delay, max(0.0, min(self.next_run.values()) - self.clock.now()))
+            if not self.leader.is_leader:
+                delay = FOLLOWER_SLEEP  # look again soon: the leader may go away
+            else:
+                await self.tick()
+                if self.next_run:
+                    delay = min(delay, max(0.0, min(self.next_run.values()) - self.clock.now()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
@@ -114,10 +132,12 @@ class Scheduler:
 
 
 class Pruner:
-    def __init__(self, *, settings: Settings, store: Store, clock: Clock) -> None:
+    def __init__(self, *, settings: Settings, store: Store, clock: Clock,
+                 leader: Leader | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.leader: Leader = leader or FixedLeader()
 
     async def prune(self) -> dict[str, int]:
         """Delete what retention allows, batch by batch; return how many per rule."""
@@ -143,7 +163,8 @@ class Pruner:
     async def run(self) -> None:
         while True:
             try:
-                await self.prune()
+                if self.leader.is_leader:
+                    await self.prune()
             except AsyncJobsError as exc:
                 log.error("pruning failed: %s", exc)
             await asyncio.sleep(PRUNE_EVERY)

@@ -123,4 +123,33 @@ MIGRATIONS: list[str] = [
             ON CONFLICT (class, status) DO UPDATE SET n = n + 1;
     END;
     """,
+    # 6: how many processes an attempt's job left running, killed when it ended (#15).
+    """
+    ALTER TABLE attempts ADD COLUMN strays INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 7: hosts as rows (id, address, heartbeat lease); each running job and each attempt
+    # names the host that claimed it, so recovery interrupts only a dead host's attempts; a
+    # cancel of a running job is a mark its host sees in its next round.
+    """
+    CREATE TABLE hosts (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        hostname TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        expires_at REAL NOT NULL           -- heartbeat_at + lease; dead once passed
+    );
+    ALTER TABLE jobs ADD COLUMN host TEXT;  -- the host holding the running attempt
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN host TEXT;
+    """,
+    # 8: a claim *reserves* a job for an attempt (reserved_at: when) and leaves it
+    # 'pending': it becomes 'running', with started_at and an attempt row, only when a worker
+    # reports that it really starts it (§4).  Other claims skip reserved jobs; an attempt
+    # given back before it started clears the mark; at start-up every mark is stale.
+    """
+    ALTER TABLE jobs ADD COLUMN reserved_at REAL;
+    CREATE INDEX jobs_reserved ON jobs (class) WHERE reserved_at IS NOT NULL;
+    """,
 ]

@@ -25,7 +25,6 @@ starts over.  Blocking writes for the whole copy put 20 ms stalls in the latency
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sqlite3
@@ -34,93 +33,41 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import aiosqlite
-import orjson
 
+from ..engine.events import EventBus
+from ..engine.roles import FixedLeader, Leader, Notifier
 from ..errors import Unavailable
-from ..models import Attempt, Claimed, ErrorInfo, JobRecord, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Page, Round, ScheduleState, Stats, Submitted, writes
+from ..models import Claimed, JobRecord, JobSpec, Status
+from . import (
+    CancelResult,
+    Finished,
+    HostRow,
+    Page,
+    Round,
+    ScheduleState,
+    Start,
+    Stats,
+    Submitted,
+    housekeeping,
+    writes,
+)
+from .backup import BackupInfo, backup
+from .rows import JOB_COLUMNS, attempt_from_row, job_from_row
 from .schema import MIGRATIONS
+from .sqlite_io import Op, checkpoint, storage_error, take_lock
+from .sqlite_io import run_transaction as _transaction  # bench/child.py's OpTimer times it here
 
 log = logging.getLogger("asyncjobs.store")
 
 T = TypeVar("T")
-Op = Callable[[sqlite3.Connection], Any]
 
 HEAVY_SUBMIT = 50  # jobs in one submit beyond which it is written on the thread
 CHECKPOINT_EVERY = 200  # inline commits between two looks at the WAL's size
 CHECKPOINT_BYTES = 4 << 20  # WAL size that starts a checkpoint (SQLite's own default)
 COPY_PASSES = 4  # at most, in phase 1 of a checkpoint
-
-JOB_COLUMNS = (
-    "id, class, method, args, kwargs, status, priority, attempts, max_attempts, timeout, "
-    "created_at, run_at, started_at, finished_at, result, error_type, error_message, "
-    "progress, progress_message, chain_id, unique_key"
-)
-
-
-def _job(row: Sequence[Any], history: Sequence[Attempt] = ()) -> JobRecord:
-    error = ErrorInfo(row[15], row[16] or "") if row[15] else None
-    return JobRecord(
-        id=row[0], cls=row[1], method=row[2], args=orjson.loads(row[3]),
-        kwargs=orjson.loads(row[4]), status=Status(row[5]), priority=Priority.from_rank(row[6]),
-        attempts=row[7], max_attempts=row[8], timeout=row[9], created_at=row[10],
-        run_at=row[11], started_at=row[12], finished_at=row[13],
-        result=orjson.loads(row[14]) if row[14] is not None else None, error=error,
-        progress=(row[17], row[18]) if row[17] is not None else None,
-        chain_id=row[19], unique_key=row[20], attempt_history=history,
-    )
-
-
-def _attempt(row: Sequence[Any]) -> Attempt:
-    error = ErrorInfo(row[5], row[6] or "", row[7]) if row[5] else None
-    return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
-                   started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
-                   output=row[8] or "")
-
-
-def _storage_error(exc: sqlite3.Error) -> Unavailable:
-    return Unavailable(f"storage unavailable: {exc}")
-
-
-def _transaction(conn: sqlite3.Connection, ops: Sequence[Op]
-                 ) -> list[tuple[Any, BaseException | None]]:
-    """Run ``ops`` in one transaction (on the writer thread); storage errors fail them all."""
-    savepoints = len(ops) > 1  # a lone op needs none: the transaction is its boundary
-    results: list[tuple[Any, BaseException | None]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for op in ops:
-            if savepoints:
-                conn.execute("SAVEPOINT op")
-            try:
-                results.append((op(conn), None))
-            except sqlite3.IntegrityError as exc:
-                results.append((None, exc))
-            except sqlite3.Error:
-                raise
-            except Exception as exc:  # the op's own error (a wrong state...), for its caller
-                results.append((None, exc))
-            if savepoints:
-                if results[-1][1] is not None:
-                    conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-        if not savepoints and results[0][1] is not None:
-            conn.execute("ROLLBACK")
-        else:
-            conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):  # may already be rolled back by SQLite
-            conn.execute("ROLLBACK")
-        raise
-    return results
-
-
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
 
 class SqliteStore:
     """The :class:`~asyncjobs.store.Store` on a SQLite file in WAL mode."""
@@ -141,15 +88,23 @@ class SqliteStore:
         self._queue: deque[tuple[Op, asyncio.Future[Any], bool]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._notifier = EventBus()
+        self._lock: IO[bytes] | None = None  # held while open: one host per SQLite store
+        self._leader = FixedLeader()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store-writer")
-        await self._on_writer(self._connect)
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA query_only=1")
-        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._lock = take_lock(self.path)
+        try:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store-writer")
+            await self._on_writer(self._connect)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute("PRAGMA query_only=1")
+            await self._reader.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            await self.close()
+            raise
         self._task = asyncio.create_task(self._write_loop(), name="asyncjobs-store-writer")
 
     def _connect(self) -> None:
@@ -165,6 +120,12 @@ class SqliteStore:
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
                                "COMMIT;")
             log.info("store schema migrated to version %s", number)
+        # One host per SQLite file, and it is only starting: every reservation is a dead
+        # host's, and its jobs are due again.
+        conn.execute("BEGIN IMMEDIATE")
+        if writes.release_reservations(conn):
+            log.warning("released the jobs a stopped host had handed to its workers")
+        conn.execute("COMMIT")
         self._conn = conn
 
     async def close(self) -> None:
@@ -186,6 +147,16 @@ class SqliteStore:
                 self._conn = None
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def notifier(self) -> Notifier:
+        """In-process: every party that can share a SQLite store is in this process."""
+        return self._notifier
+
+    def leader(self, host_id: str) -> Leader:
+        return self._leader
 
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         assert self._executor is not None
@@ -211,7 +182,7 @@ class SqliteStore:
             ((value, error),) = _transaction(self._conn, [op])
         except sqlite3.Error as exc:
             log.error("store write failed, 1 operation not applied: %s", exc)
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
         self._committed()
         if error is not None:
             raise error
@@ -230,7 +201,7 @@ class SqliteStore:
                 if self._copied:  # phase 2 of a checkpoint, between two batches
                     self._copied = False
                     assert self._conn is not None
-                    await self._checkpoint(partial(_checkpoint, self._conn))
+                    await self._checkpoint(partial(checkpoint, self._conn))
             finally:
                 self._busy = False
 
@@ -246,7 +217,7 @@ class SqliteStore:
                 results = await self._on_writer(partial(_transaction, conn, ops))
         except sqlite3.Error as exc:
             log.error("store write failed, %d operation(s) not applied: %s", len(batch), exc)
-            results = [(None, _storage_error(exc))] * len(batch)
+            results = [(None, storage_error(exc))] * len(batch)
         for (_, future, _), (value, error) in zip(batch, results, strict=True):
             if future.done():
                 continue  # the caller gave up waiting
@@ -296,13 +267,23 @@ class SqliteStore:
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed (tried again later): %s", exc)
 
+    async def backup(self, target: Path) -> BackupInfo:
+        """A consistent copy of the live database at the new file ``target`` (absolute):
+        one read snapshot on a thread of its own, so intake goes on (see :mod:`.backup`)."""
+        if self._task is None:
+            raise Unavailable("the store is closed")
+        try:
+            return await asyncio.to_thread(backup, self.path, target)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from exc
+
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> Iterable[Any]:
         if self._reader is None:
             raise Unavailable("the store is closed")
         try:
             return await self._reader.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -311,17 +292,15 @@ class SqliteStore:
             partial(writes.submit, specs=specs, now=now), heavy=len(specs) > HEAVY_SUBMIT)
         return result
 
-    async def claim(self, now: float, limit: int, capacity: Mapping[str, int]) -> list[Claimed]:
-        result: list[Claimed] = await self._write(partial(
-            writes.claim, now=now, limit=limit, capacity=dict(capacity)))
-        return result
-
-    async def dispatch_round(self, *, progress: Mapping[int, tuple[float, str | None]],
-                             finished: Sequence[Finished], now: float, limit: int,
-                             capacity: Mapping[str, int]) -> Round:
+    async def dispatch_round(self, *, host: str,
+                             progress: Mapping[int, tuple[float, str | None]],
+                             started: Sequence[Start] = (), finished: Sequence[Finished],
+                             now: float, limit: int, concurrency: Mapping[str, int],
+                             outrank: tuple[int, int] | None = None) -> Round:
         result: Round = await self._write(partial(
-            writes.dispatch_round, progress=dict(progress), finished=finished, now=now,
-            limit=limit, capacity=dict(capacity)))
+            writes.dispatch_round, host=host, progress=dict(progress), started=started,
+            finished=finished, now=now, limit=limit, concurrency=dict(concurrency),
+            outrank=outrank))
         return result
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:
@@ -333,33 +312,44 @@ class SqliteStore:
                                                          reason=reason))
         return result
 
-    async def cancel_rest_of_chain(self, job_id: int, now: float) -> list[int]:
-        result: list[int] = await self._write(partial(
-            writes.break_chain, job_id=job_id, status=Status.CANCELLED, now=now))
-        return result
-
     async def retry(self, job_id: int, now: float) -> list[int]:
         result: list[int] = await self._write(partial(writes.retry, job_id=job_id, now=now))
         return result
 
-    async def set_progress(self, updates: Mapping[int, tuple[float, str | None]]) -> None:
-        await self._write(partial(writes.set_progress, updates=dict(updates)))
-
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
-        result: int = await self._write(partial(writes.prune, before=before, statuses=statuses,
-                                                limit=limit), heavy=True)
+        result: int = await self._write(partial(
+            housekeeping.prune, before=before, statuses=statuses, limit=limit), heavy=True)
         return result
 
     async def save_schedule(self, name: str, *, expression: str, next_run: float) -> None:
-        await self._write(partial(writes.save_schedule, name=name, expression=expression,
+        await self._write(partial(housekeeping.save_schedule, name=name, expression=expression,
                                   next_run=next_run))
 
-    async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec,
-                            next_run: float, now: float) -> int:
-        result: int = await self._write(partial(
-            writes.fire_schedule, name=name, expression=expression, spec=spec,
+    async def fire_schedule(self, name: str, *, expression: str, spec: JobSpec, slot: float,
+                            next_run: float, now: float) -> int | None:
+        result: int | None = await self._write(partial(
+            housekeeping.fire_schedule, name=name, expression=expression, spec=spec, slot=slot,
             next_run=next_run, now=now))
         return result
+
+    # -- hosts -----------------------------------------------------------------------------
+
+    async def register_host(self, host: HostRow) -> None:
+        await self._write(partial(housekeeping.register_host, host=host))
+
+    async def heartbeat(self, host_id: str, now: float, expires_at: float) -> None:
+        await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now,
+                                  expires_at=expires_at))
+
+    async def retire_host(self, host_id: str, now: float) -> None:
+        await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now, expires_at=now))
+
+    async def hosts(self, now: float) -> list[HostRow]:
+        rows = await self._read(
+            "SELECT id, url, pid, hostname, started_at, heartbeat_at, expires_at, "
+            "(SELECT COUNT(*) FROM jobs WHERE status = 'running' AND host = hosts.id) "
+            "FROM hosts WHERE expires_at > ? ORDER BY started_at, id", (now - 86400,))
+        return [HostRow(*row) for row in rows]
 
     async def schedule_states(self) -> dict[str, ScheduleState]:
         rows = await self._read("SELECT name, expression, next_run, last_run, last_job_id "
@@ -368,15 +358,17 @@ class SqliteStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def running(self) -> list[Claimed]:
+    async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         rows = await self._read(
-            f"SELECT {writes.CLAIM_COLUMNS} FROM jobs WHERE status = 'running'")  # noqa: S608
-        return [writes.claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows]
-
-    async def next_due(self, after: float) -> float | None:
-        # Through the writer: the same step as the one in dispatch_round.
-        result: float | None = await self._write(partial(writes.next_due, after=after))
-        return result
+            f"SELECT {writes.CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
+            "WHERE status = 'running' AND (host IS NULL OR (host != ? AND host NOT IN "
+            "(SELECT id FROM hosts WHERE expires_at > ?)))", (alive, now))
+        orphans = []
+        for row in rows:
+            orphan = writes.claimed_from_row(row, attempt=row[5], attempts=row[6])
+            orphan.cancel_requested = bool(row[12])  # after CLAIM_COLUMNS
+            orphans.append(orphan)
+        return orphans
 
     async def get(self, job_id: int) -> JobRecord | None:
         rows = list(await self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)))  # noqa: S608
@@ -384,9 +376,10 @@ class SqliteStore:
             return None
         attempts = await self._read(
             "SELECT number, outcome, started_at, finished_at, exit_code, error_type, "
-            "error_message, traceback, output FROM attempts WHERE job_id = ? ORDER BY number",
+            "error_message, traceback, output, strays, host FROM attempts WHERE job_id = ? "
+            "ORDER BY number",
             (job_id,))
-        return _job(rows[0], [_attempt(a) for a in attempts])
+        return job_from_row(rows[0], [attempt_from_row(a) for a in attempts])
 
     async def list_jobs(self, *, status: Status | None = None, cls: str | None = None,
                         chain: int | None = None, limit: int = 50,
@@ -410,7 +403,7 @@ class SqliteStore:
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",  # noqa: S608
             (*params, limit + 1)))
         more = len(rows) > limit
-        jobs = [_job(row) for row in rows[:limit]]
+        jobs = [job_from_row(row) for row in rows[:limit]]
         return Page(jobs, jobs[-1].id if more and jobs else None)
 
     async def stats(self, now: float) -> Stats:

@@ -43,9 +43,11 @@ _JOB_SUMMARY: dict[str, Any] = {
 _ATTEMPT = {
     "type": "object",
     "required": ["number", "outcome", "started_at", "finished_at", "exit_code", "error",
-                 "output"],
+                 "output", "strays"],
     "properties": {
         "number": {"type": "integer"},
+        "host": {"type": ["string", "null"],
+                 "description": "id of the host that ran the attempt (GET /api/hosts)"},
         "outcome": {"type": "string", "enum": ["running", "completed", "failed", "timeout",
                                                "cancelled", "crashed", "interrupted"]},
         "started_at": {"type": "string", "format": "date-time"},
@@ -55,24 +57,37 @@ _ATTEMPT = {
                   "properties": {"type": {"type": "string"}, "message": {"type": "string"},
                                  "traceback": {"type": ["string", "null"]}}},
         "output": {"type": "string"},
+        "strays": {"type": "integer", "minimum": 0,
+                   "description": "processes the job left running, killed when the attempt "
+                                  "ended"},
     },
 }
 _JOB = {"allOf": [{"$ref": "#/components/schemas/JobSummary"}, {
     "type": "object", "required": ["attempt_history"],
     "properties": {"attempt_history": {"type": "array",
                                        "items": {"$ref": "#/components/schemas/Attempt"}}}}]}
+# What a job's arguments may hold (registry.check_json): any JSON, numbers within the 64-bit
+# integer range (beyond it orjson could not keep an integer exact), nested at most 64 deep.
+_JSON_VALUE = {"anyOf": [
+    {"type": ["null", "boolean", "string"]},
+    {"type": "number", "minimum": -(2**63), "maximum": 2**64 - 1},
+    {"type": "array", "items": {"$ref": "#/components/schemas/JSONValue"}},
+    {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JSONValue"}}]}
+_ARGS = {"type": "array", "items": {"$ref": "#/components/schemas/JSONValue"}}
+_KWARGS = {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JSONValue"}}
 _STEP = {"type": "object", "required": ["class", "method"], "additionalProperties": False,
          "properties": {"class": {"type": "string"}, "method": {"type": "string"},
-                        "args": {"type": "array"}, "kwargs": {"type": "object"}}}
+                        "args": _ARGS, "kwargs": _KWARGS}}
 _SUBMIT = {
     "type": "object", "required": ["class", "method"], "additionalProperties": False,
     "not": {"required": ["delay", "run_at"]},  # one or the other
     "properties": {
         "class": {"type": "string"}, "method": {"type": "string"},
-        "args": {"type": "array"}, "kwargs": {"type": "object"},
+        "args": _ARGS, "kwargs": _KWARGS,
         "priority": {"type": "string", "enum": ["high", "medium", "low"]},
         "delay": {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400},
-        "run_at": {"type": "string", "format": "date-time"},
+        "run_at": {"type": "string", "format": "date-time",
+                   "description": "at most ten years from now, as delay"},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 30 * 86400},
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
         "then": {"type": "array", "items": {"$ref": "#/components/schemas/Step"}},
@@ -81,7 +96,9 @@ _SUBMIT = {
 }
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
-    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                   "details": {"type": "object", "description": "the error's attributes, "
+                               "e.g. field and problem of invalid_field"}}}}}
 _STATS = {
     "type": "object", "required": ["counts", "classes", "throughput", "workers", "uptime"],
     "properties": {
@@ -127,11 +144,13 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "asyncjobs control API", "version": "1",
              "description": "Every request needs 'Authorization: Bearer <token>' (the token is "
-                            "in <data_dir>/token) except /api/health."},
+                            "in <data_dir>/token, or a dashboard session) except "
+                            "/api/health and /api/sessions."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {"JobSummary": _JOB_SUMMARY, "Job": _JOB, "Attempt": _ATTEMPT,
-                    "Submit": _SUBMIT, "Step": _STEP, "Error": _ERROR, "Stats": _STATS},
+                    "Submit": _SUBMIT, "Step": _STEP, "Error": _ERROR, "Stats": _STATS,
+                    "JSONValue": _JSON_VALUE},
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -219,11 +238,16 @@ OPENAPI: dict[str, Any] = {
                                "lines": {"type": "array", "items": {"type": "string"}}}},
                 "Log lines, oldest first"), **_errors(422)}}},
         "/api/events": {"get": {
-            "summary": "Server-sent events: 'job' on every state change, 'progress'",
+            "summary": "Server-sent events: 'job' on every state change, 'progress'; "
+                       "'overflow' ends a stream that fell behind (reconnect and reload)",
             "operationId": "events",
+            "parameters": [{"name": "ticket", "in": "query", "required": False,
+                            "description": "instead of the Authorization header: a ticket "
+                                           "from POST /api/events/tickets",
+                            "schema": {"type": "string"}}],
             "responses": {"200": {"description": "An event stream",
                                   "content": {"text/event-stream": {"schema": {
-                                      "type": "string"}}}}, **_errors()}}},
+                                      "type": "string"}}}}, **_errors(503)}}},
         "/api/schedules": {"get": {
             "summary": "Recurring schedules with their next run", "operationId": "schedules",
             "responses": {"200": _json({
@@ -239,6 +263,22 @@ OPENAPI: dict[str, Any] = {
                                    "last_run": _ISO,
                                    "last_job_id": {"type": ["integer", "null"]}}}}}},
                 "Schedules"), **_errors()}}},
+        "/api/hosts": {"get": {
+            "summary": "The hosts sharing this store, with their heartbeats",
+            "operationId": "hosts",
+            "responses": {"200": _json({
+                "type": "object", "required": ["hosts"],
+                "properties": {"hosts": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["id", "url", "pid", "hostname", "started_at", "heartbeat_at",
+                                 "alive", "running", "this"],
+                    "properties": {"id": {"type": "string"}, "url": {"type": "string"},
+                                   "pid": {"type": "integer"}, "hostname": {"type": "string"},
+                                   "started_at": _ISO, "heartbeat_at": _ISO,
+                                   "alive": {"type": "boolean"},
+                                   "running": {"type": "integer"},
+                                   "this": {"type": "boolean"}}}}}},
+                "Hosts"), **_errors()}}},
         "/api/prune": {"post": {
             "summary": "Apply the retention rules now", "operationId": "prune",
             "responses": {"200": _json({
@@ -246,6 +286,15 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"pruned": {"type": "object", "additionalProperties": {
                     "type": "integer"}}}}, "How many job records were deleted, per rule"),
                 **_errors(503)}}},
+        "/api/backup": {"post": {
+            "summary": "A consistent copy of the live SQLite store (online backup)",
+            "description": "Taken from one read snapshot while intake goes on; the body is "
+                           "the database file. PostgreSQL stores: use pg_dump.",
+            "operationId": "backup",
+            "responses": {"200": {"description": "The copy, a SQLite database file",
+                                  "content": {"application/vnd.sqlite3": {
+                                      "schema": {"type": "string", "format": "binary"}}}},
+                          **_errors(503)}}},
         "/api/health": {"get": {
             "summary": "Liveness; no token needed", "operationId": "health", "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status", "accepting"],
@@ -256,6 +305,29 @@ OPENAPI: dict[str, Any] = {
             "summary": "A one-time dashboard sign-in link", "operationId": "loginLink",
             "responses": {"201": _json({"type": "object", "required": ["path", "expires_in"],
                                         "properties": {"path": {"type": "string"},
+                                                       "expires_in": {"type": "number"}}},
+                                       "Created"), **_errors()}}},
+        "/api/sessions": {"post": {
+            "summary": "Trade a sign-in code (once) for a dashboard session token",
+            "operationId": "createSession", "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["code"],
+                "properties": {"code": {"type": "string"}}}}}},
+            "responses": {"201": _json({"type": "object", "required": ["session", "expires_in"],
+                                        "properties": {"session": {"type": "string"},
+                                                       "expires_in": {"type": "number"}}},
+                                       "Created"), **_errors(400, 413, 422)}}},
+        "/api/sessions/revoke": {"post": {
+            "summary": "End every dashboard session (the API token stays valid)",
+            "operationId": "revokeSessions",
+            "responses": {"200": _json({"type": "object", "required": ["revoked"],
+                                        "properties": {"revoked": {"type": "integer"}}},
+                                       "Revoked"), **_errors()}}},
+        "/api/events/tickets": {"post": {
+            "summary": "A single-use ticket for GET /api/events?ticket= (EventSource cannot "
+                       "send headers)", "operationId": "eventTicket",
+            "responses": {"201": _json({"type": "object", "required": ["ticket", "expires_in"],
+                                        "properties": {"ticket": {"type": "string"},
                                                        "expires_in": {"type": "number"}}},
                                        "Created"), **_errors()}}},
         "/metrics": {"get": {

@@ -16,8 +16,10 @@ instead of an interpreter start-up.  See :class:`ForkServer`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
+import inspect
 import os
 import stat
 import sys
@@ -25,13 +27,32 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import orjson
 
+from .. import files
 from ..errors import Fail, Retry
 from . import context, procs
+from .guard import Limits, guarded
+from .protocol import (
+    ErrorReport,
+    ForkRequest,
+    JobRequest,
+    Reply,
+    SkipRequest,
+    decode_request,
+    decode_server_request,
+    encode_began,
+    encode_broken,
+    encode_done,
+    encode_exited,
+    encode_progress,
+    encode_server_started,
+    encode_skipped,
+)
 
 PROGRESS_INTERVAL = 0.1  # seconds between forwarded progress updates
 
@@ -50,8 +71,8 @@ class Channel:
         self._pending: tuple[float, str | None] | None = None
         self._lock = threading.Lock()  # the inbox thread answers skips on the same channel
 
-    def send(self, message: dict[str, Any]) -> None:
-        data = memoryview(orjson.dumps(message) + b"\n")
+    def send(self, line: bytes) -> None:
+        data = memoryview(line)
         with self._lock:
             while data:
                 written = os.write(self.fd, data)
@@ -63,8 +84,7 @@ class Channel:
         if now - self._last_sent >= PROGRESS_INTERVAL:
             self._last_sent = now
             self._pending = None
-            self.send({"t": "progress", "id": self.job_id, "fraction": fraction,
-                       "message": message})
+            self.send(encode_progress(self.job_id, fraction, message))
         else:
             self._pending = (fraction, message)
 
@@ -72,8 +92,7 @@ class Channel:
         if self._pending is not None:
             fraction, message = self._pending
             self._pending = None
-            self.send({"t": "progress", "id": self.job_id, "fraction": fraction,
-                       "message": message})
+            self.send(encode_progress(self.job_id, fraction, message))
 
 
 class Inbox:
@@ -88,7 +107,7 @@ class Inbox:
     def __init__(self, stream: Any, channel: Channel) -> None:
         self.stream = stream
         self.channel = channel
-        self.jobs: deque[dict[str, Any]] = deque()
+        self.jobs: deque[JobRequest] = deque()
         self.closed = False
         self.busy = False  # a job is running on the main thread
         self._ready = threading.Condition()
@@ -96,14 +115,13 @@ class Inbox:
 
     def _read(self) -> None:
         for line in self.stream:
-            message = orjson.loads(line)
+            message = decode_request(line)
             with self._ready:
-                if message.get("t") == "skip":
-                    found = next((j for j in self.jobs if j["id"] == message["id"]), None)
+                if isinstance(message, SkipRequest):
+                    found = next((j for j in self.jobs if j.id == message.id), None)
                     if found is not None:
                         self.jobs.remove(found)
-                    self.channel.send({"t": "skipped", "id": message["id"],
-                                       "skipped": found is not None})
+                    self.channel.send(encode_skipped(message.id, found is not None))
                 else:
                     self.jobs.append(message)
                 self._ready.notify()
@@ -121,7 +139,7 @@ class Inbox:
         with self._ready:
             self.busy = False
 
-    def next_job(self) -> dict[str, Any] | None:
+    def next_job(self) -> JobRequest | None:
         with self._ready:
             while not self.jobs and not self.closed:
                 self._ready.wait()
@@ -165,7 +183,8 @@ class Capture:
         return data.decode("utf-8", "replace")
 
 
-def load_allow_list(config_path: str) -> dict[str, Any]:
+def load_allow_list(config_path: str) -> tuple[dict[str, Any], Limits]:
+    """The allow-list the host wrote in the run directory, and the bounds it set."""
     # In the run directory, which a job can write: a regular file only (not a FIFO that
     # would block us, not a symlink to something else).
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -174,7 +193,7 @@ def load_allow_list(config_path: str) -> dict[str, Any]:
             raise OSError(f"{config_path!r} is not a regular file")
         doc = orjson.loads(f.read())
     jobs = doc.get("jobs", {}) if isinstance(doc, dict) else {}
-    return jobs if isinstance(jobs, dict) else {}
+    return (jobs if isinstance(jobs, dict) else {}), Limits.from_doc(doc)
 
 
 def resolve(allow: dict[str, Any], cls_name: str, method: str) -> Any:
@@ -190,7 +209,7 @@ def resolve(allow: dict[str, Any], cls_name: str, method: str) -> Any:
     return getattr(target(), method)
 
 
-def call(func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+def call(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
     result = func(*args, **kwargs)
     if hasattr(result, "__await__"):
         import asyncio  # noqa: PLC0415 - only async jobs pay for asyncio's import
@@ -200,6 +219,26 @@ def call(func: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
         result = asyncio.run(_await())
     return result
+
+
+def check_arguments(func: Any, job: JobRequest) -> None:
+    """Arguments that cannot fit the method's signature fail now, not as a retryable error.
+
+    A ``TypeError`` from the call itself can never succeed on a retry; one raised inside
+    the job may.  ``inspect`` is loaded already (by ``dataclasses``), so this costs no import.
+    """
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # no signature to check (a builtin, say): let it run
+        return
+    try:
+        signature.bind(*job.args, **job.kwargs)
+    except TypeError as exc:
+        # Names and defaults only: annotations are often strings (postponed evaluation).
+        bare = signature.replace(return_annotation=inspect.Signature.empty, parameters=[
+            p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()])
+        raise ArgumentsError(f"{job.cls}.{job.method}{bare} cannot take the arguments given: "
+                             f"{exc}") from None
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
@@ -215,47 +254,48 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return message, tb
 
 
-def error_message(exc: BaseException, **extra: Any) -> dict[str, Any]:
+def error_reply(exc: BaseException, *, retry: bool = False, delay: float | None = None,
+                fail: bool = False) -> Reply:
     message, tb = _describe(exc)
-    return {"t": "done", "ok": False, **extra, "error": {
-        "type": type(exc).__name__,
-        "message": message[:2000],
-        "traceback": tb[-20000:],
-        "mro": [c.__name__ for c in type(exc).__mro__],
-    }}
+    return Reply(False, retry=retry, delay=delay, fail=fail, error=ErrorReport(
+        type(exc).__name__, message[:2000], tb[-20000:], [c.__name__ for c in type(exc).__mro__]))
 
 
-def run_job(job: dict[str, Any], allow: dict[str, Any], max_result: int) -> dict[str, Any]:
+def run_job(job: JobRequest, allow: dict[str, Any], max_result: int, channel: Channel) -> Reply:
+    """Resolve, check and call the job; tell the host ``started`` just before its code runs."""
     try:
-        func = resolve(allow, job["class"], job["method"])
-        result = call(func, job.get("args") or [], job.get("kwargs") or {})
+        func = resolve(allow, job.cls, job.method)
+        check_arguments(func, job)
+        channel.send(encode_began(job.id, time.time()))
+        result = call(func, job.args, job.kwargs)
     except Retry as exc:
-        return error_message(exc, retry=True, delay=exc.delay)
-    except (Fail, NotAllowedError) as exc:
-        return error_message(exc, fail=True)
+        return error_reply(exc, retry=True, delay=exc.delay)
+    except (Fail, NotAllowedError, ArgumentsError) as exc:
+        return error_reply(exc, fail=True)
     except BaseException as exc:
-        return error_message(exc)
+        return error_reply(exc)
     try:
         encoded = orjson.dumps(result)
     except TypeError as exc:
-        return error_message(ResultError(f"return value is not JSON-serialisable: {exc}"))
+        return error_reply(ResultError(f"return value is not JSON-serialisable: {exc}"))
     if len(encoded) > max_result:
-        return error_message(ResultError(
+        return error_reply(ResultError(
             f"return value is {len(encoded)} bytes as JSON; the limit is {max_result}"))
-    return {"t": "done", "ok": True, "result": result}
+    return Reply(True, result=result)
 
 
 class ResultError(Exception):
     """The job returned something the host cannot store."""
 
 
-def send_reply(job: dict[str, Any], reply: dict[str, Any], channel: Channel,
-               capture: Capture) -> None:
+class ArgumentsError(TypeError):
+    """The job's arguments do not fit its method's signature: no retry can help."""
+
+
+def send_reply(job: JobRequest, reply: Reply, channel: Channel, capture: Capture) -> None:
     """The job's answer: the last progress update, then its result with its output tail."""
     channel.flush_progress()
-    reply["id"] = job["id"]
-    reply["output"] = capture.tail()
-    channel.send(reply)
+    channel.send(encode_done(job.id, reply, capture.tail()))
 
 
 def command(allow_list: str, base_dir: str, max_result: int, output_limit: int,
@@ -284,20 +324,24 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     os.close(devnull)
     sys.path.insert(0, base_dir)
     capture = Capture(os.dup(2), output_limit)  # a private fd the job cannot close by accident
-    allow = load_allow_list(config_path)
+    allow, limits = load_allow_list(config_path)
     context.set_reporter(channel.progress)
+    procs.become_subreaper()  # what a job starts stays below us, to be killed at its end
     host_pid = os.getppid()
     while (job := inbox.next_job()) is not None:
         if os.getppid() != host_pid:
             # The host died: jobs still queued for us will be rerun by the next host (they
             # are "running" on disk), so starting them here would only run them twice.
             break
-        channel.job_id = job["id"]
+        channel.job_id = job.id
         capture.reset()
-        reply = run_job(job, allow, max_result)
+        reply = guarded(job, limits, functools.partial(run_job, job, allow, max_result, channel),
+                        functools.partial(send_reply, job, channel=channel, capture=capture))
         inbox.job_done()  # the job's code has returned: nothing left to stop if input closes
         send_reply(job, reply, channel, capture)
-        if once:
+        if once or limits.worker_too_big():
+            # Grown too big to keep (max_memory_per_worker): exit; the host requeues what it
+            # sent ahead, which never started, and starts a fresh worker.
             break
 
 
@@ -323,6 +367,7 @@ class _Forked:
     code: int | None = None  # its exit status (like Popen.returncode) once reaped
     reaped: bool = False  # its pid may belong to someone else: never signal it again
     killed: bool = False  # a kill was asked: its group is SIGKILLed when it is reaped
+    strays: set[int] = field(default_factory=set)  # its job's processes killed by the server
     broken: bool = False  # it broke the protocol: nothing more of it is forwarded
 
 
@@ -350,14 +395,23 @@ class ForkServer:
       child's group is SIGKILLed rather than let two copies run.
 
     Messages to the host, besides forwarded lines: ``{"t": "started", "n", "pid"}``,
-    ``{"t": "broken", "n", "why"}`` and ``{"t": "exited", "n", "code", "why"?}``.
+    ``{"t": "broken", "n", "why"}`` and ``{"t": "exited", "n", "code", "why"?, "strays"}``.
+
+    **Containment** (Linux): the server and each child are child subreapers.  A child kills
+    what its job left before it answers (:func:`asyncjobs.workers.guard.guarded`); a child
+    killed or crashed leaves its job's escaped processes to the server, which kills them
+    (the tree it walked when asked to kill, and its own children that are no attempt's).
     """
 
-    def __init__(self, allow: dict[str, Any], max_result: int, output_limit: int) -> None:
+    def __init__(self, allow: dict[str, Any], max_result: int, output_limit: int,
+                 limits: Limits) -> None:
         import select  # noqa: PLC0415 - only the fork server needs these
         import signal  # noqa: PLC0415
 
         self.allow = allow
+        self.limits = limits
+        # A child that dies (killed, crashed) leaves what its job started to us, to kill.
+        procs.become_subreaper()
         self.max_result = max_result
         self.output_limit = output_limit
         self.limit = message_limit(max_result, output_limit)
@@ -398,9 +452,6 @@ class ForkServer:
                 self.closed = True  # the host died without closing our input
         self._shutdown()
 
-    def _send(self, message: dict[str, Any]) -> None:
-        self._write(orjson.dumps(message) + b"\n")
-
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         try:
@@ -432,24 +483,25 @@ class ForkServer:
             line = bytes(self.requests[:end])
             self.requests[:end + 1] = bytes(end + 1)
             del self.requests[:end + 1]
-            message = orjson.loads(line)
+            request = decode_server_request(line)
             del line
-            if message["t"] == "fork":
-                self._fork(message["n"], message["output"], message["file"], message["job"])
-            elif message["t"] == "kill":
-                self._kill(message["n"], force=message["force"])
-            del message
+            if isinstance(request, ForkRequest):
+                self._fork(request)
+            else:
+                self._kill(request.key, force=request.force)
+            del request
 
     def _kill(self, key: int, *, force: bool) -> None:
         child = self.children.get(key)
         if child is None or child.reaped:
             return  # already reaped (and reported): its pid may belong to someone else now
         child.killed = True
-        procs.signal_forked(child.pid, force=force)
+        child.strays |= procs.signal_forked(child.pid, force=force)
 
     # -- children --------------------------------------------------------------------------
 
-    def _fork(self, key: int, output: str, identity: list[int], job: dict[str, Any]) -> None:
+    def _fork(self, request: ForkRequest) -> None:
+        key = request.key
         if os.getppid() != self.host_pid:
             self.closed = True  # the host is gone: this attempt will be rerun by the next one
             return
@@ -464,12 +516,12 @@ class ForkServer:
             gc.unfreeze()
             os.close(read_fd)
             os.close(write_fd)
-            self._send({"t": "exited", "n": key, "code": None, "why": f"could not fork: {exc}"})
+            self._write(encode_exited(key, None, f"could not fork: {exc}"))
             return
         if pid == 0:
             try:
                 self._forget()
-                self._child(job, output, identity, read_fd, write_fd)  # raises _ChildExit
+                self._child(request, read_fd, write_fd)  # raises _ChildExit
             except _ChildExit:
                 raise
             except BaseException:  # noqa: S110 - nothing else may unwind into the server
@@ -483,7 +535,7 @@ class ForkServer:
         self.by_pid[pid] = child
         self.by_fd[read_fd] = child
         self.poll.register(read_fd, self._pollin)
-        self._send({"t": "started", "n": key, "pid": pid})
+        self._write(encode_server_started(key, pid))
 
     def _forget(self) -> None:
         """In a child, first thing: wipe the server's data about every other attempt.
@@ -502,8 +554,7 @@ class ForkServer:
         self.by_pid.clear()
         self.by_fd.clear()
 
-    def _child(self, job: dict[str, Any], output: str, identity: list[int], read_fd: int,
-               write_fd: int) -> None:
+    def _child(self, request: ForkRequest, read_fd: int, write_fd: int) -> None:
         """The forked child: a fresh session, only its own descriptors, then the job."""
         import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
 
@@ -517,6 +568,7 @@ class ForkServer:
             procs.set_parent_death_signal()
             if os.getppid() != self.pid:
                 os._exit(1)
+            procs.become_subreaper()  # what the job starts stays below us (see guard)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(read_fd)
@@ -524,7 +576,7 @@ class ForkServer:
             os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
             # The host created the file (and reads it through its own handle): open that very
             # file, never a FIFO, symlink or other file a job may have put at its path.
-            capture_fd = procs.open_existing(output, (identity[0], identity[1]))
+            capture_fd = files.open_existing(request.output, request.identity)
             # Keep only the pipe and the capture file: not the host's channel (fd 1 until
             # Capture.reset), not the other children's pipes, not the server's self-pipe.
             _close_fds_except(write_fd, capture_fd, limit=self.open_max)
@@ -532,10 +584,14 @@ class ForkServer:
             capture.reset()
             ready = True
             channel = Channel(write_fd)
-            channel.job_id = job["id"]
+            channel.job_id = request.job.id
             context.set_reporter(channel.progress)
-            reply = run_job(job, self.allow, self.max_result)
-            send_reply(job, reply, channel, capture)
+            reply = guarded(request.job, self.limits,
+                            functools.partial(run_job, request.job, self.allow,
+                                              self.max_result, channel),
+                            functools.partial(send_reply, request.job, channel=channel,
+                                              capture=capture))
+            send_reply(request.job, reply, channel, capture)
             code = 0
         except BaseException:
             with contextlib.suppress(BaseException):
@@ -604,8 +660,7 @@ class ForkServer:
         # Also from its final read in _ended: then it is a zombie (still ours) or, without
         # waitid, reaped -- and only its group may be signalled.
         procs.signal_forked(child.pid, force=True, reaped=child.reaped)
-        self._send({"t": "broken", "n": child.key,
-                    "why": "the worker sent a message larger than allowed"})
+        self._write(encode_broken(child.key, "the worker sent a message larger than allowed"))
 
     def _close_pipe(self, child: _Forked) -> None:
         if child.fd is not None:
@@ -647,14 +702,17 @@ class ForkServer:
         self._read_child(child, final=True)
         if child.killed:
             # Whatever ignored the SIGTERM (grandchildren included) ends now.
-            procs.signal_forked(child.pid, force=True, reaped=child.reaped)
+            child.strays |= procs.signal_forked(child.pid, force=True, reaped=child.reaped)
+        # What its job started outside its group, orphaned to us when it died (a crash).
+        # Another child dying at the same moment could have its orphans counted here.
+        child.strays |= procs.kill_orphans(set(self.by_pid))
         if status is None:
             _, status = os.waitpid(child.pid, 0)
             child.reaped = True
         self.by_pid.pop(child.pid, None)
         child.code = os.waitstatus_to_exitcode(status)
         del self.children[child.key]
-        self._send({"t": "exited", "n": child.key, "code": child.code})
+        self._write(encode_exited(child.key, child.code, strays=len(child.strays)))
 
     def _shutdown(self) -> None:
         """The host is gone or closed our input: kill every child's group, reap, report."""
@@ -671,6 +729,7 @@ class ForkServer:
             except ChildProcessError:
                 continue
             self._ended(child, status)
+        procs.end_strays(0.0)  # and every orphan left to us, before we go
 
 
 _PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
@@ -710,7 +769,8 @@ def fork_serve(config_path: str, base_dir: str, max_result: int, output_limit: i
     # fd 0: requests from the host; fd 1: our channel to it; fd 2: our own error log.
     sys.path.insert(0, base_dir)
     try:
-        ForkServer(load_allow_list(config_path), max_result, output_limit).run()
+        allow, limits = load_allow_list(config_path)
+        ForkServer(allow, max_result, output_limit, limits).run()
     except _ChildExit as done:  # only ever in a forked child, its job answered
         code = done.code
         del done  # the traceback holds the server's frames

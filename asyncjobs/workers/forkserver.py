@@ -25,9 +25,17 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from ..config import Settings
+from ..files import create_private, read_tail
 from ..models import Claimed
 from .child import command, message_limit
-from .procs import create_private, describe_exit, new_group_options, read_tail, signal_group
+from .procs import (
+    describe_exit,
+    kill_marked,
+    new_group_options,
+    signal_group,
+    worker_environment,
+    worker_label,
+)
 from .protocol import (
     Broken,
     Exited,
@@ -47,7 +55,8 @@ async def spawn_worker(settings: Settings, allow_list: Path, mode: str, path: Pa
                        ) -> tuple[asyncio.subprocess.Process, IO[bytes]]:
     """Start ``python -m asyncjobs.workers.child`` in ``mode`` (pool, once or forkserver) in its own
     process group, its stderr to a new private file at ``path``, which is returned open
-    (never reopened by path: a job could have put a symlink or FIFO there)."""
+    (never reopened by path: a job could have put a symlink or FIFO there).  Its environment
+    carries its label, :func:`worker_label` of ``path``, inherited by whatever its jobs start."""
     stderr = create_private(path, append=append)
     limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + extra
     try:
@@ -55,7 +64,8 @@ async def spawn_worker(settings: Settings, allow_list: Path, mode: str, path: Pa
             *command(str(allow_list), str(settings.base_dir), settings.max_result_bytes,
                      settings.max_output_bytes, mode),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-            limit=limit, **new_group_options(),
+            limit=limit, env=worker_environment(worker_label(str(path))),
+            **new_group_options(),
         )
     except BaseException:
         stderr.close()
@@ -73,7 +83,7 @@ class ForkedHandle(Protocol):
 
     def on_broken(self, why: str) -> None: ...
 
-    def on_exited(self, code: int | None, why: str | None) -> None: ...
+    def on_exited(self, code: int | None, why: str | None, strays: int = 0) -> None: ...
 
     def on_server_lost(self, why: str, errors: str, *, requeue: bool) -> None:
         """The server went away: ``errors`` is the tail of its own stderr; ``requeue``: the
@@ -167,7 +177,7 @@ class ForkServerProcess:
             assert isinstance(message, Exited)
             self.pids.pop(message.key, None)
             if (handle := self.handles.pop(message.key, None)) is not None:
-                handle.on_exited(message.code, message.why)
+                handle.on_exited(message.code, message.why, message.strays)
 
     async def _lost(self) -> None:
         """The server's channel ended: each child it still had is killed and crashed; an
@@ -179,6 +189,10 @@ class ForkServerProcess:
             # Orphaned by the server: nobody else will stop them.  Their groups outlive a
             # reap by init only while a member lives, so a stale id is a tiny, brief risk.
             signal_group(pid, force=True)
+        if pids:
+            # And what their jobs started in other sessions, reparented to init with the
+            # server (a subreaper) gone: found by the label they inherited.
+            await asyncio.to_thread(kill_marked, worker_label(str(self.path)))
         if self.closing and not handles:
             return
         code: int | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from serve_fixture import ServedHost, clean_env, serve
+from serve_fixture import ServedHost, clean_env, closed_port_url, serve
 
-from asyncjobs.client import cli, display
+from asyncjobs.client import cli, commands, display
 from asyncjobs.errors import InvalidField
 
 JOB_KEYS = {"id", "class", "method", "args", "kwargs", "status", "priority", "attempts",
@@ -59,13 +58,6 @@ def run(served: ServedHost, capsys: pytest.CaptureFixture[str],
         return Result(code, captured.out, captured.err)
 
     return call
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # -- as a subprocess ---------------------------------------------------------------------------
@@ -263,9 +255,10 @@ def test_logs_stats_and_dashboard(run: Any, served: ServedHost) -> None:
 
     link = run("dashboard").out.strip()
     assert link.startswith(served.url + "/login?code=")
-    status, _ = served.request("GET", link.removeprefix(served.url),
+    code = link.partition("code=")[2]
+    status, _ = served.request("POST", "/api/sessions", body=json.dumps({"code": code}).encode(),
                                headers={"Host": served.url.removeprefix("http://")})
-    assert status == 303, "the link signs a browser in (and then redirects to /)"
+    assert status == 201, "the link's code signs a browser in (once)"
     assert run("dashboard", "--json").json()["url"].startswith(served.url + "/login?code=")
 
 
@@ -293,12 +286,12 @@ def test_schedule_table() -> None:
 # -- parsing and formatting (no host) -----------------------------------------------------------
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (["submit", "A", "m", "--json", '["x"]'], ["submit", "A", "m", "--args", '["x"]']),
-    (["submit", "A", "m", "--json=[1]", "--json"], ["submit", "A", "m", "--args=[1]",
+    (["submit", "A", "m", "--json", '["x"]'], ["submit", "A", "m", "--json-array", '["x"]']),
+    (["submit", "A", "m", "--json=[1]", "--json"], ["submit", "A", "m", "--json-array=[1]",
                                                     "--json"]),
     (["submit", "A", "m", "p", "--json"], ["submit", "A", "m", "p", "--json"]),
     (["--config", "c.json", "submit", "A", "m", "--json", " [1]"],
-     ["--config", "c.json", "submit", "A", "m", "--args", " [1]"]),
+     ["--config", "c.json", "submit", "A", "m", "--json-array", " [1]"]),
     (["run", "A", "m", "--json", '["x"]'], ["run", "A", "m", "--json", '["x"]']),
 ])
 def test_json_flag_means_arguments_only_before_an_array(argv: list[str],
@@ -307,12 +300,12 @@ def test_json_flag_means_arguments_only_before_an_array(argv: list[str],
 
 
 def test_parse_step() -> None:
-    assert cli.parse_step("A:m") == {"class": "A", "method": "m", "args": []}
-    assert cli.parse_step("A:m:x,y") == {"class": "A", "method": "m", "args": ["x", "y"]}
-    assert cli.parse_step('A:m:[1, {"k": "a:b"}]') == {"class": "A", "method": "m",
+    assert commands.parse_step("A:m") == {"class": "A", "method": "m", "args": []}
+    assert commands.parse_step("A:m:x,y") == {"class": "A", "method": "m", "args": ["x", "y"]}
+    assert commands.parse_step('A:m:[1, {"k": "a:b"}]') == {"class": "A", "method": "m",
                                                        "args": [1, {"k": "a:b"}]}
     with pytest.raises(InvalidField):
-        cli.parse_step("A")
+        commands.parse_step("A")
 
 
 def test_bad_kw_and_json_args_exit_2(run: Any) -> None:
@@ -354,3 +347,43 @@ def test_client_commands_never_load_the_store_or_the_host(served: ServedHost) ->
                           env=clean_env(ASYNCJOBS_CONFIG=str(served.config)), check=False,
                           timeout=30)
     assert done.stdout.splitlines()[-1] == "0 []", done.stderr
+
+
+def test_hosts_lists_the_serving_host(run: Any, served: ServedHost) -> None:
+    (host,) = run("hosts", "--json").json()
+    assert (host["url"], host["alive"], host["this"], host["running"]) == (
+        served.url, True, True, 0)
+    assert len(host["id"]) == 32
+    table = run("hosts").out
+    assert f"{host['id']} *" in table and served.url in table and "alive" in table
+
+
+# -- rough edges of `run` and of arguments (issue #14) -------------------------------------
+
+def test_run_prints_a_refusal_once(served: ServedHost) -> None:
+    refused = served.cli("run", "NotAllowed", "run")
+
+    assert refused.returncode == 2
+    assert refused.stderr.count("is not in the allow-list") == 1, refused.stderr
+
+
+def test_run_of_a_failing_job_shows_no_exit_status_of_a_worker_that_exited_normally(
+        served: ServedHost) -> None:
+    failed = served.cli("run", "UserLoginService", "handle", "--json", '[""]')
+
+    assert failed.returncode == 1
+    answer = json.loads(failed.stdout)
+    assert answer["outcome"] == "failed" and answer["error"]["type"] == "ValueError"
+    assert "exit_code" not in answer and "worker_exit_code" not in answer
+
+
+def test_arguments_that_do_not_fit_the_signature_fail_at_once(served: ServedHost) -> None:
+    submitted = served.cli("submit", "SampleJob", "process", "--kw", "nope=1", "--json")
+    job_id = str(json.loads(submitted.stdout)["id"])
+    assert served.cli("wait", job_id, "--timeout", "20").returncode == 1
+    job = json.loads(served.cli("status", job_id, "--json").stdout)
+
+    assert (job["status"], job["attempts"]) == ("failed", 1)  # no retry: it can never fit
+    assert job["error"]["type"] == "ArgumentsError"
+    assert "SampleJob.process(*params, previous=None) cannot take" in job["error"]["message"]
+    assert "unexpected keyword argument 'nope'" in job["error"]["message"]

@@ -8,17 +8,25 @@ import asyncio
 import datetime as dt
 import json
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_fixture import InProcess, ServedHost, clean_env, in_process, make_project, serve
+from serve_fixture import (
+    InProcess,
+    ServedHost,
+    clean_env,
+    closed_port_url,
+    in_process,
+    make_project,
+    serve,
+)
 
 from asyncjobs import AsyncJobsClient, submit_job, submit_job_sync
-from asyncjobs.client.api_client import discover, submit_body
+from asyncjobs.client.api_client import submit_body
+from asyncjobs.client.discovery import discover
 from asyncjobs.errors import (
     AsyncJobsError,
     ConfigError,
@@ -33,7 +41,8 @@ from asyncjobs.errors import (
 JOB_KEYS = {"id", "class", "method", "args", "kwargs", "status", "priority", "attempts",
             "max_attempts", "timeout", "created_at", "run_at", "started_at", "finished_at",
             "result", "error", "progress", "chain_id", "unique_key", "attempt_history"}
-ATTEMPT_KEYS = {"number", "outcome", "started_at", "finished_at", "exit_code", "error", "output"}
+ATTEMPT_KEYS = {"number", "host", "outcome", "started_at", "finished_at", "exit_code", "error",
+                "output", "strays"}
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +61,6 @@ async def client(served: ServedHost) -> AsyncIterator[AsyncJobsClient]:
 async def inprocess(tmp_path: Path) -> AsyncIterator[InProcess]:
     async with in_process(tmp_path) as env:
         yield env
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -162,7 +164,7 @@ async def test_api_errors_are_raised_as_the_matching_classes(inprocess: InProces
     async with AsyncJobsClient(url, inprocess.host.token) as client:
         with pytest.raises(JobNotFound) as not_found:
             await client.get(424242)
-        assert (not_found.value.job_id, not_found.value.status) == (424242, 404)
+        assert not_found.value.job_id == 424242
         assert not_found.value.message == "no job with id 424242"
 
         with pytest.raises(NotAllowed) as refused:
@@ -172,12 +174,13 @@ async def test_api_errors_are_raised_as_the_matching_classes(inprocess: InProces
         with pytest.raises(InvalidField) as invalid:
             await client.submit("SampleJob", "process", priority="urgent")
         assert invalid.value.field == "priority"
+        assert invalid.value.problem == "must be 'high', 'medium' or 'low'"
 
         job_id = await client.submit("SampleJob", "process", delay=3600)
         assert (await client.cancel(job_id))["status"] == "cancelled"
         with pytest.raises(WrongState) as wrong:
             await client.cancel(job_id)
-        assert wrong.value.status == 409 and isinstance(wrong.value, AsyncJobsError)
+        assert isinstance(wrong.value, AsyncJobsError) and wrong.value.code == "wrong_state"
         assert "WrongState(" in repr(wrong.value)
 
     async with AsyncJobsClient(url, "wrong-token") as client:

@@ -7,6 +7,7 @@ real worker subprocesses.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, process_gone, wait_gone
 
 from asyncjobs.config import Settings
+from asyncjobs.engine.dispatcher import Dispatcher
 from asyncjobs.engine.host import Host
 from asyncjobs.errors import Unavailable
 from asyncjobs.models import ErrorInfo, Isolation, JobRecord, Outcome, OutcomeKind, Status, iso
+from asyncjobs.workers.launcher import SubprocessLauncher
 
 COMPLETED, FAILED, TIMEOUT, CRASHED = (OutcomeKind.COMPLETED, OutcomeKind.FAILED,
                                        OutcomeKind.TIMEOUT, OutcomeKind.CRASHED)
@@ -239,7 +242,9 @@ async def test_a_delayed_job_waits_for_the_clock(settings: Settings, make_host: 
     async with make_host(settings) as host:
         job = await run_job(host, drain, "Ok", "run", delay=30)
         assert (job.status, job.run_at, job.attempt_history) == (Status.PENDING, t0 + 30, [])
-        assert await host.store.next_due(t0) == t0 + 30
+        assert (await host.store.dispatch_round(
+            host=host.id, progress={}, finished=[], now=t0, limit=1, concurrency={},
+        )).next_due == t0 + 30
         clock.advance(29.9)
         await drain(host)
         assert (await host.get(job.id)).status is Status.PENDING
@@ -353,7 +358,8 @@ class BrokenLauncher:
 
     capacity = 4
 
-    async def run(self, job: object, isolation: Isolation, on_progress: object) -> Outcome:
+    async def run(self, job: object, isolation: Isolation, on_progress: object,
+                  on_start: object = None) -> Outcome:
         raise RuntimeError("launcher bug")
 
     def stop(self, job_id: int, kind: OutcomeKind) -> bool:
@@ -398,3 +404,31 @@ async def test_a_round_that_cannot_be_stored_is_kept_and_written_later(
     assert job.status is Status.COMPLETED
     assert job.result == {"args": ["kept"], "kwargs": {}}
     assert outcomes(job) == [COMPLETED]
+
+
+async def test_class_concurrency_holds_with_two_dispatchers_sharing_one_store(
+        make_settings: SettingsFactory, make_host: HostFactory, clock: FakeClock,
+        tmp_path: Path) -> None:
+    # Two hosts' dispatchers on one store (on SQLite: in one process, sharing the host's
+    # store): the cap is counted by the claim in the store, not in either one's memory.
+    settings = make_settings(job_overrides={"Sleepy": {"concurrency": 1}}, workers={"max": 2})
+    record = tmp_path / "intervals"
+    async with make_host(settings) as host:
+        other = Dispatcher(store=host.store, launcher=SubprocessLauncher(settings, tmp_path / "b"),
+                           settings=settings, clock=clock, events=host.events,
+                           job_log=host.job_log, host_id="other")
+        try:
+            for _ in range(4):
+                await host.submit("Sleepy", "interval", [str(record), 0.15])
+            async with asyncio.timeout(20):
+                await asyncio.gather(host.dispatcher.drain(), other.drain())
+        finally:
+            other.close()
+            await other.launcher.aclose()
+        hosts = {a.host for job in (await host.list_jobs()).jobs
+                 for a in (await host.get(job.id)).attempt_history}
+
+    spans = intervals(record)
+    assert len(spans) == 4
+    assert not any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+    assert hosts <= {host.id, "other"}

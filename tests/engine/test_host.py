@@ -10,14 +10,17 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes import Drain, FakeClock, HostFactory, SettingsFactory, wait_gone
+from store_support import claim_as
 
 from asyncjobs.config import Settings
-from asyncjobs.engine.host import DB_FILE
 from asyncjobs.errors import HostLocked, JobNotFound, NotAllowed, Unavailable, WrongState
 from asyncjobs.models import OutcomeKind, Status
+from asyncjobs.store import Start
+from asyncjobs.store.factory import DB_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED, COMPLETED = OutcomeKind.INTERRUPTED, OutcomeKind.COMPLETED
@@ -163,8 +166,8 @@ async def test_cancel_a_job_queued_behind_another_never_runs_it(
         second = (await host.submit("Ok", "record", [str(record), "second"])).id
         draining = asyncio.create_task(drain(host))
         await wait_for_file(tmp_path / "first.started")
-        # Claimed with the first (sent ahead to the same warm worker) but not started.
-        assert (await host.get(second)).status is Status.RUNNING
+        # Reserved with the first (waiting for the one worker) but not started: pending.
+        assert (await host.get(second)).status is Status.PENDING
 
         async with asyncio.timeout(5):
             cancelled = await host.cancel(second)
@@ -262,7 +265,14 @@ async def leave_running(make_host: HostFactory, settings: Settings, clock: FakeC
     """Open a host that claims the due jobs and goes away without recording any outcome,
     the way a host killed mid-attempt leaves its data directory."""
     async with make_host(settings) as host:
-        assert await host.store.claim(clock.now(), 10, {})
+        claimed = (await host.store.dispatch_round(
+            host=host.id, progress={}, finished=[], now=clock.now(), limit=10,
+            concurrency={})).claimed
+        assert claimed
+        # ... and its workers started them.
+        await host.store.dispatch_round(
+            host=host.id, progress={}, started=[Start(c, clock.now()) for c in claimed],
+            finished=[], now=clock.now(), limit=0, concurrency={})
 
 
 async def test_an_interruption_does_not_use_up_an_attempt(settings: Settings,
@@ -380,3 +390,102 @@ async def test_no_accepted_job_is_lost_when_the_host_is_killed(
     assert [a.outcome for a in first.attempt_history] == [INTERRUPTED, COMPLETED]
     assert first.attempts == 1
     assert integrity(settings) == "ok"
+
+
+# -- the seams: cancel through the notifier, recovery by host ------------------------------
+
+
+async def test_a_cancel_reaches_the_running_job_through_the_notifier(
+        settings: Settings, make_host: HostFactory, drain: Drain, tmp_path: Path) -> None:
+    # What another host sharing the store does to cancel a job running here: mark it in the
+    # store and signal on the notifier; it never touches this host's dispatcher.
+    pidfile = tmp_path / "pid"
+    async with make_host(settings) as host:
+        job_id = (await host.submit("Sleepy", "run", [30, str(pidfile)])).id
+        draining = asyncio.create_task(drain(host))
+        worker_pid = int(await wait_for_file(pidfile))
+
+        with host.events.subscribe() as queue:
+            assert (await host.store.cancel(job_id, time.time(), "from elsewhere")).previous \
+                is Status.RUNNING
+            host.events.publish({"type": "cancel", "id": job_id})
+            async with asyncio.timeout(5):
+                # (its "running" event is published by the round that stores the start,
+                # which may come a few ms after the job's first line)
+                while (event := await queue.get()).get("type") != "job" or \
+                        event.get("status") == "running":
+                    pass
+        await draining
+        await wait_gone(worker_pid)
+        job = await host.get(job_id)
+
+    assert event == {"type": "job", "id": job_id, "status": "cancelled", "attempt": 1}
+    assert job.status is Status.CANCELLED
+    assert [a.outcome for a in job.attempt_history] == [OutcomeKind.CANCELLED]
+
+
+async def test_a_cancel_between_claim_and_launch_is_not_lost(
+        settings: Settings, make_host: HostFactory, drain: Drain, tmp_path: Path) -> None:
+    # The cancel lands after the round claimed the job and before the dispatcher launched
+    # it: the dispatcher is not running it yet when the signal comes, so the store's mark,
+    # read back by the next round, is what stops it.
+    record = tmp_path / "record"
+    async with make_host(settings) as host:
+        job_id = (await host.submit("Ok", "record", [str(record), "ran"])).id
+        real_round = host.store.dispatch_round
+        cancelling: list[asyncio.Task[Any]] = []
+
+        async def round_then_cancel(**kwargs: Any) -> Any:
+            done = await real_round(**kwargs)
+            if any(c.id == job_id for c in done.claimed):
+                cancelling.append(asyncio.create_task(host.cancel(job_id)))
+                await asyncio.sleep(0.05)  # the cancel is stored and signalled meanwhile
+            return done
+
+        host.store.dispatch_round = round_then_cancel  # type: ignore[method-assign]
+        await drain(host)
+        async with asyncio.timeout(5):
+            cancelled = await cancelling[0]
+
+    assert cancelled.status is Status.CANCELLED
+    assert not record.exists() or record.read_text() == "ran"  # killed at once if it started
+
+
+async def test_recovery_leaves_a_live_hosts_attempts_alone(
+        settings: Settings, make_host: HostFactory, clock: FakeClock) -> None:
+    async with make_host(settings) as host:
+        job_id = (await host.submit("Ok", "run")).id
+        # Another host (a row with a live lease) claims the job and runs it.
+        await claim_as(host.store, "other", clock.now())
+
+        assert await host.dispatcher.recover() == 0
+        assert (await host.get(job_id)).status is Status.RUNNING
+        clock.advance(16)  # its lease runs out: now it is gone, and its attempt an orphan
+        assert await host.dispatcher.recover() == 1
+        job = await host.get(job_id)
+
+    assert job.status is Status.PENDING
+    (attempt,) = job.attempt_history
+    assert (attempt.host, attempt.outcome) == ("other", OutcomeKind.INTERRUPTED)
+
+
+async def test_a_cancel_for_a_job_whose_host_died_is_recorded_by_recovery(
+        settings: Settings, make_host: HostFactory, clock: FakeClock, drain: Drain) -> None:
+    # Its host cannot kill it any more; the leader's rescue records it cancelled rather than
+    # running it again, and the waiting cancel returns.
+    async with make_host(settings) as host:
+        job_id = (await host.submit("Ok", "run")).id
+        await claim_as(host.store, "doomed", clock.now())
+        cancelling = asyncio.create_task(host.cancel(job_id))
+        await asyncio.sleep(0.05)
+        assert not cancelling.done()
+        clock.advance(16)  # the lease of "doomed" runs out
+        assert await host.dispatcher.recover() == 1
+        async with asyncio.timeout(5):
+            job = await cancelling
+        await drain(host)
+        after = await host.get(job_id)
+
+    assert job.status is Status.CANCELLED
+    assert (after.status, [a.outcome for a in after.attempt_history]) == (
+        Status.CANCELLED, [OutcomeKind.CANCELLED])

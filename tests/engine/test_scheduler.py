@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fakes import START, Drain, FakeClock, HostFactory, SettingsFactory
 
 from asyncjobs.config import Settings
+from asyncjobs.engine.scheduler import Scheduler
 from asyncjobs.errors import ConfigError
 from asyncjobs.models import Status
 
@@ -121,3 +124,24 @@ async def test_no_retention_configured_prunes_nothing(settings: Settings, make_h
         await drain(host)
         clock.advance(1000 * 86400)
         assert await host.prune() == {"completed": 0, "failed": 0}
+
+
+async def test_two_schedulers_on_one_store_fire_each_slot_once(
+        make_settings: SettingsFactory, make_host: HostFactory, clock: FakeClock) -> None:
+    # Two hosts' schedulers (here: a second one on the host's own SQLite store) both see the
+    # slot due; the compare-and-set on the slot lets exactly one of them fire it.
+    settings = make_settings(schedules=EVERY_MINUTE)
+    async with make_host(settings) as host:
+        assert host.scheduler is not None
+        other = Scheduler(settings=settings, store=host.store, clock=clock,
+                          on_submitted=lambda _: None)
+        await other.start()
+        fired = []
+        for _ in range(3):
+            clock.advance(60)
+            first, second = await asyncio.gather(host.scheduler.tick(), other.tick())
+            fired.append(len(first) + len(second))
+        jobs = (await host.list_jobs(cls="Ok")).jobs
+
+    assert fired == [1, 1, 1]
+    assert len(jobs) == 3

@@ -41,7 +41,7 @@ async def call(env: InProcess, method: str, path: str, body: Any = None, *,
 
 def error_code(body: Any) -> str:
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
+    assert {"code", "message"} <= set(body["error"]) <= {"code", "message", "details"}, body
     assert body["error"]["message"]
     return str(body["error"]["code"])
 

@@ -86,7 +86,7 @@ TRAVERSALS = [
     b"/api/../data/token",
     b"/api/logs?file=../token",
     b"/api/logs?file=..%2f..%2fconfig.json",
-    b"/login?code=../../token",
+    b"/api/sessions?code=../../token",
 ]
 
 

@@ -23,7 +23,7 @@ REGISTRY: Registry[Any] = Registry().with_resource(
     DOC_URI, Resource.from_contents(OPENAPI, default_specification=DRAFT202012))
 # The dashboard's HTML pages: served by the same app, but not part of the JSON API.
 HTML_ROUTES = {("GET", "/"), ("GET", "/login"), ("GET", "/static/{name}")}
-NOT_JSON = {"/api/events", "/metrics", "/api/openapi.json"}
+NOT_JSON = {"/api/events", "/metrics", "/api/openapi.json", "/api/backup"}  # backup: test_backup
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 formats = FormatChecker()
@@ -152,8 +152,13 @@ async def test_real_responses_match_the_schemas(env: InProcess) -> None:
     await check("GET", "/api/logs", f"/api/logs?file=errors&job={bad['id']}", 200)
     await check("GET", "/api/health", "/api/health", 200, auth=False)
     await check("GET", "/api/schedules", "/api/schedules", 200)
+    await check("GET", "/api/hosts", "/api/hosts", 200)
     await check("POST", "/api/prune", "/api/prune", 200)
-    await check("POST", "/api/login-links", "/api/login-links", 201)
+    link = await check("POST", "/api/login-links", "/api/login-links", 201)
+    code = link["path"].partition("code=")[2]
+    await check("POST", "/api/sessions", "/api/sessions", 201, {"code": code}, auth=False)
+    await check("POST", "/api/events/tickets", "/api/events/tickets", 201)
+    await check("POST", "/api/sessions/revoke", "/api/sessions/revoke", 200)
 
     # Errors, each in the documented shape and under a documented status.
     await check("GET", jobs, jobs, 401, auth=False)

@@ -50,6 +50,8 @@
     for (const [key, value] of Object.entries(props || {})) {
       if (value === null || value === undefined || value === false) continue;
       if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      // CSSOM, not the style attribute: the Content-Security-Policy refuses inline styles.
+      else if (key === "style") node.style.cssText = String(value);
       else node.setAttribute(key, value === true ? "" : String(value));
     }
   }
@@ -156,13 +158,18 @@
     }
   }
 
+  /* The sign-in page (login.js) keeps the session token in sessionStorage, which belongs to
+   * this origin only (scheme, host and port): unlike a cookie, no other port of this host
+   * ever receives it.  It goes out as a header; the event stream gets a one-use ticket. */
+  const SESSION_KEY = "asyncjobs.session";
+  const session = () => sessionStorage.getItem(SESSION_KEY);
+
   const api = {
-    /** The session cookie authenticates; same-origin POSTs pass the host's Origin check. */
     async request(method, path) {
       let response;
       try {
-        response = await fetch(path, {method, credentials: "same-origin",
-          headers: {Accept: "application/json"}, cache: "no-store"});
+        response = await fetch(path, {method, credentials: "omit", cache: "no-store",
+          headers: {Accept: "application/json", Authorization: `Bearer ${session()}`}});
       } catch (err) {
         throw new ApiError(0, "unreachable",
           "The host is not reachable. Is `asyncjobs serve` still running?");
@@ -187,7 +194,10 @@
     cancel: (id) => api.request("POST", `/api/jobs/${encodeURIComponent(id)}/cancel`),
     retry: (id) => api.request("POST", `/api/jobs/${encodeURIComponent(id)}/retry`),
     logs: (file, lines) => api.request("GET", `/api/logs?file=${file}&lines=${lines}`),
-    events: () => new EventSource("/api/events"),
+    async events() {
+      const {ticket} = await api.request("POST", "/api/events/tickets");
+      return new EventSource(`/api/events?ticket=${encodeURIComponent(ticket)}`);
+    },
   };
 
   // ---- 3. state ------------------------------------------------------------------------
@@ -519,7 +529,8 @@
     }
     return el("li", {"data-outcome": attempt.outcome, "data-number": attempt.number},
       el("div", {class: "attempt-row"},
-        el("span", {class: "attempt-number"}, `#${attempt.number}`),
+        el("span", {class: "attempt-number", title: attempt.host ? `ran on host ${attempt.host}` : ""},
+          `#${attempt.number}`),
         statusBadge(attempt.outcome),
         el("span", {class: "attempt-started"}, timeAgo(attempt.started_at)),
         el("span", {class: "num attempt-duration", title: "duration"},
@@ -595,6 +606,7 @@
   function signedOut() {
     if (state.signedOut) return;
     state.signedOut = true;
+    sessionStorage.removeItem(SESSION_KEY);
     live.stop();
     setConnection("offline", "signed out");
     notify("You are signed out (or the host's token changed). On the host's machine run " +
@@ -717,12 +729,26 @@
 
   const live = {
     source: null,
+    opening: false,
     retryDelay: 2000,
     retryTimer: null,
 
-    start() {
-      if (state.signedOut || this.source) return;
-      const source = api.events();
+    async start() {
+      if (state.signedOut || this.source || this.opening) return;
+      this.opening = true;
+      let source;
+      try {
+        source = await api.events(); // a 401 here signs out instead of retrying forever
+      } catch (err) {
+        this.opening = false;
+        this.retryLater();
+        return;
+      }
+      this.opening = false;
+      if (state.signedOut) {
+        source.close();
+        return;
+      }
       this.source = source;
       source.addEventListener("open", () => {
         this.retryDelay = 2000;
@@ -735,19 +761,20 @@
       source.addEventListener("error", () => this.onError(source));
     },
 
-    /** The browser retries by itself while CONNECTING; CLOSED means it gave up (e.g. 401). */
+    /** A ticket is good for one connection, so the browser's own reconnect (same URL)
+     * cannot work: close the stream and reconnect with a fresh ticket after a back-off. */
     onError(source) {
-      if (source.readyState !== EventSource.CLOSED) {
-        setConnection("reconnecting", "reconnecting…");
-        return;
-      }
+      if (source !== this.source) return;
       this.stop();
-      setConnection("reconnecting", "offline, retrying");
-      this.retryTimer = setTimeout(async () => {
+      this.retryLater();
+    },
+
+    retryLater() {
+      if (state.signedOut) return;
+      setConnection("reconnecting", "reconnecting…");
+      clearTimeout(this.retryTimer);
+      this.retryTimer = setTimeout(() => {
         this.retryTimer = null;
-        try {
-          await api.stats(); // a 401 here signs out instead of retrying forever
-        } catch (err) { /* still down: try the stream anyway, it reports again */ }
         this.start();
       }, this.retryDelay);
       this.retryDelay = Math.min(RECONNECT_MAX, this.retryDelay * 2);
@@ -897,6 +924,10 @@
   }
 
   function boot() {
+    if (!session()) {
+      location.replace("/login"); // says how to get a sign-in link
+      return;
+    }
     bindControls();
     route();
     live.start();

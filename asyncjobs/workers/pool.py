@@ -1,0 +1,301 @@
+"""A warm (``pool``) or one-off (``once``) worker subprocess and its queue of attempts.
+
+The host feeds it jobs over its stdin and reads its answers on its channel (see
+:mod:`asyncjobs.workers.protocol`); its crash, kill and close handling is the shared one of
+:class:`~asyncjobs.workers.attempt.WorkerHandle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from .. import files
+from ..config import Settings
+from ..models import Outcome, OutcomeKind
+from . import procs
+from .attempt import (
+    NOT_STARTED,
+    REQUEUE,
+    TIMED_OUT,
+    Ended,
+    Slot,
+    WorkerHandle,
+    report,
+    settle,
+    stopped,
+)
+from .forkserver import spawn_worker
+from .procs import signal_group
+from .protocol import Done, ProtocolError, Skipped, decode, encode_job, encode_skip
+
+log = logging.getLogger("asyncjobs.workers.pool")
+
+ALLOW_LIST = "allow.json"  # the allow-list snapshot in the run directory (see launcher)
+PIPELINE_DEPTH = 8  # at most, attempts in one warm worker's queue
+
+
+class WorkerProcess(WorkerHandle):
+    """One worker child: its process, its channel, its queue, and its output capture file.
+
+    Jobs are sent ahead (up to ``PIPELINE_DEPTH``) so the worker never waits for the host
+    between two jobs; the child runs them strictly in order, which is what makes this safe:
+    when a worker dies, every attempt behind the running one has not started and is simply
+    requeued on another worker.  A single reader task turns channel lines into progress
+    callbacks and settles the running attempt's future; a timeout timer starts only when an
+    attempt reaches the head of the queue.  What is sent in one turn of the event loop goes
+    out in one write: a write per job cost ~45 us, mostly waking the child once per job.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, output: IO[bytes], path: Path, *,
+                 settings: Settings, once: bool, on_room: Callable[[], None]) -> None:
+        self.proc = proc
+        self.output = output
+        self.path = path
+        self.once = once
+        self.grace = settings.workers.kill_grace
+        self.output_limit = settings.max_output_bytes
+        self.max_jobs = 1 if once else settings.workers.max_jobs_per_worker
+        self.on_room = on_room
+        self.sent = 0
+        self.strays = 0  # processes of its job killed with it (kill, crash)
+        self.exiting = False  # it said it is going away: what it still holds never started
+        self.broken = False  # killed, crashed or confused: never reused
+        self.queue: deque[Slot] = deque()
+        # Jobs this worker already answered for: a late or forged second answer from one of
+        # them is the job's own doing and is ignored, never blamed on the job behind it.
+        self._answered: deque[int] = deque(maxlen=2 * PIPELINE_DEPTH)
+        self._outbox: list[bytes] = []  # written together at the end of this loop turn
+        self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
+
+    @classmethod
+    async def spawn(cls, settings: Settings, run_dir: Path, *, once: bool, number: int,
+                    on_room: Callable[[], None]) -> WorkerProcess:
+        path = run_dir / f"worker-{number}.out"
+        # The child's stderr is its capture file, appended to by the job's fds 1 and 2.
+        proc, output = await spawn_worker(settings, run_dir / ALLOW_LIST,
+                                          "once" if once else "pool", path, append=True)
+        return cls(proc, output, path, settings=settings, once=once, on_room=on_room)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self.broken
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    @property
+    def accepting(self) -> bool:
+        return self.alive and self.sent < self.max_jobs
+
+    def output_tail(self) -> str:
+        """What the job printed, read by the host when the worker cannot tell us itself."""
+        return files.read_tail(self.output, self.output_limit)
+
+    def _begin(self, slot: Slot) -> None:
+        """``slot`` is now the head: the worker runs it, unless a skip took it back first."""
+        if slot.skip_pending:
+            return  # the skip's answer tells which: see _skipped
+        loop = asyncio.get_running_loop()
+        slot.began = loop.time()
+        slot.timer = loop.call_later(slot.job.timeout, settle, slot.future, TIMED_OUT)
+        if not slot.turn.done():
+            slot.turn.set_result(True)
+
+    def request_skip(self, slot: Slot) -> None:
+        """Ask the worker to take ``slot`` back if it has not started it (one answer comes)."""
+        if slot.skip_pending or slot.turn.done() or slot not in self.queue:
+            return
+        slot.skip_pending = True
+        self._post(encode_skip(slot.job.id))
+
+    def _post(self, message: bytes) -> None:
+        """Queue ``message`` for the worker's stdin, in order with everything sent before."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(message)
+
+    def _flush(self) -> None:
+        if not self._outbox or self.proc.stdin is None or self.proc.stdin.is_closing():
+            self._outbox.clear()
+            return
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        # On a broken pipe the reader sees the channel end and settles the attempts.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.proc.stdin.write(data)
+
+    def stealable(self) -> tuple[Slot, float] | None:
+        """The last attempt queued behind the running one, and since when that one runs."""
+        if len(self.queue) < 2 or not self.alive:
+            return None
+        last = self.queue[-1]
+        if last.skip_pending or last.turn.done():
+            return None
+        return last, self.queue[0].began
+
+    def _skipped(self, job_id: int, skipped: bool) -> bool:
+        slot = next((s for s in self.queue if s.job.id == job_id), None)
+        if slot is None and job_id in self._answered:
+            return True  # it finished before the skip reached the worker: nothing to do
+        if slot is None or not slot.skip_pending:
+            return self._broken("the worker answered a skip that was not asked")
+        slot.skip_pending = False
+        if not skipped:
+            self._begin(slot)  # it had started; it is the head (answers come in order)
+            return True
+        was_head = self.queue[0] is slot
+        self.queue.remove(slot)
+        slot.turn.set_result(False)
+        settle(slot.future, REQUEUE)  # stolen; a stop that came first keeps its own answer
+        if was_head and self.queue:
+            self._begin(self.queue[0])
+        self.on_room()
+        return True
+
+    def send(self, slot: Slot) -> None:
+        # A retry of a job this worker answered for before: its answers are not "second" ones.
+        with contextlib.suppress(ValueError):
+            self._answered.remove(slot.job.id)
+        self.queue.append(slot)
+        self.sent += 1
+        self._post(encode_job(slot.job))
+        if len(self.queue) == 1:
+            self._begin(slot)
+
+    async def execute(self, slot: Slot) -> Outcome | Ended:
+        """Run ``slot`` on this worker; ``REQUEUE`` means it never started and may go on."""
+        self.send(slot)
+        ended = await slot.future
+        if isinstance(ended, Outcome) or ended is REQUEUE:
+            return ended
+        if ended.kind is OutcomeKind.CRASHED:
+            return await self.crashed(ended)
+        # Timed out or stopped.  A stop may come while the attempt still waits in the queue:
+        # take it back if it has not started; otherwise stop it where it runs, never
+        # touching someone else's job.
+        self.request_skip(slot)
+        if not await slot.turn:
+            return Outcome(ended.kind, error=NOT_STARTED[ended.kind], started=False)
+        if not (self.queue and self.queue[0] is slot):
+            if isinstance(slot.observed, Outcome):
+                return slot.observed  # it finished before the stop could act
+            return await self.crashed(slot.observed or Ended(OutcomeKind.CRASHED))
+        await self.kill()
+        return stopped(slot, ended.kind, self.proc.returncode, self.output_tail(), self.strays)
+
+    async def _read_loop(self) -> None:
+        """Read the channel until the worker goes away or breaks the protocol."""
+        assert self.proc.stdout is not None
+        try:
+            while await self._read_one(self.proc.stdout):
+                pass
+        finally:
+            self._lost()
+
+    async def _read_one(self, stdout: asyncio.StreamReader) -> bool:
+        try:
+            line = await stdout.readline()
+        except ValueError:  # a line beyond the reader's limit
+            return self._broken("the worker sent a message larger than allowed")
+        if not line:
+            return False
+        try:
+            message = decode(line)
+        except ProtocolError as exc:
+            return self._broken(f"invalid message from the worker: {exc}")
+        if isinstance(message, Skipped):
+            return self._skipped(message.job_id, message.skipped)
+        if message.job_id in self._answered:
+            log.warning("ignoring a second answer for job %s from worker %s", message.job_id,
+                        self.proc.pid)
+            return True
+        if not self.queue or message.job_id != self.queue[0].job.id:
+            return self._broken("the worker answered for a job it was not running")
+        head = self.queue[0]
+        if not isinstance(message, Done):
+            report(head, message)
+            return True
+        self._done(head, message.outcome)
+        return True
+
+    def _done(self, head: Slot, outcome: Outcome) -> None:
+        """The running attempt's answer: settle it, and start the next one."""
+        self.queue.popleft()
+        self._answered.append(head.job.id)
+        if head.timer is not None:
+            head.timer.cancel()
+        head.observed = outcome
+        settle(head.future, outcome)
+        if outcome.kind is OutcomeKind.CRASHED:
+            # The worker answered for a job it is killing itself over (its memory limit):
+            # nothing queued behind it will start there.
+            self.broken = self.exiting = True
+        elif self.queue:
+            self._begin(self.queue[0])
+        self.on_room()
+
+    def _broken(self, why: str) -> bool:
+        if self.queue:
+            head = self.queue[0]
+            head.observed = Ended(OutcomeKind.CRASHED, why, "ProtocolError")
+            settle(head.future, head.observed)
+        self.broken = True
+        signal_group(self.proc.pid, force=True)
+        return False
+
+    def _lost(self) -> None:
+        """The channel is gone: the head crashed; everything behind it never started."""
+        self.broken = True
+        for i, slot in enumerate(self.queue):
+            if slot.timer is not None:
+                slot.timer.cancel()
+            if i == 0 and not self.exiting:
+                if slot.observed is None:
+                    slot.observed = Ended(OutcomeKind.CRASHED)
+                settle(slot.future, slot.observed)
+            else:
+                settle(slot.future, REQUEUE)
+            if not slot.turn.done():
+                slot.turn.set_result(i == 0 and not self.exiting)
+        self.queue.clear()
+        self.on_room()
+
+    # -- the WorkerHandle hooks -----------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self.proc.returncode is not None
+
+    def _signal(self, *, force: bool) -> None:
+        """Processes of its job outside the group get the same (``procs.signal_tree``)."""
+        self.broken = True
+        killed = signal_group(self.proc.pid, force=force)
+        if force:
+            self.strays = max(self.strays, killed)
+
+    async def _after_death(self) -> None:
+        # What its job started in other sessions went to init; the label they inherited
+        # names them (procs.kill_marked: a /proc scan, ~10 ms).
+        self.strays += await asyncio.to_thread(procs.kill_marked,
+                                               procs.worker_label(str(self.path)))
+
+    async def wait(self) -> int | None:
+        return await self.proc.wait()
+
+    def _ask_to_exit(self) -> bool:
+        """End of input: a warm worker exits when it has nothing left to run."""
+        if self.proc.returncode is not None or self.broken or self.proc.stdin is None:
+            return False
+        self._flush()
+        self.proc.stdin.close()
+        return True
+
+    async def _closed(self) -> None:
+        await asyncio.gather(self._reader, return_exceptions=True)
