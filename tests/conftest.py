@@ -19,7 +19,13 @@ from typing import Any
 
 import orjson
 import pytest
-from fakes import Drain, FakeClock, HostFactory, SettingsFactory, fixed_rand
+from fakes import Drain, FakeClock, HostFactory, ProjectFactory, SettingsFactory, fixed_rand
+from pg_fixture import (  # noqa: F401 - the PostgreSQL tests' fixtures and collection hooks
+    pg_database,
+    pg_url,
+    pytest_collection_modifyitems,
+    pytest_terminal_summary,
+)
 
 from asyncjobs.config import Settings, load_settings
 from asyncjobs.engine.host import Host
@@ -87,6 +93,20 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
                     for name, entry in (DEFAULT_JOBS if jobs is None else jobs).items()}
         path = write_config(tmp_path, config_doc(jobs, **overrides))
         return load_settings(path, env={})
+
+    return make
+
+
+@pytest.fixture
+def make_project() -> ProjectFactory:
+    """``make_project(directory, *, job_overrides=None, **overrides)``: write a config.json
+    (and the fixture jobs) into ``directory`` and return its path, for a real ``serve``."""
+
+    def make(directory: Path, *, job_overrides: dict[str, dict[str, Any]] | None = None,
+             **overrides: Any) -> Path:
+        jobs = {name: {**entry, **(job_overrides or {}).get(name, {})}
+                for name, entry in DEFAULT_JOBS.items()}
+        return write_config(directory, config_doc(jobs, **overrides))
 
     return make
 

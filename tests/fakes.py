@@ -47,6 +47,7 @@ def fixed_rand(value: float = 0.5) -> float:
 
 # The shapes of conftest's factory fixtures, for annotating test parameters.
 SettingsFactory = Callable[..., "Settings"]
+ProjectFactory = Callable[..., Path]  # directory, **overrides -> config.json
 HostFactory = Callable[..., "Host"]
 Drain = Callable[..., Coroutine[Any, Any, None]]
 

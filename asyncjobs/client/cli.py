@@ -117,7 +117,7 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
         "the counts, throughput, workers and uptime", job_id=None)
     add("schedules", cmd_schedules, "list recurring schedules with their next run",
         "the list of schedules", job_id=None)
-    add("hosts", cmd_hosts, "list the hosts sharing the store: heartbeat, running jobs",
+    add("hosts", cmd_hosts, "list the hosts sharing the store: heartbeat, running jobs, leader",
         "the list of hosts", job_id=None)
     add("prune", cmd_prune, "delete finished jobs past their retention now",
         "how many jobs were deleted, per rule", job_id=None)

@@ -199,9 +199,10 @@ def schedule_rows(schedules: Sequence[Mapping[str, JSONValue]],
 def host_rows(hosts: Sequence[Mapping[str, JSONValue]], now: float | None = None) -> str:
     rows = [[f"{h['id']}{' *' if h['this'] else ''}", str(h["url"] or "-"),
              f"{h['hostname']}:{h['pid']}", ago(h["heartbeat_at"], now),
-             "alive" if h["alive"] else "gone", str(h["running"])] for h in hosts]
+             "alive" if h["alive"] else "gone", str(h["running"]),
+             "yes" if h.get("leader") else ""] for h in hosts]
     return table(["HOST (* this one)", "ADDRESS", "MACHINE:PID", "HEARTBEAT", "STATE",
-                  "RUNNING"], rows)
+                  "RUNNING", "LEADER"], rows)
 
 
 def _indent(text: str, prefix: str = "  ") -> str:

@@ -139,6 +139,15 @@ def load_or_create_token(data_dir: Path) -> str:
     return text
 
 
+def adopt_token(data_dir: Path, token: str) -> None:
+    """Make ``token`` this data directory's token: a host adopts the token the other hosts
+    of its store share (PostgreSQL).  Checked like a token file, written like one."""
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise Unavailable("the API token shared through the store is empty, too short or "
+                          "malformed; fix it there (docs/scaling.md) and start again")
+    write_atomic(data_dir / TOKEN_FILE, (token + "\n").encode("ascii"))
+
+
 def _bad_token(path: Path, problem: str) -> Unavailable:
     return Unavailable(f"the token file {path} {problem}; delete it and start again to make "
                        "a new token (clients then need the new one)")

@@ -26,6 +26,7 @@ from typing import IO
 import orjson
 
 from .. import files, registry
+from ..backend_url import redact_url
 from ..clock import Clock, SystemClock
 from ..config import Settings
 from ..errors import HostLocked, JobNotFound, NotAllowed, Unavailable
@@ -115,6 +116,10 @@ class Host:
         store = self._store = open_store(self.settings)
         await store.open()
         stack.push_async_callback(store.close)
+        shared = await store.shared_token(self.token)
+        if shared != self.token:  # another host of this store was first: use its token
+            datadir.adopt_token(self.data_dir, shared)
+            self.token = shared
         self.events = store.notifier()
         await self.events.start()
         stack.push_async_callback(self.events.close)
@@ -258,7 +263,8 @@ class Host:
         rows = await self.store.hosts(now)
         return [{"id": h.id, "url": h.url, "pid": h.pid, "hostname": h.hostname,
                  "started_at": iso(h.started_at), "heartbeat_at": iso(h.heartbeat_at),
-                 "alive": h.alive(now), "running": h.running, "this": h.id == self.id}
+                 "alive": h.alive(now), "running": h.running, "leader": h.leader,
+                 "this": h.id == self.id}
                 for h in rows]
 
     async def backup(self, target: Path) -> BackupInfo:
@@ -358,6 +364,8 @@ class Host:
             },
             "workers": {"running": running, "max": self.settings.workers.max},
             "uptime": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
+            # Which store this host is on; a URL's password is never shown.
+            "store": redact_url(self.settings.store) if self.settings.store else "sqlite",
         }
 
     def log_tail(self, name: str, lines: int, job_id: int | None = None) -> list[str]:

@@ -119,6 +119,7 @@ class HostRow:
     heartbeat_at: float
     expires_at: float
     running: int = 0  # attempts this host holds (filled in by :meth:`Store.hosts`)
+    leader: bool = False  # whether it holds the leader role now (filled in likewise)
 
     def alive(self, now: float) -> bool:
         return self.expires_at > now
@@ -167,12 +168,19 @@ class Store(Protocol):
         raises nothing: a host whose row is gone simply stays unlisted until it registers)."""
         ...
 
+    async def shared_token(self, proposed: str) -> str:
+        """The API token every host of this store accepts: the one stored by the first host
+        that asked, or ``proposed`` (stored now) if none was.  A single-host store returns
+        ``proposed``."""
+        ...
+
     async def retire_host(self, host_id: str, now: float) -> None:
         """End ``host_id``'s lease now (clean shutdown); its row stays for the history."""
         ...
 
     async def hosts(self, now: float) -> list[HostRow]:
-        """Every registered host, oldest first, with how many attempts each holds running.
+        """Every registered host, oldest first, with how many attempts each holds running
+        and whether it is the leader now.
 
         Hosts whose lease ended more than a day before ``now`` are left out."""
         ...

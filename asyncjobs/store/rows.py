@@ -1,13 +1,15 @@
-"""SQLite rows to records: the columns the store reads and how each becomes a model."""
+"""Rows to records: the columns the stores read and how each becomes a model (both stores
+keep the same columns, so both use these)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
 from ..models import Attempt, ErrorInfo, JobRecord, OutcomeKind, Priority, Status
+from . import Page, Stats
 
 JOB_COLUMNS = (
     "id, class, method, args, kwargs, status, priority, attempts, max_attempts, timeout, "
@@ -35,3 +37,35 @@ def attempt_from_row(row: Sequence[Any]) -> Attempt:
     return Attempt(number=row[0], outcome=OutcomeKind(row[1]) if row[1] else None,
                    started_at=row[2], finished_at=row[3], exit_code=row[4], error=error,
                    output=row[8] or "", strays=row[9] or 0, host=row[10])
+
+
+def page_from_rows(rows: Sequence[Sequence[Any]], limit: int) -> Page:
+    """A page from up to ``limit + 1`` job rows, newest first (one more than the page says
+    whether another page follows)."""
+    jobs = [job_from_row(row) for row in rows[:limit]]
+    return Page(jobs, jobs[-1].id if len(rows) > limit and jobs else None)
+
+
+def stats_from_rows(counts: Iterable[Sequence[Any]], minutes: Iterable[Sequence[Any]],
+                    now: float) -> Stats:
+    """:class:`Stats` from ``(class, status, n)`` rows and ``(minute, completed, failed)``
+    rows of the last hour (minute: epoch seconds of its start)."""
+    totals = {s.value: 0 for s in Status}
+    by_class: dict[str, dict[str, int]] = {}
+    for cls, status, n in counts:
+        totals[status] += n
+        by_class.setdefault(cls, {s.value: 0 for s in Status})[status] = n
+    minute = int(now // 60) * 60
+    per_minute: dict[int, list[int]] = {minute - 60 * i: [0, 0] for i in range(60)}
+    for start, completed, failed in minutes:
+        if start in per_minute:
+            per_minute[start] = [completed, failed]
+    # "The last minute" is the previous whole minute plus the current one, pro rata.
+    now_part = (now - minute) / 60
+    current, previous = per_minute[minute], per_minute[minute - 60]
+    return Stats(
+        counts=totals, by_class=by_class,
+        finished_last_minute=round(sum(current) + sum(previous) * (1 - now_part)),
+        finished_last_hour=sum(c + f for c, f in per_minute.values()),
+        per_minute=sorted((t, c, f) for t, (c, f) in per_minute.items()),
+    )

@@ -55,7 +55,13 @@ from . import (
     writes,
 )
 from .backup import BackupInfo, backup
-from .rows import JOB_COLUMNS, attempt_from_row, job_from_row
+from .rows import (
+    JOB_COLUMNS,
+    attempt_from_row,
+    job_from_row,
+    page_from_rows,
+    stats_from_rows,
+)
 from .schema import MIGRATIONS
 from .sqlite_io import Op, checkpoint, storage_error, take_lock
 from .sqlite_io import run_transaction as _transaction  # bench/child.py's OpTimer times it here
@@ -341,15 +347,21 @@ class SqliteStore:
         await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now,
                                   expires_at=expires_at))
 
+    async def shared_token(self, proposed: str) -> str:
+        return proposed  # one host at a time: its own token file is the truth
+
     async def retire_host(self, host_id: str, now: float) -> None:
         await self._write(partial(housekeeping.heartbeat, host_id=host_id, now=now, expires_at=now))
 
     async def hosts(self, now: float) -> list[HostRow]:
         rows = await self._read(
             "SELECT id, url, pid, hostname, started_at, heartbeat_at, expires_at, "
-            "(SELECT COUNT(*) FROM jobs WHERE status = 'running' AND host = hosts.id) "
-            "FROM hosts WHERE expires_at > ? ORDER BY started_at, id", (now - 86400,))
-        return [HostRow(*row) for row in rows]
+            "(SELECT COUNT(*) FROM jobs WHERE status = 'running' AND host = hosts.id), "
+            "expires_at > ? "  # one host at a time, and it leads
+            "FROM hosts WHERE expires_at > ? ORDER BY started_at, id", (now, now - 86400))
+        return [HostRow(id=row[0], url=row[1], pid=row[2], hostname=row[3], started_at=row[4],
+                        heartbeat_at=row[5], expires_at=row[6], running=row[7],
+                        leader=bool(row[8])) for row in rows]
 
     async def schedule_states(self) -> dict[str, ScheduleState]:
         rows = await self._read("SELECT name, expression, next_run, last_run, last_job_id "
@@ -402,29 +414,11 @@ class SqliteStore:
         rows = list(await self._read(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",  # noqa: S608
             (*params, limit + 1)))
-        more = len(rows) > limit
-        jobs = [job_from_row(row) for row in rows[:limit]]
-        return Page(jobs, jobs[-1].id if more and jobs else None)
+        return page_from_rows(rows, limit)
 
     async def stats(self, now: float) -> Stats:
-        counts = {s.value: 0 for s in Status}
-        by_class: dict[str, dict[str, int]] = {}
-        for cls, status, n in await self._read("SELECT class, status, n FROM job_counts"):
-            counts[status] += n
-            by_class.setdefault(cls, {s.value: 0 for s in Status})[status] = n
         minute = int(now // 60) * 60
-        per_minute: dict[int, list[int]] = {minute - 60 * i: [0, 0] for i in range(60)}
-        for start, completed, failed in await self._read(
-                "SELECT minute, completed, failed FROM attempt_minutes WHERE minute >= ?",
-                (minute - 59 * 60,)):
-            if start in per_minute:
-                per_minute[start] = [completed, failed]
-        # "The last minute" is the previous whole minute plus the current one, pro rata.
-        now_part = (now - minute) / 60
-        current, previous = per_minute[minute], per_minute[minute - 60]
-        last_minute = round(sum(current) + sum(previous) * (1 - now_part))
-        return Stats(
-            counts=counts, by_class=by_class, finished_last_minute=last_minute,
-            finished_last_hour=sum(c + f for c, f in per_minute.values()),
-            per_minute=sorted((t, c, f) for t, (c, f) in per_minute.items()),
-        )
+        return stats_from_rows(
+            await self._read("SELECT class, status, n FROM job_counts"),
+            await self._read("SELECT minute, completed, failed FROM attempt_minutes "
+                             "WHERE minute >= ?", (minute - 59 * 60,)), now)

@@ -286,7 +286,7 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
         "interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
         "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL, cancel_requested = 0 "
         "WHERE id = ? AND status = 'running'",
-        [_job_update(f) for f in ran]).rowcount
+        [job_update(f) for f in ran]).rowcount
     if changed == len(ran):
         adjust_counts(conn, _moves(Counter((f.claimed.cls, "running", f.transition.status.value)
                                            for f in ran)))
@@ -344,7 +344,7 @@ def _count_minutes(conn: sqlite3.Connection, finished: Sequence[Finished]) -> No
                      [(minute, c, f) for minute, (c, f) in per_minute.items()])
 
 
-def _job_update(f: Finished) -> tuple[Any, ...]:
+def job_update(f: Finished) -> tuple[Any, ...]:
     t = f.transition
     interruptions = "add" if f.outcome.kind is OutcomeKind.INTERRUPTED else "reset"
     return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,

@@ -117,6 +117,8 @@ _STATS = {
         "workers": {"type": "object", "required": ["running", "max"],
                     "properties": {"running": {"type": "integer"}, "max": {"type": "integer"}}},
         "uptime": {"type": "number"},
+        "store": {"type": "string",
+                  "description": "sqlite, or the store URL with any password as ***"},
     },
 }
 
@@ -271,12 +273,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"hosts": {"type": "array", "items": {
                     "type": "object",
                     "required": ["id", "url", "pid", "hostname", "started_at", "heartbeat_at",
-                                 "alive", "running", "this"],
+                                 "alive", "running", "leader", "this"],
                     "properties": {"id": {"type": "string"}, "url": {"type": "string"},
                                    "pid": {"type": "integer"}, "hostname": {"type": "string"},
                                    "started_at": _ISO, "heartbeat_at": _ISO,
                                    "alive": {"type": "boolean"},
                                    "running": {"type": "integer"},
+                                   "leader": {"type": "boolean", "description":
+                                              "runs schedules, the pruner and rescues now"},
                                    "this": {"type": "boolean"}}}}}},
                 "Hosts"), **_errors()}}},
         "/api/prune": {"post": {

@@ -351,11 +351,12 @@ def test_client_commands_never_load_the_store_or_the_host(served: ServedHost) ->
 
 def test_hosts_lists_the_serving_host(run: Any, served: ServedHost) -> None:
     (host,) = run("hosts", "--json").json()
-    assert (host["url"], host["alive"], host["this"], host["running"]) == (
-        served.url, True, True, 0)
+    assert (host["url"], host["alive"], host["this"], host["running"], host["leader"]) == (
+        served.url, True, True, 0, True)
     assert len(host["id"]) == 32
     table = run("hosts").out
     assert f"{host['id']} *" in table and served.url in table and "alive" in table
+    assert "LEADER" in table and "yes" in table
 
 
 # -- rough edges of `run` and of arguments (issue #14) -------------------------------------

@@ -374,7 +374,8 @@ async def test_logs_and_stats(client: AsyncJobsClient) -> None:
     assert len(await client.logs(lines=1)) == 1
 
     stats = await client.stats()
-    assert set(stats) == {"counts", "classes", "throughput", "workers", "uptime"}
+    assert set(stats) == {"counts", "classes", "throughput", "workers", "uptime", "store"}
+    assert stats["store"] == "sqlite"
     assert stats["counts"]["completed"] >= 1 and stats["counts"]["failed"] >= 1
     assert stats["classes"]["LessonCreatedService"]["completed"] >= 1
     assert stats["workers"]["max"] == 4

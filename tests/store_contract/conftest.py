@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from pg_fixture import PostgresBackend, server_url
 
 from asyncjobs.store import Store
 from asyncjobs.store.sqlite import SqliteStore
@@ -37,6 +38,8 @@ class SqliteBackend:
 
 
 BACKENDS: dict[str, Backend] = {"sqlite": SqliteBackend()}
+if server_url() is not None:
+    BACKENDS["postgresql"] = PostgresBackend()
 
 MakeStore = Callable[[], Store]
 
@@ -44,6 +47,8 @@ MakeStore = Callable[[], Store]
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
     chosen = BACKENDS[request.param]
+    if isinstance(chosen, PostgresBackend):
+        chosen.database = request.getfixturevalue("pg_database")  # this run's database
     yield lambda: chosen.make(tmp_path)
     await chosen.drop(tmp_path)
 

@@ -1,0 +1,491 @@
+"""The PostgreSQL store's write steps, as coroutines on one asyncpg connection in a transaction.
+
+They mirror :mod:`.writes` (the SQLite steps) and keep the same semantics; what differs is
+what several hosts writing at once needs.  A claim is one statement that locks its rows with
+``FOR UPDATE SKIP LOCKED``, so two hosts never claim one job and never wait for each other;
+per-class ``concurrency`` is counted there from the ``running`` rows of every host, under a
+per-class advisory transaction lock (see :func:`claim`).  Every change of state is a
+compare-and-set on the status (and, for an attempt's end, on its number), and a check and
+the change that follows it see the same row (``FOR UPDATE``).  Telling other hosts about a
+change is the notifier's business (:mod:`.postgres_roles`), not these steps'.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..errors import JobNotFound, WrongState
+from ..models import TERMINAL, Claimed, JobSpec, Status
+from . import CancelResult, Finished, Round, Start, Submitted, check_transition
+from .writes import CLAIM_COLUMNS, claimed_from_row, dumps, job_update
+
+# A reservation returns the attempt it is for: the next run, one more counted attempt.
+_NEXT = {"runs": "jobs.runs + 1", "attempts": "jobs.attempts + 1"}
+
+log = logging.getLogger("asyncjobs.store")
+
+INSERT_JOBS = (
+    "INSERT INTO jobs (class, method, args, kwargs, status, priority, run_at, timeout, "
+    "max_attempts, created_at, chain_id, chain_pos, unique_key) "
+    "SELECT c, m, a, k, 'pending', p, r, t, x, $10, h, s, NULL FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::float8[], "
+    "$7::float8[], $8::int[], $9::bigint[], $11::int[]) AS u(c, m, a, k, p, r, t, x, h, s) "
+    "RETURNING id")
+
+# One statement: find the best due jobs no other transaction holds and no host has reserved,
+# and reserve them for host $3: they stay pending until a worker starts them (:func:`start`).
+# With caps, $4/$5 are the classes with room left and how much, $6 the full ones (left
+# out); with a rank, only better priorities than it.  Each case is a statement of its own,
+# with no filter it does not need: a prepared statement is soon planned once for any
+# parameters, and filters on unknown values made that plan scan and sort every pending job
+# instead of walking the jobs_due index.
+def _claim_sql(*, capped: bool, ranked: bool) -> str:
+    rank = f"AND priority < ${7 if capped else 4}" if ranked else ""
+    if capped:
+        where = f"AND class <> ALL ($6::text[]) {rank}"
+        chosen = """SELECT id FROM (
+        SELECT cand.id, caps.room, row_number() OVER (
+            PARTITION BY cand.class ORDER BY cand.priority, cand.run_at, cand.id) AS k
+        FROM cand LEFT JOIN unnest($4::text[], $5::int[]) AS caps(cls, room)
+            ON caps.cls = cand.class) AS ranked
+    WHERE room IS NULL OR k <= room"""
+    else:
+        where, chosen = rank, "SELECT id FROM cand"
+    returning = ", ".join(_NEXT.get(c, f"jobs.{c}") for c in CLAIM_COLUMNS.split(", "))
+    return f"""
+WITH cand AS (
+    SELECT id, class, priority, run_at FROM jobs
+    WHERE status = 'pending' AND run_at <= $1 AND reserved_at IS NULL {where}
+    ORDER BY priority, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    {chosen}
+), moved AS (
+    UPDATE jobs SET reserved_at = $1, host = $3, cancel_requested = false
+    WHERE jobs.id = ANY (ARRAY(SELECT id FROM chosen)) AND jobs.status = 'pending'
+    RETURNING {returning}, jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
+)
+SELECT * FROM moved ORDER BY sort_priority, sort_run_at, id
+"""  # noqa: S608 - column names only, no input
+
+
+CLAIMS = {(capped, ranked): _claim_sql(capped=capped, ranked=ranked)
+          for capped in (False, True) for ranked in (False, True)}
+
+# Reserved attempts a worker began ($5: the host): running from the worker's own start time,
+# with their attempt rows, numbered as claimed.
+START = """
+WITH s AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::float8[]) AS s(id, n, a, at)
+), moved AS (
+    UPDATE jobs SET status = 'running', runs = s.n, attempts = s.a, started_at = s.at,
+        host = $5, reserved_at = NULL
+    FROM s WHERE jobs.id = s.id AND jobs.status = 'pending' RETURNING jobs.id
+)
+INSERT INTO attempts (job_id, number, started_at, host)
+SELECT s.id, s.n, s.at, $5 FROM s JOIN moved ON moved.id = s.id
+RETURNING job_id
+"""
+
+# A dead host's reservations ($1: alive, $2: now): due again, each leaving an interrupted
+# attempt row (it may have started in the moment before the host died) that counts as
+# neither an attempt nor an interruption.
+RELEASE = """
+WITH dead AS (
+    SELECT id, host FROM jobs
+    WHERE reserved_at IS NOT NULL AND status = 'pending' AND (host IS NULL OR (host <> $1
+          AND host NOT IN (SELECT id FROM hosts WHERE expires_at > $2)))
+    FOR UPDATE
+), released AS (
+    UPDATE jobs SET runs = runs + 1, reserved_at = NULL, host = NULL, cancel_requested = false
+    FROM dead WHERE jobs.id = dead.id
+    RETURNING jobs.id, jobs.runs, dead.host
+)
+INSERT INTO attempts (job_id, number, started_at, finished_at, outcome, error_type,
+                      error_message, host)
+SELECT id, runs, $2, $2, 'interrupted', 'Interrupted', 'the host stopped while this was '
+       || 'handed to a worker; it may have started', host FROM released
+RETURNING job_id
+"""
+
+
+# An attempt's end ($11-$20; its row only if still open: a rescue may have closed it) and
+# its job's transition ($1-$10), a compare-and-set on the status and the attempt number.
+FINISH = """
+WITH ended AS (
+    UPDATE attempts SET outcome = a.o, finished_at = a.at, exit_code = a.x, error_type = a.et,
+        error_message = a.em, traceback = a.tb, output = a.out, strays = a.st
+    FROM unnest($11::bigint[], $12::int[], $13::text[], $14::float8[], $15::int[],
+                $16::text[], $17::text[], $18::text[], $19::text[], $20::int[])
+        AS a(id, n, o, at, x, et, em, tb, out, st)
+    WHERE attempts.job_id = a.id AND attempts.number = a.n AND attempts.outcome IS NULL
+)
+UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
+    result = u.res, error_type = u.et, error_message = u.em, attempts = attempts - u.da,
+    host = NULL, cancel_requested = false,
+    interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
+FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[],
+            $7::int[], $8::text[], $9::bigint[], $10::int[])
+    AS u(s, r, fin, res, et, em, da, i, id, n)
+WHERE jobs.id = u.id AND jobs.status = 'running' AND jobs.runs = u.n
+RETURNING jobs.id
+"""
+
+
+async def submit(conn: asyncpg.Connection, specs: Sequence[JobSpec],
+                 now: float) -> list[Submitted]:
+    plain = [s for s in specs if s.unique_key is None and not s.then]
+    if len(plain) == len(specs):
+        ids = await _insert(conn, [_job_row(s) for s in specs], now)
+        result = [Submitted(i, Status.PENDING) for i in ids]
+    else:
+        result = [await _submit_one(conn, s, now) for s in specs]
+    return result
+
+
+def _job_row(spec: JobSpec) -> tuple[Any, ...]:
+    return (spec.cls, spec.method, dumps(list(spec.args)), dumps(dict(spec.kwargs)),
+            spec.priority.rank, spec.run_at, spec.timeout, spec.max_attempts, None, None)
+
+
+async def _insert(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]],
+                  now: float) -> list[int]:
+    """Insert pending jobs; their ids in the rows' order (one statement for the lot)."""
+    columns = list(zip(*rows, strict=True))
+    records = await conn.fetch(INSERT_JOBS, *columns[:9], now, columns[9])
+    # Identity values are drawn in the order the rows are inserted, so sorted ids map to
+    # the rows in order, even when another host's insert drew ids in between.
+    return sorted(r[0] for r in records)
+
+
+async def _submit_one(conn: asyncpg.Connection, spec: JobSpec, now: float) -> Submitted:
+    if spec.unique_key is not None:
+        # Inserted (or not) in one statement: two hosts submitting the same key at once
+        # meet in the unique index, and the loser reads the winner's job.
+        job_id = await conn.fetchval(
+            "INSERT INTO jobs (class, method, args, kwargs, status, priority, run_at, timeout, "
+            "max_attempts, created_at, unique_key) VALUES ($1, $2, $3, $4, 'pending', $5, $6, "
+            "$7, $8, $9, $10) ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND "
+            "status IN ('pending', 'running') DO NOTHING RETURNING id",
+            *_job_row(spec)[:8], now, spec.unique_key)
+        if job_id is None:
+            row = await conn.fetchrow("SELECT id, status FROM jobs WHERE unique_key = $1 AND "
+                                      "status IN ('pending', 'running')", spec.unique_key)
+            if row is None:  # the holder finished between the two statements: try again
+                return await _submit_one(conn, spec, now)
+            return Submitted(row[0], Status(row[1]), duplicate=True)
+    else:
+        (job_id,) = await _insert(conn, [_job_row(spec)], now)
+    if spec.then:
+        await conn.execute("UPDATE jobs SET chain_id = $1, chain_pos = 0 WHERE id = $1", job_id)
+        # Later steps wait with run_at NULL (never due) until their predecessor completes.
+        await _insert(conn, [
+            (step.cls, step.method, dumps(list(step.args)), dumps(dict(step.kwargs)),
+             spec.priority.rank, None, spec.timeout, spec.max_attempts, job_id, pos)
+            for pos, step in enumerate(spec.then, start=1)], now)
+    return Submitted(job_id, Status.PENDING)
+
+
+async def claim(conn: asyncpg.Connection, now: float, limit: int,
+                concurrency: Mapping[str, int], host: str, *,
+                below: int | None = None) -> list[Claimed]:
+    """Reserve up to ``limit`` due jobs for ``host``: priority, run_at, id (``below``: only
+    of a priority ranked better than that).
+
+    ``concurrency`` caps the running and reserved jobs of a class on all hosts together.
+    Counting them inside the claim is not enough under READ COMMITTED: two hosts would count
+    the same snapshot and both take the last place.  So a claim first takes a
+    transaction-level advisory lock per capped class (in one order, so no deadlock); the
+    next host's claim waits for it, and its statement then sees the committed rows.  Claims
+    of uncapped classes take no lock at all.
+    """
+    room = await _room(conn, concurrency)
+    claimed: list[Claimed] = []
+    while len(claimed) < limit:
+        open_ = {cls: n for cls, n in room.items() if n > 0}
+        args: list[Any] = [now, limit - len(claimed), host]
+        if room:
+            args += [list(open_), list(open_.values()), [c for c, n in room.items() if n <= 0]]
+        if below is not None:
+            args.append(below)
+        rows = await conn.fetch(CLAIMS[bool(room), below is not None], *args)
+        for row in rows:
+            claimed.append(claimed_from_row(row, attempt=row[5], attempts=row[6]))
+            if row[1] in room:
+                room[row[1]] -= 1
+        # A capped class may have crowded out others among the candidates; if one filled
+        # up, it is left out of the next pass.  Otherwise fewer rows means nothing is due.
+        if not rows or not any(n == 0 for cls, n in room.items() if open_.get(cls)):
+            break
+    return claimed
+
+
+async def _room(conn: asyncpg.Connection, concurrency: Mapping[str, int]) -> dict[str, int]:
+    """How many more jobs of each capped class may run or be reserved (a reserved one may
+    start any moment), counted after taking the classes' advisory locks (a statement of its
+    own: its snapshot must start after the wait)."""
+    if not concurrency:
+        return {}
+    classes = sorted(concurrency)
+    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtext("
+                       "'asyncjobs.class:' || current_setting('search_path') || ':' || c) "
+                       "AS k FROM unnest($1::text[]) AS c ORDER BY 1) AS keys", classes)
+    rows = await conn.fetch(
+        "SELECT c, l - (SELECT count(*) FROM jobs WHERE status = 'running' AND class = c) "
+        "- (SELECT count(*) FROM jobs WHERE reserved_at IS NOT NULL AND class = c) "
+        "FROM unnest($1::text[], $2::int[]) AS u(c, l)",
+        classes, [concurrency[c] for c in classes])
+    return {row[0]: row[1] for row in rows}
+
+
+async def set_progress(conn: asyncpg.Connection,
+                       updates: Mapping[int, tuple[float, str | None]]) -> None:
+    await conn.execute(
+        "UPDATE jobs SET progress = u.f, progress_message = u.m FROM unnest($1::bigint[], "
+        "$2::float8[], $3::text[]) AS u(id, f, m) WHERE jobs.id = u.id",
+        list(updates), [f for f, _ in updates.values()], [m for _, m in updates.values()])
+
+
+async def dispatch_round(conn: asyncpg.Connection, *, host: str,
+                         progress: Mapping[int, tuple[float, str | None]],
+                         started: Sequence[Start], finished: Sequence[Finished], now: float,
+                         limit: int, concurrency: Mapping[str, int],
+                         outrank: tuple[int, int] | None) -> Round:
+    if progress:
+        await set_progress(conn, progress)
+    if started:  # before the finishes: an attempt may start and end within one round
+        await start(conn, started, host)
+    advanced = await finish(conn, finished) if finished else []
+    if limit > 0:
+        claimed = await claim(conn, now, limit, concurrency, host)
+    elif outrank is not None:
+        claimed = await claim(conn, now, outrank[1], concurrency, host, below=outrank[0])
+    else:
+        claimed = []
+    # A cancel whose signal was lost (or raced the claim) still reaches the job here; and
+    # the next due time, both in one round trip.
+    cancel, due = await conn.fetchrow(
+        "SELECT ARRAY(SELECT id FROM jobs WHERE host = $1 AND cancel_requested AND "
+        "(status = 'running' OR reserved_at IS NOT NULL) ORDER BY id), (SELECT min(run_at) "
+        "FROM jobs WHERE status = 'pending' AND run_at > $2)", host, now)
+    return Round(advanced, claimed, float(due) if due is not None and limit > 0 else None,
+                 list(cancel))
+
+
+async def start(conn: asyncpg.Connection, started: Sequence[Start], host: str) -> None:
+    """Reserved attempts a worker has begun: ``running`` from the worker's own start time."""
+    rows = await conn.fetch(START, [s.claimed.id for s in started],
+                            [s.claimed.attempt for s in started],
+                            [s.claimed.attempts for s in started], [s.at for s in started],
+                            host)
+    if len(rows) < len(started):
+        moved = {r[0] for r in rows}
+        log.error("start: %d of %d job(s) were no longer pending: %s",
+                  len(started) - len(rows), len(started),
+                  [s.claimed.id for s in started if s.claimed.id not in moved])
+
+
+async def release(conn: asyncpg.Connection, now: float, alive: str) -> int:
+    """Make the jobs that dead hosts had reserved due again (see :data:`RELEASE`)."""
+    return len(await conn.fetch(RELEASE, alive, now))
+
+
+async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
+    """Record attempt ends and their transitions, in bulk; return chain steps made due.
+
+    The compare-and-set is on the status *and* the attempt number: an attempt another host
+    rescued (its host looked dead) and ran again cannot overwrite the newer attempt's end.
+    An attempt given back before it ran (``outcome.started`` false) only loses its
+    reservation (or, cancelled, ends so).
+    """
+    ran = [f for f in finished if f.outcome.started]
+    if len(ran) < len(finished):
+        await _give_back(conn, [f for f in finished if not f.outcome.started])
+    for f in ran:
+        check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
+    # One statement for both tables: a round trip per table was a third of a round's time.
+    changed = await conn.fetch(
+        FINISH,
+        *_columns([(*job_update(f), f.claimed.attempt) for f in ran], 10),
+        *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
+                    f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output,
+                    f.outcome.strays) for f in ran], 10))
+    done = {r[0] for r in changed}
+    if len(done) < len(ran):  # a compare-and-set missed: someone else moved the job
+        log.error("finish: %d of %d job(s) were no longer running as this attempt: %s",
+                  len(ran) - len(done), len(ran),
+                  [f.claimed.id for f in ran if f.claimed.id not in done])
+    return await _follow_chains(conn, [f for f in finished
+                                       if f.claimed.id in done or not f.outcome.started])
+
+
+async def _give_back(conn: asyncpg.Connection, returned: Sequence[Finished]) -> None:
+    """Attempts that never started: no attempt row, nothing counted, the job keeps its
+    ``run_at`` (and so its place in line); only a cancel ends it."""
+    ended = [f for f in returned if f.transition.status in TERMINAL]
+    await conn.execute(
+        "UPDATE jobs SET reserved_at = NULL, host = NULL WHERE id = ANY($1::bigint[]) AND "
+        "status = 'pending'", [f.claimed.id for f in returned if f not in ended])
+    if ended:
+        await conn.execute(
+            "UPDATE jobs SET status = u.s, reserved_at = NULL, host = NULL, finished_at = u.at, "
+            "error_type = u.et, error_message = u.em FROM unnest($1::bigint[], $2::text[], "
+            "$3::float8[], $4::text[], $5::text[]) AS u(id, s, at, et, em) "
+            "WHERE jobs.id = u.id AND jobs.status = 'pending'",
+            *_columns([(f.claimed.id, f.transition.status.value, f.at,
+                        f.transition.error.type if f.transition.error else None,
+                        f.transition.error.message if f.transition.error else None)
+                       for f in ended], 5))
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to the per-column lists ``unnest`` takes (``width`` empty lists for no rows)."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def _error(error: Any) -> tuple[str | None, str | None, str | None]:
+    return (error.type, error.message, error.traceback) if error else (None, None, None)
+
+
+async def _follow_chains(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
+    advanced: list[int] = []
+    for f in finished:
+        if f.claimed.chain_id is None:
+            continue
+        if f.transition.status is Status.COMPLETED:
+            advanced += await _advance_chain(conn, f.claimed.id, f.transition.result, f.at)
+        elif f.transition.status in TERMINAL:
+            await break_chain(conn, f.claimed.id, f.transition.status, f.at)
+    return advanced
+
+
+async def _chain_position(conn: asyncpg.Connection, job_id: int) -> tuple[int, int] | None:
+    row = await conn.fetchrow("SELECT chain_id, chain_pos FROM jobs WHERE id = $1 AND "
+                              "chain_id IS NOT NULL", job_id)
+    return (row[0], row[1]) if row else None
+
+
+async def _advance_chain(conn: asyncpg.Connection, job_id: int, result: Any,
+                         now: float) -> list[int]:
+    """Make the next step due, passing this step's result as ``previous``."""
+    position = await _chain_position(conn, job_id)
+    if position is None:
+        return []
+    row = await conn.fetchrow("SELECT id, kwargs FROM jobs WHERE chain_id = $1 AND "
+                              "chain_pos = $2 AND status = 'pending'",
+                              position[0], position[1] + 1)
+    if row is None:
+        return []
+    kwargs = orjson.loads(row[1])
+    kwargs["previous"] = result
+    await conn.execute("UPDATE jobs SET kwargs = $1, run_at = $2 WHERE id = $3",
+                       dumps(kwargs), now, row[0])
+    return [row[0]]
+
+
+async def break_chain(conn: asyncpg.Connection, job_id: int, status: Status,
+                      now: float) -> list[int]:
+    """Cancel the steps after ``job_id``, naming the step that broke the chain."""
+    position = await _chain_position(conn, job_id)
+    if position is None:
+        return []
+    rows = await conn.fetch(
+        "UPDATE jobs SET status = 'cancelled', finished_at = $1, error_type = 'ChainBroken', "
+        "error_message = $2 WHERE chain_id = $3 AND chain_pos > $4 AND status = 'pending' "
+        "RETURNING id",
+        now, f"chain step {position[1] + 1} (job {job_id}) ended {status.value}", *position)
+    return [row[0] for row in rows]
+
+
+async def _status_of(conn: asyncpg.Connection, job_id: int) -> tuple[Status, bool]:
+    """The job's status and whether it is reserved.  FOR UPDATE: the check and the change
+    that follows it see the same state, whatever another host does meanwhile."""
+    row = await conn.fetchrow("SELECT status, reserved_at IS NOT NULL FROM jobs WHERE id = $1 "
+                              "FOR UPDATE", job_id)
+    if row is None:
+        raise JobNotFound(job_id)
+    return Status(row[0]), bool(row[1])
+
+
+async def cancel(conn: asyncpg.Connection, job_id: int, now: float,
+                 reason: str) -> CancelResult:
+    status, reserved = await _status_of(conn, job_id)
+    if status in TERMINAL:
+        raise WrongState(f"job {job_id} is already {status.value}")
+    if status is Status.RUNNING or reserved:
+        # Held by a worker (running, or reserved and maybe starting this very moment): only
+        # its host can stop it there: the engine signals it, and the mark reaches it in its
+        # next round should the signal be lost.
+        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
+        return CancelResult(Status.RUNNING, [])
+    check_transition(job_id, status, Status.CANCELLED)
+    await conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = $1, error_type = "
+                       "'Cancelled', error_message = $2 WHERE id = $3 AND status = 'pending'",
+                       now, reason, job_id)
+    rest = await break_chain(conn, job_id, Status.CANCELLED, now)
+    return CancelResult(status, [job_id, *rest])
+
+
+async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
+    """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
+    status, _ = await _status_of(conn, job_id)
+    if status not in (Status.FAILED, Status.CANCELLED):  # running -> pending is the policy's
+        raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
+                         "be retried")
+    twin = await conn.fetchval(
+        "SELECT other.id FROM jobs AS this JOIN jobs AS other ON other.unique_key = "
+        "this.unique_key AND other.id != this.id WHERE this.id = $1 AND other.status IN "
+        "('pending', 'running')", job_id)
+    if twin is not None:
+        raise WrongState(f"job {job_id} cannot be retried while job {twin} with the same "
+                         "unique_key is pending or running")
+    position = await _chain_position(conn, job_id)
+    run_at = await _retried_step_due(conn, job_id, position, now) if position else now
+    await conn.execute("UPDATE jobs SET status = 'pending', run_at = $1, attempts = 0, "
+                       "interruptions = 0, finished_at = NULL, error_type = NULL, "
+                       "error_message = NULL, result = NULL WHERE id = $2 AND status = $3",
+                       run_at, job_id, status.value)
+    ids = [job_id]
+    if position is not None:
+        rows = await conn.fetch(
+            "UPDATE jobs SET status = 'pending', run_at = NULL, finished_at = NULL, "
+            "error_type = NULL, error_message = NULL, attempts = 0 WHERE chain_id = $1 "
+            "AND chain_pos > $2 AND status = 'cancelled' AND error_type = 'ChainBroken' "
+            "RETURNING id", *position)
+        ids += [row[0] for row in rows]
+    return ids
+
+
+async def _retried_step_due(conn: asyncpg.Connection, job_id: int, position: tuple[int, int],
+                            now: float) -> float | None:
+    """When a retried chain step may run: only after the step before it completed, with
+    that result as ``previous`` (as :func:`.writes._retried_step_due`).
+
+    Completed: due now, ``previous`` set afresh.  Pending or running: back to waiting (run_at
+    NULL) until it completes.  Failed or cancelled: refused, naming the step to retry.
+    """
+    chain_id, pos = position
+    if pos == 0:
+        return now
+    row = await conn.fetchrow("SELECT id, status, result FROM jobs WHERE chain_id = $1 AND "
+                              "chain_pos = $2", chain_id, pos - 1)
+    if row is None:
+        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
+                         "was pruned: its result, this step's 'previous', is gone")
+    before, status, result = row[0], Status(row[1]), row[2]
+    if status in (Status.PENDING, Status.RUNNING):
+        return None
+    if status is not Status.COMPLETED:
+        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
+                         f"(job {before}) ended {status.value}: retry job {before}, and the "
+                         "chain goes on from there")
+    kwargs = orjson.loads(await conn.fetchval("SELECT kwargs FROM jobs WHERE id = $1", job_id))
+    kwargs["previous"] = orjson.loads(result) if result is not None else None
+    await conn.execute("UPDATE jobs SET kwargs = $1 WHERE id = $2", dumps(kwargs), job_id)
+    return now
