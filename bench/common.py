@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +145,19 @@ def wait_for_file(path: Path, timeout: float) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+async def paced(n: int, rate: float, one: Callable[[int], Awaitable[None]]) -> float:
+    """Start ``one(i)`` for i in 0..n-1 at ``rate`` per second, each as its own task (paced,
+    not closed-loop: a slow call does not delay the next one's start), wait for all of them;
+    return the rate actually offered."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return n / (loop.time() - start)

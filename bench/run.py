@@ -44,6 +44,7 @@ from common import (
     count_lines,
     drain_rate,
     job_body,
+    paced,
     percentile,
     proc_cpu,
     proc_status,
@@ -243,16 +244,7 @@ async def http_latency(served: Served, work: Path, n: int, rate: float) -> dict[
             await _post(session, url, job_body(i, records))
             response_times.append(time.perf_counter() - t)
 
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        tasks = []
-        for i in range(n):
-            delay = start + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-        offered = n / (loop.time() - start)
+        offered = await paced(n, rate, one)
         deadline = time.monotonic() + 60
         while count_lines(records) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
