@@ -14,7 +14,7 @@ steps, cancel and retry are :mod:`.postgres_chains` (as :mod:`.chains` for SQLit
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import asyncpg
@@ -22,7 +22,14 @@ import asyncpg
 from ..models import TERMINAL, Claimed, JobSpec, Status
 from . import Finished, Round, Start, Submitted, check_transition
 from .postgres_chains import follow_chains
-from .rows import CLAIM_COLUMNS, claimed_from_row, dumps, job_update
+from .rows import (
+    CLAIM_COLUMNS,
+    claimed_from_row,
+    dumps,
+    error_columns,
+    job_update,
+    split_whole,
+)
 
 # A reservation returns the attempt it is for: the next run, one more counted attempt.
 _NEXT = {"runs": "jobs.runs + 1", "attempts": "jobs.attempts + 1"}
@@ -90,6 +97,31 @@ WITH s AS (
 )
 INSERT INTO attempts (job_id, number, started_at, host)
 SELECT s.id, s.n, s.at, $5 FROM s JOIN moved ON moved.id = s.id
+RETURNING job_id
+"""
+
+# Attempts that started and ended within one round ($1-$10 the job's transition as FINISH,
+# $11 attempts counted, $12 started_at, $13-$20 the attempt's end; $21: the host): reserved
+# straight to the transition, one attempt row holding both times (see rows.split_whole).
+START_FINISH = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[],
+                         $6::text[], $7::int[], $8::text[], $9::bigint[], $10::int[],
+                         $11::int[], $12::float8[], $13::text[], $14::int[], $15::text[],
+                         $16::text[], $17::text[], $18::text[], $19::int[], $20::float8[])
+        AS u(s, r, fin, res, et, em, da, i, id, n, a, at, o, x, aet, aem, atb, out, st, end_at)
+), moved AS (
+    UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
+        result = u.res, error_type = u.et, error_message = u.em, attempts = u.a - u.da,
+        runs = u.n, started_at = u.at, host = NULL, reserved_at = NULL,
+        cancel_requested = false,
+        interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
+    FROM u WHERE jobs.id = u.id AND jobs.status = 'pending' RETURNING jobs.id
+)
+INSERT INTO attempts (job_id, number, started_at, host, outcome, finished_at, exit_code,
+                      error_type, error_message, traceback, output, strays)
+SELECT u.id, u.n, u.at, $21, u.o, u.end_at, u.x, u.aet, u.aem, u.atb, u.out, u.st
+FROM u JOIN moved ON moved.id = u.id
 RETURNING job_id
 """
 
@@ -259,9 +291,11 @@ async def dispatch_round(conn: asyncpg.Connection, *, host: str,
                          outrank: tuple[int, int] | None) -> Round:
     if progress:
         await set_progress(conn, progress)
+    started, whole = split_whole(started, finished)
     if started:  # before the finishes: an attempt may start and end within one round
         await start(conn, started, host)
-    advanced = await finish(conn, finished) if finished else []
+    written = await start_and_finish(conn, whole, host) if whole else set()
+    advanced = await finish(conn, finished, written) if finished else []
     if limit > 0:
         claimed = await claim(conn, now, limit, concurrency, host)
     elif outrank is not None:
@@ -291,22 +325,43 @@ async def start(conn: asyncpg.Connection, started: Sequence[Start], host: str) -
                   [s.claimed.id for s in started if s.claimed.id not in moved])
 
 
+async def start_and_finish(conn: asyncpg.Connection, whole: Sequence[tuple[Start, Finished]],
+                           host: str) -> set[int]:
+    """Attempts that started and ended within one round, written once (see
+    :data:`START_FINISH`); return the jobs moved."""
+    for _, f in whole:
+        check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
+    rows = await conn.fetch(START_FINISH, *_columns(
+        [(*job_update(f), f.claimed.attempt, f.claimed.attempts, s.at, f.outcome.kind.value,
+          f.outcome.exit_code, *error_columns(f.outcome.error), f.outcome.output,
+          f.outcome.strays, f.at) for s, f in whole], 20), host)
+    moved = {r[0] for r in rows}
+    if len(moved) < len(whole):
+        log.error("start and finish: %d of %d job(s) were no longer pending: %s",
+                  len(whole) - len(moved), len(whole),
+                  [f.claimed.id for _, f in whole if f.claimed.id not in moved])
+    return moved
+
+
 async def release(conn: asyncpg.Connection, now: float, alive: str) -> int:
     """Make the jobs that dead hosts had reserved due again (see :data:`RELEASE`)."""
     return len(await conn.fetch(RELEASE, alive, now))
 
 
-async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
+async def finish(conn: asyncpg.Connection, finished: Sequence[Finished],
+                 written: Set[int] = frozenset()) -> list[int]:
     """Record attempt ends and their transitions, in bulk; return chain steps made due.
 
     The compare-and-set is on the status *and* the attempt number: an attempt another host
     rescued (its host looked dead) and ran again cannot overwrite the newer attempt's end.
     An attempt given back before it ran (``outcome.started`` false) only loses its
-    reservation (or, cancelled, ends so).
+    reservation (or, cancelled, ends so).  The jobs in ``written`` were already moved by
+    :func:`start_and_finish`: only followed here.
     """
     ran = [f for f in finished if f.outcome.started]
     if len(ran) < len(finished):
         await _give_back(conn, [f for f in finished if not f.outcome.started])
+    ran = [f for f in ran if f.claimed.id not in written]
     for f in ran:
         check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
     # One statement for both tables: a round trip per table was a third of a round's time.
@@ -314,13 +369,14 @@ async def finish(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list
         FINISH,
         *_columns([(*job_update(f), f.claimed.attempt) for f in ran], 10),
         *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
-                    f.outcome.exit_code, *_error(f.outcome.error), f.outcome.output,
+                    f.outcome.exit_code, *error_columns(f.outcome.error), f.outcome.output,
                     f.outcome.strays) for f in ran], 10))
     done = {r[0] for r in changed}
     if len(done) < len(ran):  # a compare-and-set missed: someone else moved the job
         log.error("finish: %d of %d job(s) were no longer running as this attempt: %s",
                   len(ran) - len(done), len(ran),
                   [f.claimed.id for f in ran if f.claimed.id not in done])
+    done |= written
     return await follow_chains(conn, [f for f in finished
                                        if f.claimed.id in done or not f.outcome.started])
 
@@ -349,6 +405,4 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-def _error(error: Any) -> tuple[str | None, str | None, str | None]:
-    return (error.type, error.message, error.traceback) if error else (None, None, None)
 

@@ -19,7 +19,7 @@ from ..models import (
     Priority,
     Status,
 )
-from . import Finished, Page, Stats
+from . import Finished, Page, Start, Stats
 
 JOB_COLUMNS = (
     "id, class, method, args, kwargs, status, priority, attempts, max_attempts, timeout, "
@@ -103,3 +103,26 @@ def job_update(f: Finished) -> tuple[Any, ...]:
             dumps(t.result) if t.status is Status.COMPLETED else None,
             t.error.type if t.error else None, t.error.message if t.error else None,
             0 if t.counts else 1, interruptions, f.claimed.id)
+
+
+def split_whole(started: Sequence[Start], finished: Sequence[Finished],
+                ) -> tuple[list[Start], list[tuple[Start, Finished]]]:
+    """Take out of a round the attempts that both started and ended in it.
+
+    Each of those is written once, straight to its final transition (``start_and_finish`` in
+    :mod:`.writes` and :mod:`.postgres_writes`), instead of a move to ``running`` and a
+    second move out of it: in a drain of short jobs that is most of them.  Returns the
+    other starts and the pairs.
+    """
+    ends = {f.claimed.id: f for f in finished if f.outcome.started}
+    whole = [(s, ends[s.claimed.id]) for s in started if s.claimed.id in ends
+             and ends[s.claimed.id].claimed.attempt == s.claimed.attempt]
+    if not whole:
+        return list(started), []
+    done = {s.claimed.id for s, _ in whole}
+    return [s for s in started if s.claimed.id not in done], whole
+
+
+def error_columns(error: ErrorInfo | None) -> tuple[str | None, str | None, str | None]:
+    """An error's type, message and traceback columns (all NULL for none)."""
+    return (error.type, error.message, error.traceback) if error else (None, None, None)
