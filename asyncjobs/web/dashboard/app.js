@@ -182,6 +182,7 @@
         error.message || response.statusText || "request failed");
     },
     stats: () => api.request("GET", "/api/stats"),
+    hosts: () => api.request("GET", "/api/hosts"),
     jobs({status, cls, cursor, chain}) {
       const query = new URLSearchParams({limit: String(PAGE_SIZE)});
       if (chain) query.set("chain", String(chain));
@@ -606,8 +607,8 @@
     const state = host.alive ? "alive" : "gone";
     return el("tr", {"data-host": host.id, "data-state": state, "data-leader": host.leader ? "" : null},
       el("td", {"data-col": "host"}, hostId(host.id),
-        host.this ? el("span", {class: "note"}, "this host (serving this page)") : null),
-      el("td", {"data-col": "address"}, host.url ? el("code", null, host.url) : el("span", {class: "muted"}, "–"),
+        host.this ? el("span", {class: "note", title: "the host serving this page"}, "this host") : null),
+      el("td", {class: "opt", "data-col": "address"}, host.url ? el("code", null, host.url) : el("span", {class: "muted"}, "–"),
         el("span", {class: "note"}, `${host.hostname}, pid ${host.pid}`)),
       el("td", {class: "num", "data-col": "heartbeat"}, timeAgo(host.heartbeat_at)),
       el("td", {class: "num", "data-col": "running"}, fmtInt(host.running)),
@@ -618,7 +619,7 @@
   }
 
   const loadHosts = latestOnly(async (current) => {
-    const body = await api.request("GET", "/api/hosts");
+    const body = await api.hosts();
     if (!current()) return;
     renderHosts(body.hosts);
   });
