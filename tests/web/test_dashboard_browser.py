@@ -180,7 +180,7 @@ def test_hosts_panel_lists_this_host_as_leader_and_follows_its_jobs(
         slow = s.submit("SlowJob", "run", [30, 30])
         expect(row.locator('[data-col="running"]')).to_have_text("1")
         s.request("POST", f"/api/jobs/{slow}/cancel")
-        expect(page.locator("#hosts-body tr").first.locator('[data-col="running"]')).to_have_text("0")
+        expect(row.locator('[data-col="running"]')).to_have_text("0")
         _assert_not_reloaded(page)
 
 
