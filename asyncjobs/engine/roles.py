@@ -15,6 +15,9 @@ Signals (``Event``, a JSON object with a ``type``):
 - ``{"type": "due", "run_at": T}``: a job was stored to run at T (dispatchers wake);
 - ``{"type": "cancel", "id": N}``: cancel requested for running job N (its host kills it);
 - ``{"type": "overflow"}``: to one subscriber only, which fell behind and lost events.
+
+``due`` and ``cancel`` are between hosts only: the API's event stream sends clients the other
+three (``web.api.PUBLIC_EVENTS``).
 """
 
 from __future__ import annotations

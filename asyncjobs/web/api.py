@@ -132,15 +132,24 @@ async def events(request: web.Request) -> web.StreamResponse:
         streams[0] -= 1
 
 
+# What a client may see: the notifier also carries the hosts' own signals ("due" wakes
+# dispatchers, "cancel" tells the running host to kill an attempt), which say nothing a
+# client can use and are not part of the documented stream (§5, openapi.py).
+PUBLIC_EVENTS = frozenset({"job", "progress", "overflow"})
+
+
 async def _stream_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
-    await response.prepare(request)
-    await response.write(b": connected\nretry: 2000\n\n")
     closing = asyncio.ensure_future(request.app[CLOSING_KEY].wait())
+    # Subscribe before the headers go out: a browser reloads what it shows once the stream
+    # opens, so an event published between that "open" and a later subscription would be
+    # lost for good (neither in the reload, if it read first, nor on the stream).
     with request.app[HOST_KEY].events.subscribe() as queue:
         try:
+            await response.prepare(request)
+            await response.write(b": connected\nretry: 2000\n\n")
             while True:
                 getting = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getting, closing}, timeout=SSE_HEARTBEAT,
@@ -153,6 +162,8 @@ async def _stream_events(request: web.Request) -> web.StreamResponse:
                     continue
                 event = getting.result()
                 kind = event.get("type", "job")
+                if kind not in PUBLIC_EVENTS:
+                    continue
                 await response.write(b"event: " + kind.encode() + b"\ndata: "
                                      + orjson.dumps(event) + b"\n\n")
                 if kind == "overflow":

@@ -395,6 +395,24 @@ async def test_events_deliver_state_changes_in_order(client: AsyncJobsClient) ->
     assert statuses == ["pending", "running", "completed"]
 
 
+async def test_events_carry_only_the_public_types(client: AsyncJobsClient) -> None:
+    """The host's own signals ("due" for each stored job, "cancel" to the host running one)
+    travel on the same notifier, but a client is sent only job, progress and overflow."""
+    kinds: set[str] = set()
+    async with client.events() as stream:
+        later = await client.submit("LessonEndedService", "handle", ["later"], delay=3600)
+        running = await client.submit("SlowJob", "run", [30, 30])
+        async with asyncio.timeout(15):
+            async for event in stream:
+                kinds.add(str(event.get("type")))
+                if event.get("id") == running and event.get("status") == "running":
+                    await client.cancel(running)
+                if event.get("id") == running and event.get("status") == "cancelled":
+                    break
+    await client.cancel(later)
+    assert kinds <= {"job", "progress"}, kinds
+
+
 async def test_wait_returns_an_unfinished_job_when_its_timeout_passes(
         client: AsyncJobsClient) -> None:
     job_id = await client.submit("LessonEndedService", "handle", ["much later"], delay=3600)

@@ -425,13 +425,55 @@ def test_a_browser_without_a_session_is_refused(browser: Any, server: Server) ->
 
 def test_the_dashboard_works_under_its_content_security_policy(page: Any,
                                                                server: Server) -> None:
-    expect = _expect()
     violations: list[str] = []
     page.on("console", lambda m: violations.append(m.text)
             if "Content Security Policy" in m.text else None)
-    job_id = server.submit("SlowJob", "run", [], kwargs={"seconds": 0.6, "steps": 3})
-    page.goto(f"{server.url}/#/jobs/{job_id}")
-    expect(page.locator("#job-progress, .progress").first).to_be_visible()
-    server.wait(job_id)
+    shown = _watch_a_pending_job_run(page, server)
+    assert ("running", True) in shown  # the progress bar, whose width is set through CSSOM
     assert violations == []
 
+
+def test_a_pending_job_page_goes_running_with_its_progress_bar_then_completed(
+        page: Any, server: Server) -> None:
+    shown = _watch_a_pending_job_run(page, server)
+    running = shown.index(("running", True))
+    assert shown[running + 1:] == [("completed", False)], shown
+
+
+# Every state the job page rendered, in order: (status badge, progress bar shown).  A
+# MutationObserver records each render as it happens, so a state that lasts a few hundred
+# milliseconds is seen however the test's own polling is timed.
+_RECORD_JOB_PAGE = """() => {
+  const view = document.querySelector("#view-job");
+  window.__jobPage = [];
+  const record = () => {
+    const badge = view.querySelector(".job-head .badge");
+    const row = [badge ? badge.textContent : null,
+                 !view.hidden && view.querySelector("#job-progress [role=progressbar]") !== null];
+    const last = window.__jobPage[window.__jobPage.length - 1];
+    if (!last || last[0] !== row[0] || last[1] !== row[1]) window.__jobPage.push(row);
+  };
+  record();
+  new MutationObserver(record).observe(view, {childList: true, subtree: true, attributes: true});
+}"""
+
+
+def _watch_a_pending_job_run(page: Any, server: Server) -> list[tuple[str, bool]]:
+    """Open the page of a job that stays pending (due in an hour), start watching it, make
+    it due now (cancel, retry) and let it run 0.6 s: the states the page showed, in order."""
+    expect = _expect()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    job_id = server.submit("SlowJob", "run", [], kwargs={"seconds": 0.6, "steps": 3},
+                           delay=3600)
+    page.goto(f"{server.url}/#/jobs/{job_id}")
+    badge = page.locator("#view-job .job-head .badge")
+    expect(badge).to_have_text("pending")
+    page.evaluate(_RECORD_JOB_PAGE)
+    server.request("POST", f"/api/jobs/{job_id}/cancel")
+    expect(badge).to_have_text("cancelled")
+    page.evaluate("window.__jobPage = []")
+    assert server.request("POST", f"/api/jobs/{job_id}/retry")["status"] == "pending"
+    assert server.wait(job_id)["status"] == "completed"
+    expect(badge).to_have_text("completed")
+    expect(page.locator("#job-data")).to_contain_text('"slept"')
+    return [(status, bar) for status, bar in page.evaluate("window.__jobPage")]

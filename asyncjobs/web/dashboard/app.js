@@ -619,6 +619,7 @@
   }
 
   const loadHosts = latestOnly(async (current) => {
+    if (state.route.view !== "overview") return; // as the other loaders: only the view on screen
     const body = await api.hosts();
     if (!current()) return;
     renderHosts(body.hosts);
@@ -686,7 +687,11 @@
     };
   }
 
+  // A throttled refetch fires up to a second after it was asked for, maybe on another view by
+  // then: each loader does nothing unless its view is the one on screen (loadList would read
+  // the job page's id as its id filter and fill the hidden table with that one job).
   const loadStats = latestOnly(async (current) => {
+    if (state.route.view !== "overview") return;
     const stats = await api.stats();
     if (!current()) return;
     state.stats = stats;
@@ -695,6 +700,7 @@
   });
 
   const loadList = latestOnly(async (current) => {
+    if (state.route.view !== "overview") return;
     const {status, cls, id} = state.route;
     const list = state.list;
     if (id) {
@@ -717,6 +723,7 @@
   });
 
   const loadJob = latestOnly(async (current) => {
+    if (state.route.view !== "job") return;
     const id = state.route.id;
     try {
       const job = await api.job(id);
@@ -734,6 +741,7 @@
   });
 
   const loadLogs = latestOnly(async (current) => {
+    if (state.route.view !== "logs") return;
     const {file, lines} = state.logs;
     const body = await api.logs(file, lines);
     if (!current()) return;
@@ -763,11 +771,22 @@
     if (view === "overview") {
       refetch.stats();
       if (!id || Number(id) === event.id) refetch.list();
+    } else if (view === "job" && id === event.id && shownStatus() !== event.status) {
+      // The job on screen changed state: load it now, not on the throttle's next slot, which
+      // can be a second away (after the stream's catch-up or the previous event), longer
+      // than a short run lasts: the page would go from pending straight to completed.  A
+      // job changes state a few times per attempt, so this cannot flood the host.
+      loadJob();
     } else if (view === "job" && (id === event.id || state.chain.some((s) => s.id === event.id))) {
       refetch.job();
     } else if (view === "logs" && $("#log-follow").checked) {
       refetch.logs();
     }
+  }
+
+  /** The status the job page shows now, or null while its job is still loading. */
+  function shownStatus() {
+    return state.job && state.job.id === state.route.id ? state.job.status : null;
   }
 
   function onProgressEvent(event) {
