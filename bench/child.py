@@ -65,12 +65,11 @@ class OpTimer:
         self.rows: dict[str, int] = {}
 
     def install(self) -> None:
-        from asyncjobs.store import sqlite as store_sqlite  # noqa: PLC0415
-        from asyncjobs.store import writes  # noqa: PLC0415
+        from asyncjobs.store import sqlite_writer, writes  # noqa: PLC0415
 
         for name in ("claim", "finish", "submit"):
             setattr(writes, name, self._wrap(name, getattr(writes, name)))
-        store_sqlite._transaction = self._wrap("transaction", store_sqlite._transaction)
+        sqlite_writer._transaction = self._wrap("transaction", sqlite_writer._transaction)
 
     def _wrap(self, name: str, fn: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:

@@ -34,18 +34,20 @@ from . import (
     Stats,
     Submitted,
 )
+from . import postgres_chains as chains
 from . import postgres_housekeeping as housekeeping
 from . import postgres_writes as writes
 from .postgres_roles import PgLeader, PgNotifier
 from .postgres_schema import migrate
 from .rows import (
+    CLAIM_COLUMNS,
     JOB_COLUMNS,
     attempt_from_row,
+    claimed_from_row,
     job_from_row,
     page_from_rows,
     stats_from_rows,
 )
-from .writes import CLAIM_COLUMNS, claimed_from_row
 
 log = logging.getLogger("asyncjobs.store")
 
@@ -165,10 +167,10 @@ class PostgresStore:
         return await self._write(writes.finish, finished=finished)
 
     async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult:
-        return await self._write(writes.cancel, job_id=job_id, now=now, reason=reason)
+        return await self._write(chains.cancel, job_id=job_id, now=now, reason=reason)
 
     async def retry(self, job_id: int, now: float) -> list[int]:
-        return await self._write(writes.retry, job_id=job_id, now=now)
+        return await self._write(chains.retry, job_id=job_id, now=now)
 
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
         return await self._write(housekeeping.prune, before=before, statuses=statuses, limit=limit)

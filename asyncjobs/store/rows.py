@@ -1,5 +1,6 @@
-"""Rows to records: the columns the stores read and how each becomes a model (both stores
-keep the same columns, so both use these)."""
+"""Rows to records and back: the columns the stores read and how each becomes a model, and
+what a claim reads and a finish writes (both stores keep the same columns, so both use these:
+the write steps of :mod:`.writes`, :mod:`.chains` and their PostgreSQL twins too)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from typing import Any
 
 import orjson
 
-from ..models import Attempt, ErrorInfo, JobRecord, OutcomeKind, Priority, Status
-from . import Page, Stats
+from ..models import (
+    TERMINAL,
+    Attempt,
+    Claimed,
+    ErrorInfo,
+    JobRecord,
+    OutcomeKind,
+    Priority,
+    Status,
+)
+from . import Finished, Page, Stats
 
 JOB_COLUMNS = (
     "id, class, method, args, kwargs, status, priority, attempts, max_attempts, timeout, "
@@ -69,3 +79,27 @@ def stats_from_rows(counts: Iterable[Sequence[Any]], minutes: Iterable[Sequence[
         finished_last_hour=sum(c + f for c, f in per_minute.values()),
         per_minute=sorted((t, c, f) for t, (c, f) in per_minute.items()),
     )
+
+
+CLAIM_COLUMNS = ("id, class, method, args, kwargs, runs, attempts, max_attempts, timeout, "
+                 "interruptions, chain_id, priority")
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def claimed_from_row(row: Sequence[Any], *, attempt: int, attempts: int) -> Claimed:
+    return Claimed(id=row[0], cls=row[1], method=row[2], args=orjson.loads(row[3]),
+                   kwargs=orjson.loads(row[4]), attempt=attempt, attempts=attempts,
+                   max_attempts=row[7], timeout=row[8], interruptions=row[9], chain_id=row[10],
+                   priority=row[11])
+
+
+def job_update(f: Finished) -> tuple[Any, ...]:
+    t = f.transition
+    interruptions = "add" if f.outcome.kind is OutcomeKind.INTERRUPTED else "reset"
+    return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,
+            dumps(t.result) if t.status is Status.COMPLETED else None,
+            t.error.type if t.error else None, t.error.message if t.error else None,
+            0 if t.counts else 1, interruptions, f.claimed.id)

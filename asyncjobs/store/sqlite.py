@@ -20,20 +20,19 @@ own in two phases: the bulk of the copy from a second connection while writes go
 a short one between two batches for the little written meanwhile, after which the WAL
 starts over.  Blocking writes for the whole copy put 20 ms stalls in the latency p99.
 ``full`` keeps every commit on the thread, because its fsync may take milliseconds.
+The writer (queue, thread, inline commits, checkpoints) is :mod:`.sqlite_writer`; this
+module opens and migrates the file, reads, and names each write's op.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import aiosqlite
 
@@ -51,29 +50,28 @@ from . import (
     Start,
     Stats,
     Submitted,
+    chains,
     housekeeping,
     writes,
 )
 from .backup import BackupInfo, backup
 from .rows import (
+    CLAIM_COLUMNS,
     JOB_COLUMNS,
     attempt_from_row,
+    claimed_from_row,
     job_from_row,
     page_from_rows,
     stats_from_rows,
 )
 from .schema import MIGRATIONS
-from .sqlite_io import Op, checkpoint, storage_error, take_lock
-from .sqlite_io import run_transaction as _transaction  # bench/child.py's OpTimer times it here
+from .sqlite_io import storage_error, take_lock
+from .sqlite_writer import GroupWriter
 
 log = logging.getLogger("asyncjobs.store")
 
-T = TypeVar("T")
-
 HEAVY_SUBMIT = 50  # jobs in one submit beyond which it is written on the thread
-CHECKPOINT_EVERY = 200  # inline commits between two looks at the WAL's size
-CHECKPOINT_BYTES = 4 << 20  # WAL size that starts a checkpoint (SQLite's own default)
-COPY_PASSES = 4  # at most, in phase 1 of a checkpoint
+
 
 class SqliteStore:
     """The :class:`~asyncjobs.store.Store` on a SQLite file in WAL mode."""
@@ -81,19 +79,10 @@ class SqliteStore:
     def __init__(self, path: Path, *, durability: str = "full") -> None:
         self.path = path
         self.durability = durability
-        self._executor: ThreadPoolExecutor | None = None
-        # Used by one transaction at a time: on the writer thread, or inline (see above).
-        self._conn: sqlite3.Connection | None = None
         self._inline = durability == "normal"
-        self._commits = 0
-        self._checkpointer: sqlite3.Connection | None = None  # writer thread only
-        self._copying: asyncio.Future[None] | None = None  # phase 1 of a checkpoint
-        self._copied = False  # phase 1 is done: the writer task runs phase 2 next
-        self._busy = False  # the writer task is applying a batch or a checkpoint
+        self._writer = GroupWriter(path, inline=self._inline)
+        self._write = self._writer.write  # every write is an op queued to the one writer
         self._reader: aiosqlite.Connection | None = None
-        self._queue: deque[tuple[Op, asyncio.Future[Any], bool]] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._notifier = EventBus()
         self._lock: IO[bytes] | None = None  # held while open: one host per SQLite store
         self._leader = FixedLeader()
@@ -103,24 +92,23 @@ class SqliteStore:
     async def open(self) -> None:
         self._lock = take_lock(self.path)
         try:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store-writer")
-            await self._on_writer(self._connect)
+            await self._writer.connect(self._connect)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.execute("PRAGMA query_only=1")
             await self._reader.execute("PRAGMA busy_timeout=5000")
         except BaseException:
             await self.close()
             raise
-        self._task = asyncio.create_task(self._write_loop(), name="asyncjobs-store-writer")
+        self._writer.start()
 
-    def _connect(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         sync = "FULL" if self.durability == "full" else "NORMAL"
         for pragma in ("journal_mode=WAL", f"synchronous={sync}", "busy_timeout=5000",
                        "temp_store=MEMORY", "cache_size=-16000"):
             conn.execute(f"PRAGMA {pragma}")
         if self._inline:
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _committed
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see GroupWriter._committed
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
@@ -132,27 +120,14 @@ class SqliteStore:
         if writes.release_reservations(conn):
             log.warning("released the jobs a stopped host had handed to its workers")
         conn.execute("COMMIT")
-        self._conn = conn
+        return conn
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._writer.stop()
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        if self._copying is not None:
-            await asyncio.gather(self._copying, return_exceptions=True)
-        if self._executor is not None:
-            if self._checkpointer is not None:
-                await self._on_writer(self._checkpointer.close)
-                self._checkpointer = None
-            if self._conn is not None:
-                await self._on_writer(self._conn.close)
-                self._conn = None
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        await self._writer.close()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -164,119 +139,10 @@ class SqliteStore:
     def leader(self, host_id: str) -> Leader:
         return self._leader
 
-    async def _on_writer(self, fn: Callable[[], T]) -> T:
-        assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    # -- the group-commit writer -----------------------------------------------------------
-
-    async def _write(self, op: Op, *, heavy: bool = False) -> Any:
-        if self._task is None or self._task.done():
-            raise Unavailable("the store is closed")
-        if self._inline and not heavy and not self._queue and not self._busy:
-            # Nothing is waiting or in flight and this commit does not wait for the disk:
-            # apply it now rather than one turn of the loop later through the writer task.
-            return self._apply_now(op)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future, heavy))
-        self._wake.set()
-        return await future
-
-    def _apply_now(self, op: Op) -> Any:
-        assert self._conn is not None
-        try:
-            ((value, error),) = _transaction(self._conn, [op])
-        except sqlite3.Error as exc:
-            log.error("store write failed, 1 operation not applied: %s", exc)
-            raise storage_error(exc) from exc
-        self._committed()
-        if error is not None:
-            raise error
-        return value
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch = list(self._queue)
-            self._queue.clear()
-            self._busy = True
-            try:
-                if batch:
-                    await self._apply(batch)
-                if self._copied:  # phase 2 of a checkpoint, between two batches
-                    self._copied = False
-                    assert self._conn is not None
-                    await self._checkpoint(partial(checkpoint, self._conn))
-            finally:
-                self._busy = False
-
-    async def _apply(self, batch: list[tuple[Op, asyncio.Future[Any], bool]]) -> None:
-        conn = self._conn
-        assert conn is not None
-        ops = [op for op, _, _ in batch]
-        inline = self._inline and not any(heavy for _, _, heavy in batch)
-        try:
-            if inline:
-                results = _transaction(conn, ops)
-            else:
-                results = await self._on_writer(partial(_transaction, conn, ops))
-        except sqlite3.Error as exc:
-            log.error("store write failed, %d operation(s) not applied: %s", len(batch), exc)
-            results = [(None, storage_error(exc))] * len(batch)
-        for (_, future, _), (value, error) in zip(batch, results, strict=True):
-            if future.done():
-                continue  # the caller gave up waiting
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
-        if inline:
-            self._committed()
-
-    def _committed(self) -> None:
-        """After an inline commit: start phase 1 of a checkpoint when the WAL has grown."""
-        self._commits += 1
-        if self._copying is not None or self._copied or self._commits % CHECKPOINT_EVERY:
-            return
-        try:
-            large = os.stat(f"{self.path}-wal").st_size >= CHECKPOINT_BYTES
-        except OSError:
-            return
-        if large:
-            self._copying = asyncio.ensure_future(self._checkpoint(self._copy_wal))
-            self._copying.add_done_callback(self._copy_done)
-
-    def _copy_wal(self) -> None:
-        """Phase 1, on the writer thread, from its own connection: writes go on meanwhile."""
-        if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
-                                                 check_same_thread=False)
-        # Each pass copies what was written during the one before, so that under a steady
-        # stream of commits the blocking phase 2 is left with little.
-        for _ in range(COPY_PASSES):
-            _, logged, copied = self._checkpointer.execute(
-                "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if logged - copied <= 0:
-                break
-
-    def _copy_done(self, _: asyncio.Future[None]) -> None:
-        # Phase 2 copies the little written meanwhile, with nothing else writing, so the
-        # next transaction starts the WAL over instead of growing it.
-        self._copying = None
-        self._copied = True
-        self._wake.set()
-
-    async def _checkpoint(self, step: Callable[[], None]) -> None:
-        try:
-            await self._on_writer(step)
-        except sqlite3.Error as exc:
-            log.warning("WAL checkpoint failed (tried again later): %s", exc)
-
     async def backup(self, target: Path) -> BackupInfo:
         """A consistent copy of the live database at the new file ``target`` (absolute):
         one read snapshot on a thread of its own, so intake goes on (see :mod:`.backup`)."""
-        if self._task is None:
+        if not self._writer.started:
             raise Unavailable("the store is closed")
         try:
             return await asyncio.to_thread(backup, self.path, target)
@@ -314,12 +180,12 @@ class SqliteStore:
         return result
 
     async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult:
-        result: CancelResult = await self._write(partial(writes.cancel, job_id=job_id, now=now,
+        result: CancelResult = await self._write(partial(chains.cancel, job_id=job_id, now=now,
                                                          reason=reason))
         return result
 
     async def retry(self, job_id: int, now: float) -> list[int]:
-        result: list[int] = await self._write(partial(writes.retry, job_id=job_id, now=now))
+        result: list[int] = await self._write(partial(chains.retry, job_id=job_id, now=now))
         return result
 
     async def prune(self, before: float, statuses: Sequence[Status], limit: int) -> int:
@@ -372,12 +238,12 @@ class SqliteStore:
 
     async def orphans(self, now: float, *, alive: str) -> list[Claimed]:
         rows = await self._read(
-            f"SELECT {writes.CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
+            f"SELECT {CLAIM_COLUMNS}, cancel_requested FROM jobs "  # noqa: S608
             "WHERE status = 'running' AND (host IS NULL OR (host != ? AND host NOT IN "
             "(SELECT id FROM hosts WHERE expires_at > ?)))", (alive, now))
         orphans = []
         for row in rows:
-            orphan = writes.claimed_from_row(row, attempt=row[5], attempts=row[6])
+            orphan = claimed_from_row(row, attempt=row[5], attempts=row[6])
             orphan.cancel_requested = bool(row[12])  # after CLAIM_COLUMNS
             orphans.append(orphan)
         return orphans

@@ -1,4 +1,9 @@
-"""The write transactions' steps, as plain functions on a ``sqlite3`` connection.
+"""The dispatcher's write steps, as plain functions on a ``sqlite3`` connection.
+
+Submit, claim (a reservation), start, finish, the release of reservations and the round
+that runs them together (:func:`dispatch_round`); a chain's steps, cancel and retry are
+:mod:`.chains`, the row layout shared with PostgreSQL :mod:`.rows`, and
+:mod:`.postgres_writes` is this module's PostgreSQL twin.
 
 They run on the store's writer thread, many of them inside one transaction (see
 :class:`~asyncjobs.store.sqlite.SqliteStore`), so each is written to be cheap: bulk
@@ -14,16 +19,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
-from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Priority, Status
-from . import CancelResult, Finished, Round, Start, Submitted, check_transition
+from . import Finished, Round, Start, Submitted, check_transition
+from .chains import follow_chains
+from .rows import CLAIM_COLUMNS, claimed_from_row, dumps, job_update
 
 log = logging.getLogger("asyncjobs.store")
 
-CLAIM_COLUMNS = ("id, class, method, args, kwargs, runs, attempts, max_attempts, timeout, "
-                 "interruptions, chain_id, priority")
 INSERT_JOB = ("INSERT INTO jobs (class, method, args, kwargs, status, priority, run_at, "
               "timeout, max_attempts, created_at, chain_id, chain_pos, unique_key) "
               "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -59,17 +61,6 @@ def _moves(moved: Counter[tuple[str, str, str]]) -> Counter[tuple[str, str]]:
         deltas[cls, old] -= n
         deltas[cls, new] += n
     return deltas
-
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def claimed_from_row(row: Sequence[Any], *, attempt: int, attempts: int) -> Claimed:
-    return Claimed(id=row[0], cls=row[1], method=row[2], args=orjson.loads(row[3]),
-                   kwargs=orjson.loads(row[4]), attempt=attempt, attempts=attempts,
-                   max_attempts=row[7], timeout=row[8], interruptions=row[9], chain_id=row[10],
-                   priority=row[11])
 
 
 def submit(conn: sqlite3.Connection, specs: Sequence[JobSpec], now: float) -> list[Submitted]:
@@ -295,15 +286,7 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
                   len(ran), [f.claimed.id for f in ran])
         recount(conn, {f.claimed.cls for f in ran})
     _count_minutes(conn, finished)
-    advanced: list[int] = []
-    for f in finished:
-        if f.claimed.chain_id is None:
-            continue
-        if f.transition.status is Status.COMPLETED:
-            advanced += _advance_chain(conn, f.claimed.id, f.transition.result, f.at)
-        elif f.transition.status in TERMINAL:
-            break_chain(conn, f.claimed.id, f.transition.status, f.at)
-    return advanced
+    return follow_chains(conn, finished)
 
 
 def _give_back(conn: sqlite3.Connection, returned: Sequence[Finished]) -> None:
@@ -343,140 +326,6 @@ def _count_minutes(conn: sqlite3.Connection, finished: Sequence[Finished]) -> No
                      "failed = failed + excluded.failed",
                      [(minute, c, f) for minute, (c, f) in per_minute.items()])
 
-
-def job_update(f: Finished) -> tuple[Any, ...]:
-    t = f.transition
-    interruptions = "add" if f.outcome.kind is OutcomeKind.INTERRUPTED else "reset"
-    return (t.status.value, t.run_at, f.at if t.status in TERMINAL else None,
-            dumps(t.result) if t.status is Status.COMPLETED else None,
-            t.error.type if t.error else None, t.error.message if t.error else None,
-            0 if t.counts else 1, interruptions, f.claimed.id)
-
-
-def _chain_position(conn: sqlite3.Connection, job_id: int) -> tuple[int, int] | None:
-    row = conn.execute("SELECT chain_id, chain_pos FROM jobs WHERE id = ? AND chain_id IS NOT "
-                       "NULL", (job_id,)).fetchone()
-    return (row[0], row[1]) if row else None
-
-
-def _advance_chain(conn: sqlite3.Connection, job_id: int, result: Any, now: float) -> list[int]:
-    """Make the next step due, passing this step's result as ``previous``."""
-    position = _chain_position(conn, job_id)
-    if position is None:
-        return []
-    row = conn.execute("SELECT id, kwargs FROM jobs WHERE chain_id = ? AND chain_pos = ? AND "
-                       "status = 'pending'", (position[0], position[1] + 1)).fetchone()
-    if row is None:
-        return []
-    kwargs = orjson.loads(row[1])
-    kwargs["previous"] = result
-    conn.execute("UPDATE jobs SET kwargs = ?, run_at = ? WHERE id = ?", (dumps(kwargs), now,
-                                                                        row[0]))
-    return [row[0]]
-
-
-def break_chain(conn: sqlite3.Connection, job_id: int, status: Status, now: float) -> list[int]:
-    """Cancel the steps after ``job_id``, naming the step that broke the chain."""
-    position = _chain_position(conn, job_id)
-    if position is None:
-        return []
-    rows = conn.execute(
-        "UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = 'ChainBroken', "
-        "error_message = ? WHERE chain_id = ? AND chain_pos > ? AND status = 'pending' "
-        "RETURNING id",
-        (now, f"chain step {position[1] + 1} (job {job_id}) ended {status.value}",
-         position[0], position[1])).fetchall()
-    return [row[0] for row in rows]
-
-
-def status_of(conn: sqlite3.Connection, job_id: int) -> Status:
-    row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
-        raise JobNotFound(job_id)
-    return Status(row[0])
-
-
-def _reserved(conn: sqlite3.Connection, job_id: int) -> bool:
-    row = conn.execute("SELECT reserved_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return row is not None and row[0] is not None
-
-
-def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> CancelResult:
-    status = status_of(conn, job_id)
-    if status in TERMINAL:
-        raise WrongState(f"job {job_id} is already {status.value}")
-    if status is Status.RUNNING or _reserved(conn, job_id):
-        # Held by a worker (running, or reserved and maybe starting this very moment): only
-        # its host can stop it there; it records the outcome when the attempt ends.
-        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-        return CancelResult(Status.RUNNING, [])
-    check_transition(job_id, status, Status.CANCELLED)
-    conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = "
-                 "'Cancelled', error_message = ? WHERE id = ? AND status = 'pending'",
-                 (now, reason, job_id))
-    rest = break_chain(conn, job_id, Status.CANCELLED, now)
-    return CancelResult(status, [job_id, *rest])
-
-
-def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
-    """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
-    status = status_of(conn, job_id)
-    if status not in (Status.FAILED, Status.CANCELLED):  # running -> pending is the policy's
-        raise WrongState(f"job {job_id} is {status.value}; only failed or cancelled jobs can "
-                         "be retried")
-    # Its unique_key may have gone to a newer job meanwhile; two live jobs may not share one.
-    twin = conn.execute("SELECT other.id FROM jobs AS this JOIN jobs AS other "
-                        "ON other.unique_key = this.unique_key AND other.id != this.id "
-                        "WHERE this.id = ? AND other.status IN ('pending', 'running')",
-                        (job_id,)).fetchone()
-    if twin is not None:
-        raise WrongState(f"job {job_id} cannot be retried while job {twin[0]} with the same "
-                         "unique_key is pending or running")
-    check_transition(job_id, status, Status.PENDING)
-    position = _chain_position(conn, job_id)
-    run_at = _retried_step_due(conn, job_id, position, now) if position else now
-    conn.execute("UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, "
-                 "interruptions = 0, finished_at = NULL, error_type = NULL, "
-                 "error_message = NULL, result = NULL WHERE id = ? AND status = ?",
-                 (run_at, job_id, status.value))
-    if position is None:
-        return [job_id]
-    rows = conn.execute(
-        "UPDATE jobs SET status = 'pending', run_at = NULL, finished_at = NULL, "
-        "error_type = NULL, error_message = NULL, attempts = 0 WHERE chain_id = ? "
-        "AND chain_pos > ? AND status = 'cancelled' AND error_type = 'ChainBroken' "
-        "RETURNING id", position).fetchall()
-    return [job_id, *(row[0] for row in rows)]
-
-
-def _retried_step_due(conn: sqlite3.Connection, job_id: int, position: tuple[int, int],
-                      now: float) -> float | None:
-    """When a retried chain step may run: a step runs only after the one before it
-    completed, with that result as ``previous``.
-
-    Completed: due now, ``previous`` set afresh.  Pending or running: back to waiting (run_at
-    NULL) until it completes.  Failed or cancelled: refused, naming the step to retry.
-    """
-    chain_id, pos = position
-    if pos == 0:
-        return now
-    row = conn.execute("SELECT id, status, result FROM jobs WHERE chain_id = ? AND "
-                       "chain_pos = ?", (chain_id, pos - 1)).fetchone()
-    if row is None:
-        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
-                         "was pruned: its result, this step's 'previous', is gone")
-    before, status, result = row[0], Status(row[1]), row[2]
-    if status in (Status.PENDING, Status.RUNNING):
-        return None
-    if status is not Status.COMPLETED:
-        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
-                         f"(job {before}) ended {status.value}: retry job {before}, and the "
-                         "chain goes on from there")
-    kwargs = orjson.loads(conn.execute("SELECT kwargs FROM jobs WHERE id = ?",
-                                       (job_id,)).fetchone()[0])
-    kwargs["previous"] = orjson.loads(result) if result is not None else None
-    conn.execute("UPDATE jobs SET kwargs = ? WHERE id = ?", (dumps(kwargs), job_id))
-    return now
 
 
 def set_progress(conn: sqlite3.Connection,

@@ -1,7 +1,8 @@
 """The host's side of the fork server: start it, ask it for children, route what it says.
 
 ``process`` isolation on POSIX forks each attempt from one warm, single-threaded server
-child (:class:`asyncjobs.workers.child.ForkServer`) instead of starting an interpreter per attempt.
+child (:class:`asyncjobs.workers.forkserver_server.ForkServer`) instead of starting an
+interpreter per attempt.
 This module owns that server process: it starts it lazily, writes ``fork`` and ``kill``
 requests, and reads one channel on which the server forwards every line its children write
 (behind the key of the attempt it belongs to) and says when a child started, broke the
@@ -27,7 +28,8 @@ from typing import IO, Protocol
 from ..config import Settings
 from ..files import create_private, read_tail
 from ..models import Claimed
-from .child import command, message_limit
+from .channel import message_limit
+from .child import command
 from .procs import (
     describe_exit,
     kill_marked,

@@ -29,7 +29,7 @@ from fakes import SettingsFactory, process_gone, wait_gone
 from asyncjobs.config import Settings
 from asyncjobs.models import Claimed, Isolation, Outcome, OutcomeKind
 from asyncjobs.workers import procs
-from asyncjobs.workers.child import message_limit
+from asyncjobs.workers.channel import message_limit
 from asyncjobs.workers.launcher import ForkedJob, SubprocessLauncher
 from asyncjobs.workers.protocol import (
     Broken,

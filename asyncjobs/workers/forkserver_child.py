@@ -1,0 +1,151 @@
+"""What runs in a child of the fork server, from the ``fork()`` to its exit.
+
+The forked child leaves the server's world first (its own session, only its own descriptors,
+the server's signal set-up undone), then runs its one job exactly as a spawned worker does
+(:mod:`asyncjobs.workers.jobcall`, :mod:`asyncjobs.workers.channel`), and ends like one
+(:func:`exit_child`) without paying for an interpreter's teardown.  The server's loop is
+:mod:`asyncjobs.workers.forkserver_server`; its host side :mod:`asyncjobs.workers.forkserver`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import os
+import sys
+import threading
+import traceback
+from typing import Any, NoReturn
+
+from .. import files
+from . import context, procs
+from .channel import Capture, Channel, send_reply
+from .guard import Limits, guarded
+from .jobcall import run_job
+from .protocol import ForkRequest
+
+
+class ChildExit(BaseException):
+    """Raised in a forked child after its job, caught by
+    :func:`asyncjobs.workers.forkserver_server.fork_serve` to exit."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def run_forked(request: ForkRequest, read_fd: int, write_fd: int, *, server_pid: int,
+               allow: dict[str, Any], limits: Limits, max_result: int, output_limit: int,
+               fd_limit: int) -> NoReturn:
+    """The forked child: a fresh session, only its own descriptors, then the job.
+
+    Called by the server right after ``fork()`` with what it knows: its own pid (to notice
+    it died already), the allow-list and bounds it loaded, and ``fd_limit``
+    (:func:`open_max`, computed once in the server rather than once per attempt).  Never
+    returns: it ends in ``os._exit`` or raises :class:`ChildExit`.
+    """
+    import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
+
+    code = 1
+    ready = False  # fds 1 and 2 are on the capture file: an interpreter exit is safe
+    try:
+        os.setsid()  # its own group, so a kill reaches whatever the job starts
+        # Nothing links a session leader to the server: die with it (Linux), and if it
+        # died already -- between the fork and here, maybe before it could tell the
+        # host our pid -- do not start the job at all.
+        procs.set_parent_death_signal()
+        if os.getppid() != server_pid:
+            os._exit(1)
+        procs.become_subreaper()  # what the job starts stays below us (see guard)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(read_fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
+        # The host created the file (and reads it through its own handle): open that very
+        # file, never a FIFO, symlink or other file a job may have put at its path.
+        capture_fd = files.open_existing(request.output, request.identity)
+        # Keep only the pipe and the capture file: not the host's channel (fd 1 until
+        # Capture.reset), not the other children's pipes, not the server's self-pipe.
+        _close_fds_except(write_fd, capture_fd, limit=fd_limit)
+        capture = Capture(capture_fd, output_limit)
+        capture.reset()
+        ready = True
+        channel = Channel(write_fd)
+        channel.job_id = request.job.id
+        context.set_reporter(channel.progress)
+        reply = guarded(request.job, limits,
+                        functools.partial(run_job, request.job, allow,
+                                          max_result, channel),
+                        functools.partial(send_reply, request.job, channel=channel,
+                                          capture=capture))
+        send_reply(request.job, reply, channel, capture)
+        code = 0
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+            sys.stderr.flush()
+    finally:
+        if not ready:
+            os._exit(code)  # still on the server's descriptors: leave at once
+    # End like a spawned worker (non-daemon threads joined, atexit handlers run --
+    # logging.shutdown among them -- files flushed): unwind out of the server's frames
+    # to fork_serve, which ends the child with exit_child.  Nothing between here and
+    # there catches it, so the child never runs the server's loop.
+    raise ChildExit(code)
+
+
+def open_max() -> int:
+    try:
+        return max(256, min(os.sysconf("SC_OPEN_MAX"), 1 << 16))
+    except (OSError, ValueError):
+        return 1 << 16
+
+
+def _close_fds_except(*keep: int, limit: int) -> None:
+    """Close every descriptor above 2 but ``keep``: those ``/proc/self/fd`` (or ``/dev/fd``)
+    lists, or, where neither can be read, the range up to ``limit`` (capped, not a possibly
+    huge ``SC_OPEN_MAX``)."""
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(listing)
+        except OSError:
+            continue
+        for name in names:
+            fd = int(name) if name.isdigit() else -1
+            if fd > 2 and fd not in keep:
+                with contextlib.suppress(OSError):  # the listing's own, closed already
+                    os.close(fd)
+        return
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, limit)
+
+
+def exit_child(code: int) -> NoReturn:
+    """End a forked child as a spawned worker ends, minus the interpreter's teardown.
+
+    What a job can observe of a normal exit happens: non-daemon threads are joined,
+    ``atexit`` handlers run (``logging.shutdown`` among them), and open files are flushed.
+    What it cannot observe is skipped: tearing down every module and object, which costs a
+    full interpreter finalisation (~10 ms) per attempt.  ``multiprocessing`` ends its
+    forked children the same way.
+    """
+    import atexit  # noqa: PLC0415 - only forked children get here
+    import io  # noqa: PLC0415
+
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    with contextlib.suppress(BaseException):
+        for generation in range(3):  # not the server's objects: frozen before the fork
+            for obj in gc.get_objects(generation):
+                if isinstance(obj, io.BufferedWriter | io.BufferedRandom | io.TextIOWrapper) \
+                        and not obj.closed:
+                    with contextlib.suppress(BaseException):
+                        obj.flush()
+    os._exit(code)
