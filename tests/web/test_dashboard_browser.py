@@ -155,6 +155,35 @@ def _check_cards_then_live_updates(page: Any, s: Server, slow: int) -> None:
     _assert_not_reloaded(page)
 
 
+def test_hosts_panel_lists_this_host_as_leader_and_follows_its_jobs(
+        browser: Any, fresh_server: Server) -> None:
+    expect = _expect()
+    s = fresh_server
+    [host] = s.request("GET", "/api/hosts")["hosts"]
+    with open_page(browser, s) as page:
+        rows = page.locator("#hosts-body tr")
+        expect(rows).to_have_count(1)
+        row = rows.first
+        expect(page.locator("#hosts-count")).to_have_text("(1)")
+        expect(row.locator('[data-col="host"] .host-id')).to_have_text(host["id"][:8])
+        expect(row.locator('[data-col="host"]')).to_contain_text("this host")
+        expect(row.locator('[data-col="address"]')).to_contain_text(s.url)
+        expect(row.locator('[data-col="address"]')).to_contain_text(f"pid {host['pid']}")
+        # The leader is said in words, not only shown by a colour or a star.
+        expect(row.locator('[data-col="role"]')).to_have_text(re.compile(r"^\s*leader\s*$"))
+        expect(row.locator('[data-col="state"]')).to_have_text("alive")
+        expect(row.locator('[data-col="heartbeat"]')).to_have_text(
+            re.compile(r"^(just now|\d s ago|1\d s ago)$"))
+        expect(row.locator('[data-col="running"]')).to_have_text("0")
+
+        _mark_no_reload(page)
+        slow = s.submit("SlowJob", "run", [30, 30])
+        expect(row.locator('[data-col="running"]')).to_have_text("1")
+        s.request("POST", f"/api/jobs/{slow}/cancel")
+        expect(row.locator('[data-col="running"]')).to_have_text("0")
+        _assert_not_reloaded(page)
+
+
 def test_a_submitted_job_appears_and_its_status_changes_live(page: Any, server: Server) -> None:
     expect = _expect()
     expect(page.locator("#conn")).to_have_attribute("data-state", "live")
@@ -271,7 +300,8 @@ def test_job_page_shows_traceback_and_attempt_timeline(page: Any, server: Server
     job_id = server.submit("UserLoginService", "handle", [""])
     server.wait(job_id)
     server.request("POST", f"/api/jobs/{job_id}/retry")
-    assert len(server.wait(job_id)["attempt_history"]) == 2
+    history = server.wait(job_id)["attempt_history"]
+    assert len(history) == 2
 
     page.goto(f"{server.url}/#/jobs/{job_id}")
 
@@ -292,6 +322,10 @@ def test_job_page_shows_traceback_and_attempt_timeline(page: Any, server: Server
         expect(item.locator(".attempt-number")).to_have_text(f"#{number}")
         expect(item.locator(".attempt-error")).to_have_text("ValueError: user must not be empty")
         expect(item.locator(".attempt-duration")).to_have_text(re.compile(r"\d+(\.\d+)? m?s"))
+        # Which host ran it, in the short form the hosts panel uses.
+        host = history[number - 1]["host"]
+        expect(item.locator(".attempt-host")).to_have_text(f"on {host[:8]}")
+        expect(item.locator(".attempt-host .host-id")).to_have_attribute("title", f"host {host}")
     expect(view.get_by_role("button", name=f"Retry job {job_id}")).to_be_visible()
 
 

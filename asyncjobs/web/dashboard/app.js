@@ -1,6 +1,6 @@
 /* asyncjobs dashboard: one page, three hash routes, live through server-sent events.
  *
- *   #/?status=&class=&id=   overview: status cards, throughput chart, workers, jobs table
+ *   #/?status=&class=&id=   overview: status cards, throughput chart, workers, hosts, jobs table
  *   #/jobs/17               one job: data, error and traceback, output, attempt timeline
  *   #/logs?file=jobs|errors tails of jobs.log and jobs_errors.log
  *
@@ -182,6 +182,7 @@
         error.message || response.statusText || "request failed");
     },
     stats: () => api.request("GET", "/api/stats"),
+    hosts: () => api.request("GET", "/api/hosts"),
     jobs({status, cls, cursor, chain}) {
       const query = new URLSearchParams({limit: String(PAGE_SIZE)});
       if (chain) query.set("chain", String(chain));
@@ -538,6 +539,7 @@
             : elapsedSince(attempt.started_at)),
         el("span", {class: "num attempt-exit", title: "worker exit code"},
           attempt.exit_code === null ? "" : `exit ${attempt.exit_code}`),
+        el("span", {class: "attempt-host"}, attempt.host ? ["on ", hostId(attempt.host)] : ""),
         el("span", {class: "attempt-error"}, err ? `${err.type}: ${err.message}` : "")),
       extra);
   }
@@ -581,6 +583,54 @@
   function logLine(line) {
     const status = /\bstatus=(\w+)/.exec(line);
     return el("span", {class: status ? `log-${status[1]}` : null}, `${line}\n`);
+  }
+
+  // -- hosts: the hosts sharing the store (GET /api/hosts), a panel on the overview.
+  // Kept together here: the panel refreshes with the stats (loadStats calls refetchHosts)
+  // and on its own every HOSTS_INTERVAL, since heartbeats age while nothing else happens.
+
+  const HOSTS_INTERVAL = 10000; // ms
+  const shortHost = (id) => String(id).slice(0, 8); // as unique as a git short hash, here
+
+  /** A host id as the page shows it: 8 characters, the full id on hover. */
+  function hostId(id) {
+    return el("code", {class: "host-id", title: `host ${id}`}, shortHost(id));
+  }
+
+  function renderHosts(hosts) {
+    $("#hosts-count").textContent = `(${hosts.length})`;
+    fill($("#hosts-body"), hosts.length ? hosts.map(hostRow)
+      : el("tr", {class: "empty"}, el("td", {colspan: 6}, "No host has registered in the store.")));
+  }
+
+  function hostRow(host) {
+    const state = host.alive ? "alive" : "gone";
+    return el("tr", {"data-host": host.id, "data-state": state, "data-leader": host.leader ? "" : null},
+      el("td", {"data-col": "host"}, hostId(host.id),
+        host.this ? el("span", {class: "note", title: "the host serving this page"}, "this host") : null),
+      el("td", {class: "opt", "data-col": "address"}, host.url ? el("code", null, host.url) : el("span", {class: "muted"}, "–"),
+        el("span", {class: "note"}, `${host.hostname}, pid ${host.pid}`)),
+      el("td", {class: "num", "data-col": "heartbeat"}, timeAgo(host.heartbeat_at)),
+      el("td", {class: "num", "data-col": "running"}, fmtInt(host.running)),
+      el("td", {"data-col": "role"}, host.leader
+        ? el("strong", {class: "leader", title: "runs the schedules, the pruner and rescues"}, "leader")
+        : el("span", {class: "muted"}, "–")),
+      el("td", {"data-col": "state"}, el("span", {class: "host-state"}, state)));
+  }
+
+  const loadHosts = latestOnly(async (current) => {
+    if (state.route.view !== "overview") return; // as the other loaders: only the view on screen
+    const body = await api.hosts();
+    if (!current()) return;
+    renderHosts(body.hosts);
+  });
+
+  const refetchHosts = throttle(loadHosts, REFETCH_INTERVAL);
+
+  function startHostsPanel() {
+    setInterval(() => {
+      if (state.route.view === "overview" && document.visibilityState === "visible") refetchHosts();
+    }, HOSTS_INTERVAL);
   }
 
   // -- chrome: connection state and the message bar
@@ -646,6 +696,7 @@
     if (!current()) return;
     state.stats = stats;
     renderStats();
+    refetchHosts();
   });
 
   const loadList = latestOnly(async (current) => {
@@ -950,6 +1001,7 @@
     route();
     live.start();
     setInterval(tickClock, CLOCK_TICK);
+    startHostsPanel();
     setInterval(() => {
       if (state.route.view === "overview" && document.visibilityState === "visible") refetch.stats();
     }, STATS_FALLBACK);
