@@ -19,6 +19,7 @@ from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Status
 from . import CancelResult, Finished, check_transition
 from .rows import dumps
+from .rules import retried_step_waits
 
 
 def follow_chains(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
@@ -143,16 +144,9 @@ def _retried_step_due(conn: sqlite3.Connection, job_id: int, position: tuple[int
         return now
     row = conn.execute("SELECT id, status, result FROM jobs WHERE chain_id = ? AND "
                        "chain_pos = ?", (chain_id, pos - 1)).fetchone()
-    if row is None:
-        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
-                         "was pruned: its result, this step's 'previous', is gone")
-    before, status, result = row[0], Status(row[1]), row[2]
-    if status in (Status.PENDING, Status.RUNNING):
+    if retried_step_waits(job_id, position, None if row is None else (row[0], row[1])):
         return None
-    if status is not Status.COMPLETED:
-        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
-                         f"(job {before}) ended {status.value}: retry job {before}, and the "
-                         "chain goes on from there")
+    result = row[2]
     kwargs = orjson.loads(conn.execute("SELECT kwargs FROM jobs WHERE id = ?",
                                        (job_id,)).fetchone()[0])
     kwargs["previous"] = orjson.loads(result) if result is not None else None

@@ -17,6 +17,7 @@ from ..errors import JobNotFound, WrongState
 from ..models import TERMINAL, Status
 from . import CancelResult, Finished, check_transition
 from .rows import dumps
+from .rules import retried_step_waits
 
 
 async def follow_chains(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
@@ -142,16 +143,9 @@ async def _retried_step_due(conn: asyncpg.Connection, job_id: int, position: tup
         return now
     row = await conn.fetchrow("SELECT id, status, result FROM jobs WHERE chain_id = $1 AND "
                               "chain_pos = $2", chain_id, pos - 1)
-    if row is None:
-        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
-                         "was pruned: its result, this step's 'previous', is gone")
-    before, status, result = row[0], Status(row[1]), row[2]
-    if status in (Status.PENDING, Status.RUNNING):
+    if retried_step_waits(job_id, position, None if row is None else (row[0], row[1])):
         return None
-    if status is not Status.COMPLETED:
-        raise WrongState(f"job {job_id} is step {pos + 1} of chain {chain_id}, and step {pos} "
-                         f"(job {before}) ended {status.value}: retry job {before}, and the "
-                         "chain goes on from there")
+    result = row[2]
     kwargs = orjson.loads(await conn.fetchval("SELECT kwargs FROM jobs WHERE id = $1", job_id))
     kwargs["previous"] = orjson.loads(result) if result is not None else None
     await conn.execute("UPDATE jobs SET kwargs = $1 WHERE id = $2", dumps(kwargs), job_id)
