@@ -67,6 +67,11 @@ async def main(kind: str, dsn: str) -> None:
     print(f"{kind}: {done} jobs in rounds of {PER}: {done / took:,.0f} jobs/s, "
           f"{took / done * 1e6:.0f} us/job")
     await store.close()
+    if kind != "sqlite":
+        import asyncpg
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("DROP DATABASE roundcost")
+        await conn.close()
 
 
 if __name__ == "__main__":
