@@ -253,7 +253,8 @@ def test_api_errors_show_as_a_readable_message(page: Any, server: Server) -> Non
     expect = _expect()
     # Without the event stream the row cannot learn that the job was cancelled elsewhere,
     # so clicking its Cancel button meets a real 409 from the host.
-    page.route(re.compile(r"/api/events$"), lambda route: route.abort())
+    # The stream's URL carries its one-use ticket (``/api/events?ticket=…``).
+    page.route(re.compile(r"/api/events\?ticket="), lambda route: route.abort())
     page.reload()
     job_id = server.submit("SampleJob", "process", ["later"], delay=3600)
     page.locator("#search-id").fill(str(job_id))
