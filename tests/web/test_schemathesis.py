@@ -76,7 +76,9 @@ def start_schemathesis(serve: LiveServe, location: str, phases: str,
         str(Path(sys.executable).parent / "st"), "run", location, "--url", serve.url,
         "-H", f"Authorization: Bearer {serve.token}", "--checks", CHECKS,
         "--phases", phases, "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
-        "--workers", "1", "--request-timeout", "10", "--max-failures", "50",
+        # 30 s: above the longest a cancel may wait for a running job to be recorded
+        # (kill_grace + 10 s), which the stateful phase has hit; see docs/reliability.md.
+        "--workers", "1", "--request-timeout", "30", "--max-failures", "50",
         "--exclude-path", "/api/events",
         "--report", "json", "--report-json-path", str(workdir / "report.json"),
     ]
