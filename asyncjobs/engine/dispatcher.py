@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from ..clock import Clock
 from ..config import Settings
 from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind, Status
-from ..store import Finished, Start, Store
+from ..store import Finished, Round, Start, Store
 from ..workers.launcher import Launcher
 from . import policy
 from .logs import JobLog
@@ -160,12 +160,7 @@ class Dispatcher:
             return 0
         self.job_log.flush()
         self._storage_ok = True
-        for s in started:
-            self._publish(s.claimed.id, Status.RUNNING, s.claimed.attempt, s.at)
-        for f in finished:
-            self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
-        for step_id in done.advanced:
-            self.events.publish({"type": "job", "id": step_id, "status": "pending"})
+        self._publish_round(done, started, finished, now)
         if free > 0:
             self._next_due = done.next_due
         for job in done.claimed:
@@ -173,6 +168,29 @@ class Dispatcher:
         for job_id in done.cancel:
             self.stop_attempt(job_id)
         return len(done.claimed)
+
+    def _publish_round(self, done: Round, started: list[Start], finished: list[Finished],
+                       now: float) -> None:
+        """Tell readers what the round stored (only now: one woken by an event must find
+        the change in the store)."""
+        for s in started:
+            self._publish(s.claimed.id, Status.RUNNING, s.claimed.attempt, s.at)
+        for f in finished:
+            self._publish(f.claimed.id, f.transition.status, f.claimed.attempt, f.at)
+        for step_id in done.advanced:
+            self.events.publish({"type": "job", "id": step_id, "status": "pending"})
+        if not done.cancelled:
+            return
+        # Cancelled by the round: a cancel came while an attempt held them, and that attempt
+        # then ended in a retry or gave them back (see ``Store.dispatch_round``).
+        ended = {f.claimed.id: f.claimed for f in finished}
+        for job_id in done.cancelled:
+            self.events.publish({"type": "job", "id": job_id, "status": "cancelled"})
+            c = ended.get(job_id)
+            if c is not None:
+                self.job_log.event(now, job_id, cls=c.cls, method=c.method, attempt=None,
+                                   status="cancelled", note="cancel_requested=true")
+        self.job_log.flush()
 
     def _outrank(self) -> tuple[int, int] | None:
         """With no room left: the worst priority rank among the attempts not started yet,

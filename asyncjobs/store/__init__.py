@@ -61,6 +61,9 @@ class Round:
     claimed: list[Claimed]  # reserved: still pending to readers until started
     next_due: float | None  # the earliest later run_at, read after the claim
     cancel: list[int] = field(default_factory=list)  # this host's jobs with a cancel requested
+    # Jobs (and their chains' rest) cancelled by this round: a cancel came while they were
+    # held, and their attempt then gave them back or ended in a retry.
+    cancelled: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,17 +209,21 @@ class Store(Protocol):
            ``pending -> running``, each with a new attempt row naming ``host``;
         3. record ``finished`` (as :meth:`finish`), collecting the chain steps made due; an
            attempt that never started only loses its reservation (or, cancelled, ends so);
-        4. reserve up to ``limit`` due jobs (``run_at <= now``; none if ``limit`` is 0) for
+        4. act on the cancel marks (before the claim, which never reserves a marked job):
+           list ``host``'s running (and reserved) jobs marked cancel-requested
+           (``Round.cancel``), so a cancel that raced the claim, or whose signal was lost,
+           still reaches the job; cancel a marked job that is pending again because its
+           attempt was given back or ended in a retry (``Round.cancelled``, with the
+           pending rest of its chain).  A mark lasts until its job is finished: no attempt's
+           end, give-back, retry or release of a dead host's reservation drops it;
+        5. reserve up to ``limit`` due jobs (``run_at <= now``; none if ``limit`` is 0) for
            ``host``: best first by priority, then ``run_at``, then id -- or, with ``limit`` 0
            and ``outrank`` ``(rank, n)``, up to ``n`` due jobs of a priority ranked better
            than ``rank``.  A reserved job stays ``pending`` to every reader and is skipped by
            later claims.  A class in ``concurrency`` never has more running plus reserved
            jobs than its limit, counted over the whole store (every host), inside this same
            transaction;
-        5. read the earliest ``run_at`` of a pending job later than ``now``;
-        6. list ``host``'s running (and reserved) jobs marked cancel-requested
-           (``Round.cancel``), so a cancel that raced the claim, or whose signal was lost,
-           still reaches the job.
+        6. read the earliest ``run_at`` of a pending job later than ``now``.
 
         A job reserved here is reserved by no other round (on any host) until it is finished
         or given back.

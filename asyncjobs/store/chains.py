@@ -100,6 +100,32 @@ def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> Ca
     return CancelResult(status, [job_id, *rest])
 
 
+def honour_cancel_marks(conn: sqlite3.Connection, host: str,
+                        now: float) -> tuple[list[int], list[int]]:
+    """Act on every cancel mark: return (jobs ``host`` must stop, jobs cancelled here).
+
+    A cancel of a reserved or running job is only a mark (see :func:`cancel`); it stays
+    until the job is finished, so the attempt's end cannot lose it.  Each round reads the
+    few marked rows (a partial index holds only them): a job this host runs or holds
+    reserved is to be stopped; a marked job that is pending again (its attempt failed and
+    was to be retried, or its reservation was given back) is cancelled now, with the rest
+    of its chain; a finished job's mark is spent and cleared.
+    """
+    rows = conn.execute("SELECT id, status, reserved_at IS NOT NULL, host FROM jobs INDEXED BY "
+                        "jobs_cancel_marked WHERE cancel_requested = 1").fetchall()
+    # SQLite: one host, so every reservation is this host's.
+    stop = [r[0] for r in rows if r[2] or (r[1] == Status.RUNNING.value and r[3] == host)]
+    spent = [(r[0],) for r in rows if Status(r[1]) in TERMINAL]
+    conn.executemany("UPDATE jobs SET cancel_requested = 0 WHERE id = ?", spent)
+    cancelled: list[int] = []
+    for job_id in (r[0] for r in rows if r[1] == Status.PENDING.value and not r[2]):
+        conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = "
+                     "'Cancelled', error_message = 'cancelled by request', cancel_requested = 0 "
+                     "WHERE id = ? AND status = 'pending'", (now, job_id))
+        cancelled += [job_id, *break_chain(conn, job_id, Status.CANCELLED, now)]
+    return stop, cancelled
+
+
 def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
     status = status_of(conn, job_id)
@@ -119,13 +145,15 @@ def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:
     run_at = _retried_step_due(conn, job_id, position, now) if position else now
     conn.execute("UPDATE jobs SET status = 'pending', run_at = ?, attempts = 0, "
                  "interruptions = 0, finished_at = NULL, error_type = NULL, "
-                 "error_message = NULL, result = NULL WHERE id = ? AND status = ?",
+                 "error_message = NULL, result = NULL, cancel_requested = 0 "
+                 "WHERE id = ? AND status = ?",
                  (run_at, job_id, status.value))
     if position is None:
         return [job_id]
     rows = conn.execute(
         "UPDATE jobs SET status = 'pending', run_at = NULL, finished_at = NULL, "
-        "error_type = NULL, error_message = NULL, attempts = 0 WHERE chain_id = ? "
+        "error_type = NULL, error_message = NULL, attempts = 0, cancel_requested = 0 "
+        "WHERE chain_id = ? "
         "AND chain_pos > ? AND status = 'cancelled' AND error_type = 'ChainBroken' "
         "RETURNING id", position).fetchall()
     return [job_id, *(row[0] for row in rows)]

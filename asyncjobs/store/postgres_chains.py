@@ -100,6 +100,24 @@ async def cancel(conn: asyncpg.Connection, job_id: int, now: float,
     return CancelResult(status, [job_id, *rest])
 
 
+async def honour_cancel_marks(conn: asyncpg.Connection, now: float) -> list[int]:
+    """Cancel the marked jobs that are pending again, with the rest of their chains, and
+    clear the spent marks of finished jobs; return the jobs cancelled (as
+    :func:`.chains.honour_cancel_marks`, whose docstring says why).  Two hosts doing this at
+    once cancel each job once: the update re-checks the status under the row lock."""
+    rows = await conn.fetch(
+        "UPDATE jobs SET status = 'cancelled', finished_at = $1, error_type = 'Cancelled', "
+        "error_message = 'cancelled by request', cancel_requested = false "
+        "WHERE cancel_requested AND status = 'pending' AND reserved_at IS NULL RETURNING id",
+        now)
+    await conn.execute("UPDATE jobs SET cancel_requested = false WHERE cancel_requested AND "
+                       "status IN ('completed', 'failed', 'cancelled')")
+    cancelled: list[int] = []
+    for row in sorted(rows, key=lambda r: int(r[0])):
+        cancelled += [row[0], *await break_chain(conn, row[0], Status.CANCELLED, now)]
+    return cancelled
+
+
 async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
     """Put a failed or cancelled job back with a fresh budget; revive its chain's rest."""
     status, _ = await _status_of(conn, job_id)
@@ -117,13 +135,15 @@ async def retry(conn: asyncpg.Connection, job_id: int, now: float) -> list[int]:
     run_at = await _retried_step_due(conn, job_id, position, now) if position else now
     await conn.execute("UPDATE jobs SET status = 'pending', run_at = $1, attempts = 0, "
                        "interruptions = 0, finished_at = NULL, error_type = NULL, "
-                       "error_message = NULL, result = NULL WHERE id = $2 AND status = $3",
+                       "error_message = NULL, result = NULL, cancel_requested = false "
+                       "WHERE id = $2 AND status = $3",
                        run_at, job_id, status.value)
     ids = [job_id]
     if position is not None:
         rows = await conn.fetch(
             "UPDATE jobs SET status = 'pending', run_at = NULL, finished_at = NULL, "
-            "error_type = NULL, error_message = NULL, attempts = 0 WHERE chain_id = $1 "
+            "error_type = NULL, error_message = NULL, attempts = 0, cancel_requested = false "
+            "WHERE chain_id = $1 "
             "AND chain_pos > $2 AND status = 'cancelled' AND error_type = 'ChainBroken' "
             "RETURNING id", *position)
         ids += [row[0] for row in rows]

@@ -21,7 +21,7 @@ import asyncpg
 
 from ..models import TERMINAL, Claimed, JobSpec, Status
 from . import Finished, Round, Start, Submitted, check_transition
-from .postgres_chains import follow_chains
+from .postgres_chains import follow_chains, honour_cancel_marks
 from .rows import (
     CLAIM_COLUMNS,
     claimed_from_row,
@@ -67,14 +67,15 @@ def _claim_sql(*, capped: bool, ranked: bool) -> str:
     return f"""
 WITH cand AS (
     SELECT id, class, priority, run_at FROM jobs
-    WHERE status = 'pending' AND run_at <= $1 AND reserved_at IS NULL {where}
+    WHERE status = 'pending' AND run_at <= $1 AND reserved_at IS NULL AND NOT cancel_requested
+          {where}
     ORDER BY priority, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), chosen AS (
     {chosen}
 ), moved AS (
-    UPDATE jobs SET reserved_at = $1, host = $3, cancel_requested = false
+    UPDATE jobs SET reserved_at = $1, host = $3
     WHERE jobs.id = ANY (ARRAY(SELECT id FROM chosen)) AND jobs.status = 'pending'
     RETURNING {returning}, jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
 )
@@ -114,7 +115,6 @@ WITH u AS (
     UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
         result = u.res, error_type = u.et, error_message = u.em, attempts = u.a - u.da,
         runs = u.n, started_at = u.at, host = NULL, reserved_at = NULL,
-        cancel_requested = false,
         interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
     FROM u WHERE jobs.id = u.id AND jobs.status = 'pending' RETURNING jobs.id
 )
@@ -135,7 +135,7 @@ WITH dead AS (
           AND host NOT IN (SELECT id FROM hosts WHERE expires_at > $2)))
     FOR UPDATE
 ), released AS (
-    UPDATE jobs SET runs = runs + 1, reserved_at = NULL, host = NULL, cancel_requested = false
+    UPDATE jobs SET runs = runs + 1, reserved_at = NULL, host = NULL
     FROM dead WHERE jobs.id = dead.id
     RETURNING jobs.id, jobs.runs, dead.host
 )
@@ -160,7 +160,7 @@ WITH ended AS (
 )
 UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
     result = u.res, error_type = u.et, error_message = u.em, attempts = attempts - u.da,
-    host = NULL, cancel_requested = false,
+    host = NULL,
     interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[],
             $7::int[], $8::text[], $9::bigint[], $10::int[])
@@ -302,14 +302,17 @@ async def dispatch_round(conn: asyncpg.Connection, *, host: str,
         claimed = await claim(conn, now, outrank[1], concurrency, host, below=outrank[0])
     else:
         claimed = []
-    # A cancel whose signal was lost (or raced the claim) still reaches the job here; and
-    # the next due time, both in one round trip.
-    cancel, due = await conn.fetchrow(
-        "SELECT ARRAY(SELECT id FROM jobs WHERE host = $1 AND cancel_requested AND "
-        "(status = 'running' OR reserved_at IS NOT NULL) ORDER BY id), (SELECT min(run_at) "
-        "FROM jobs WHERE status = 'pending' AND run_at > $2)", host, now)
+    # The cancel marks (see Store.dispatch_round) and the next due time, in one round trip:
+    # a cancel whose signal was lost (or raced the claim) still reaches the job here.  A
+    # marked job pending again is never claimed, so it may be cancelled after the claim.
+    cancel, stale, due = await conn.fetchrow(
+        "SELECT ARRAY(SELECT id FROM jobs WHERE cancel_requested AND host = $1 AND "
+        "(status = 'running' OR reserved_at IS NOT NULL) ORDER BY id), EXISTS (SELECT 1 FROM "
+        "jobs WHERE cancel_requested AND status <> 'running' AND reserved_at IS NULL), "
+        "(SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at > $2)", host, now)
+    cancelled = await honour_cancel_marks(conn, now) if stale else []
     return Round(advanced, claimed, float(due) if due is not None and limit > 0 else None,
-                 list(cancel))
+                 list(cancel), cancelled)
 
 
 async def start(conn: asyncpg.Connection, started: Sequence[Start], host: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..models import TERMINAL, Claimed, JobSpec, OutcomeKind, Priority, Status
 from . import Finished, Round, Start, Submitted, check_transition
-from .chains import follow_chains
+from .chains import follow_chains, honour_cancel_marks
 from .rows import (
     CLAIM_COLUMNS,
     claimed_from_row,
@@ -152,8 +152,8 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, concurrency: Mapping
         if not capped or len(rows) < want:
             break
     if claimed:
-        conn.executemany("UPDATE jobs SET reserved_at = ?, cancel_requested = 0 WHERE id = ? "
-                         "AND status = 'pending'", [(now, c.id) for c in claimed])
+        conn.executemany("UPDATE jobs SET reserved_at = ? WHERE id = ? AND status = 'pending'",
+                         [(now, c.id) for c in claimed])
     return claimed
 
 
@@ -216,7 +216,7 @@ def start_and_finish(conn: sqlite3.Connection, whole: Sequence[tuple[Start, Fini
         "result = ?, error_type = ?, error_message = ?, attempts = ? - ?, "
         "interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
         "WHEN 'keep' THEN interruptions ELSE 0 END, runs = ?, started_at = ?, host = NULL, "
-        "reserved_at = NULL, cancel_requested = 0 WHERE id = ? AND status = 'pending'",
+        "reserved_at = NULL WHERE id = ? AND status = 'pending'",
         [(*u[:6], f.claimed.attempts, *u[6:8], f.claimed.attempt, s.at, u[8])
          for s, f in whole for u in (job_update(f),)]).rowcount
     # Counted by the trigger of migration 5 (it counts moves that skip ``running``): only
@@ -240,22 +240,16 @@ def dispatch_round(conn: sqlite3.Connection, *, host: str,
     if whole:
         start_and_finish(conn, whole, host)
     advanced = finish(conn, finished, {f.claimed.id for _, f in whole}) if finished else []
-    # The running jobs are few (at most the hosts' capacity): a short range of jobs_status.
-    cancel = [row[0] for row in conn.execute(
-        "SELECT id FROM jobs WHERE status = 'running' AND cancel_requested = 1 AND host = ?",
-        (host,))]
-    # ... and the reserved ones (SQLite: one host, so every reservation is this host's).
-    cancel += [row[0] for row in conn.execute(
-        "SELECT id FROM jobs INDEXED BY jobs_reserved WHERE reserved_at IS NOT NULL "
-        "AND cancel_requested = 1")]
+    # Before the claim: a marked job given back or retried above ends here, never reserved.
+    cancel, cancelled = honour_cancel_marks(conn, host, now)
     if limit <= 0:
         if outrank is None:
-            return Round(advanced, [], None, cancel)
+            return Round(advanced, [], None, cancel, cancelled)
         rank, most = outrank
         return Round(advanced, claim(conn, now, most, concurrency, host, below=rank), None,
-                     cancel)
+                     cancel, cancelled)
     claimed = claim(conn, now, limit, concurrency, host)
-    return Round(advanced, claimed, next_due(conn, now), cancel)
+    return Round(advanced, claimed, next_due(conn, now), cancel, cancelled)
 
 
 def next_due(conn: sqlite3.Connection, after: float) -> float | None:
@@ -284,7 +278,8 @@ def _due(conn: sqlite3.Connection, now: float, want: int, full: list[str],
             break
         rows += conn.execute(
             f"SELECT {CLAIM_COLUMNS} FROM jobs WHERE status = 'pending' AND priority = ? "  # noqa: S608
-            f"AND run_at <= ? AND reserved_at IS NULL {exclude} ORDER BY run_at, id LIMIT ?",
+            f"AND run_at <= ? AND reserved_at IS NULL AND cancel_requested = 0 {exclude} "
+            "ORDER BY run_at, id LIMIT ?",
             (rank, now, *full, want - len(rows))).fetchall()
     return rows
 
@@ -317,7 +312,7 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished],
         "UPDATE jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, "
         "result = ?, error_type = ?, error_message = ?, attempts = attempts - ?, "
         "interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
-        "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL, cancel_requested = 0 "
+        "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL "
         "WHERE id = ? AND status = 'running'",
         [job_update(f) for f in ran]).rowcount
     if changed == len(ran):

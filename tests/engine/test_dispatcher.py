@@ -339,6 +339,36 @@ async def test_a_failed_middle_step_cancels_the_rest(settings: Settings,
     assert last.attempt_history == []
 
 
+async def test_a_cancel_that_meets_a_failing_attempt_is_not_lost_to_the_retry(
+        settings: Settings, make_host: HostFactory, drain: Drain, tmp_path: Path) -> None:
+    # The cancel lands in the store while the attempt is held, but the attempt fails
+    # (retryable) before any kill: the job ends cancelled, not pending for a retry, and
+    # whoever waits on it hears so.
+    async with make_host(settings) as host:
+        job_id = (await host.submit("Flaky", "run", [str(tmp_path / "calls"), 5])).id
+        with host.events.subscribe() as events:
+            await host.dispatcher.tick()  # reserved and handed to a worker
+            async with asyncio.timeout(10):
+                while host.dispatcher.running:  # it failed; the next round records that
+                    await asyncio.sleep(0.01)
+            await host.store.cancel(job_id, host.clock.now(), "by request")  # no signal
+            await drain(host)
+            heard = [e for e in _queued(events) if e.get("id") == job_id]
+        job = await host.get(job_id)
+
+    assert job.status is Status.CANCELLED
+    assert job.error is not None and job.error.type == "Cancelled"
+    assert outcomes(job) == [FAILED]
+    assert heard[-1]["status"] == "cancelled"
+
+
+def _queued(queue: asyncio.Queue[Any]) -> list[Any]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
 async def test_progress_and_the_job_logs(settings: Settings, make_host: HostFactory,
                                          drain: Drain) -> None:
     async with make_host(settings) as host:

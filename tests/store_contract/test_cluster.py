@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from store_support import (
+    HOST,
     LEASE,
     NOW,
     claim,
@@ -17,12 +18,13 @@ from store_support import (
     host_row,
     ids,
     interrupted,
+    reserve,
     spec,
 )
 
 from asyncjobs.errors import WrongState
-from asyncjobs.models import TRANSITIONS, Status, StepSpec
-from asyncjobs.store import Store
+from asyncjobs.models import TRANSITIONS, Outcome, OutcomeKind, Status, StepSpec, Transition
+from asyncjobs.store import Finished, Store
 
 
 async def test_hosts_register_heartbeat_and_retire(store: Store) -> None:
@@ -248,3 +250,53 @@ async def test_an_orphan_says_whether_it_was_cancelled_meanwhile(store: Store) -
     orphans = {c.id: c.cancel_requested for c in await store.orphans(NOW + LEASE, alive="b")}
 
     assert orphans == {kept: False, cancelled: True}
+
+
+async def test_a_cancel_that_meets_a_retry_ends_the_job_cancelled(store: Store) -> None:
+    # The cancel comes while the job runs, but its attempt fails (retryable) before the kill
+    # lands: the retry must not swallow the cancel.
+    (job_id,) = await ids(store, spec(then=[StepSpec("B", "run")]))
+    (c,) = await claim(store, NOW, 1)
+    assert (await store.cancel(job_id, NOW, "by request")).previous is Status.RUNNING
+
+    ended = await store.dispatch_round(host=HOST, progress={}, now=NOW + 1, limit=5,
+                                       finished=[failed(c, Status.PENDING, run_at=NOW)],
+                                       concurrency={})
+
+    assert (ended.claimed, ended.cancelled) == ([], [job_id, job_id + 1])
+    job = await store.get(job_id)
+    assert job is not None and job.error is not None
+    assert (job.status, job.error.type) == (Status.CANCELLED, "Cancelled")
+    assert [a.outcome.value if a.outcome else None for a in job.attempt_history] == ["failed"]
+    assert (await store.get(job_id + 1)).status is Status.CANCELLED  # type: ignore[union-attr]
+    assert (await store.stats(NOW + 1)).counts["cancelled"] == 2
+
+
+async def test_a_cancel_of_a_reserved_job_given_back_ends_it_cancelled(store: Store) -> None:
+    # Reserved (pending to readers, so the cancel only marks it), then given back unstarted
+    # for another reason than the cancel (the host stopping): the cancel still holds, and no
+    # later claim takes the job.
+    (job_id,) = await ids(store, spec())
+    (c,) = await reserve(store, NOW, 1)
+    assert (await store.cancel(job_id, NOW, "by request")).previous is Status.RUNNING
+    back = Finished(c, Outcome(OutcomeKind.INTERRUPTED, started=False),
+                    Transition(Status.PENDING, run_at=NOW, counts=False), NOW + 1)
+
+    ended = await store.dispatch_round(host=HOST, progress={}, finished=[back], now=NOW + 1,
+                                       limit=5, concurrency={})
+
+    assert (ended.claimed, ended.cancelled) == ([], [job_id])
+    assert (await store.get(job_id)).status is Status.CANCELLED  # type: ignore[union-attr]
+    assert await reserve(store, NOW + 2, 5) == []
+
+
+async def test_a_retried_job_is_not_cancelled_by_an_old_mark(store: Store) -> None:
+    # Cancelled while running (the kill recorded it), then retried by hand: it runs again.
+    (job_id,) = await ids(store, spec())
+    (c,) = await claim(store, NOW, 1)
+    await store.cancel(job_id, NOW, "by request")
+    await store.finish([failed(c, Status.CANCELLED)])
+    assert await store.retry(job_id, NOW + 1) == [job_id]
+
+    (again,) = await reserve(store, NOW + 1, 5)
+    assert again.id == job_id
