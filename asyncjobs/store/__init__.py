@@ -210,11 +210,11 @@ class Store(Protocol):
         3. record ``finished`` (as :meth:`finish`), collecting the chain steps made due; an
            attempt that never started only loses its reservation (or, cancelled, ends so);
         4. act on the cancel marks (before the claim, which never reserves a marked job):
-           list ``host``'s running (and reserved) jobs marked cancel-requested
+           cancel a marked job that ``finished`` made pending again (its attempt was given
+           back, or ended in a retry: ``Round.cancelled``, with the pending rest of its
+           chain), and list ``host``'s running (and reserved) jobs marked cancel-requested
            (``Round.cancel``), so a cancel that raced the claim, or whose signal was lost,
-           still reaches the job; cancel a marked job that is pending again because its
-           attempt was given back or ended in a retry (``Round.cancelled``, with the
-           pending rest of its chain).  A mark lasts until its job is finished: no attempt's
+           still reaches the job.  A mark lasts until its job is finished: no attempt's
            end, give-back, retry or release of a dead host's reservation drops it;
         5. reserve up to ``limit`` due jobs (``run_at <= now``; none if ``limit`` is 0) for
            ``host``: best first by priority, then ``run_at``, then id -- or, with ``limit`` 0

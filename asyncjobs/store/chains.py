@@ -100,30 +100,27 @@ def cancel(conn: sqlite3.Connection, job_id: int, now: float, reason: str) -> Ca
     return CancelResult(status, [job_id, *rest])
 
 
-def honour_cancel_marks(conn: sqlite3.Connection, host: str,
-                        now: float) -> tuple[list[int], list[int]]:
-    """Act on every cancel mark: return (jobs ``host`` must stop, jobs cancelled here).
+def honour_cancel_marks(conn: sqlite3.Connection, ids: Sequence[int],
+                        now: float) -> list[int]:
+    """Cancel those of ``ids`` that carry a cancel mark and are pending again, with the rest
+    of their chains; return the jobs cancelled.
 
-    A cancel of a reserved or running job is only a mark (see :func:`cancel`); it stays
-    until the job is finished, so the attempt's end cannot lose it.  Each round reads the
-    few marked rows (a partial index holds only them): a job this host runs or holds
-    reserved is to be stopped; a marked job that is pending again (its attempt failed and
-    was to be retried, or its reservation was given back) is cancelled now, with the rest
-    of its chain; a finished job's mark is spent and cleared.
+    A cancel of a reserved or running job is only a mark (see :func:`cancel`) for its host
+    to act on; it stays until the job is finished.  The attempt may still end otherwise than
+    killed -- failed and to be retried, or given back before it started -- and then the
+    job, pending again, is cancelled here (``ids``: the jobs a round or a release just made
+    pending), never claimed again.
     """
-    rows = conn.execute("SELECT id, status, reserved_at IS NOT NULL, host FROM jobs INDEXED BY "
-                        "jobs_cancel_marked WHERE cancel_requested = 1").fetchall()
-    # SQLite: one host, so every reservation is this host's.
-    stop = [r[0] for r in rows if r[2] or (r[1] == Status.RUNNING.value and r[3] == host)]
-    spent = [(r[0],) for r in rows if Status(r[1]) in TERMINAL]
-    conn.executemany("UPDATE jobs SET cancel_requested = 0 WHERE id = ?", spent)
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = 'Cancelled', "  # noqa: S608
+        "error_message = 'cancelled by request', cancel_requested = 0 "
+        f"WHERE id IN ({marks}) AND cancel_requested = 1 AND status = 'pending' "
+        "AND reserved_at IS NULL RETURNING id", (now, *ids)).fetchall()
     cancelled: list[int] = []
-    for job_id in (r[0] for r in rows if r[1] == Status.PENDING.value and not r[2]):
-        conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, error_type = "
-                     "'Cancelled', error_message = 'cancelled by request', cancel_requested = 0 "
-                     "WHERE id = ? AND status = 'pending'", (now, job_id))
+    for (job_id,) in sorted(rows):
         cancelled += [job_id, *break_chain(conn, job_id, Status.CANCELLED, now)]
-    return stop, cancelled
+    return cancelled
 
 
 def retry(conn: sqlite3.Connection, job_id: int, now: float) -> list[int]:

@@ -100,21 +100,19 @@ async def cancel(conn: asyncpg.Connection, job_id: int, now: float,
     return CancelResult(status, [job_id, *rest])
 
 
-async def honour_cancel_marks(conn: asyncpg.Connection, now: float) -> list[int]:
-    """Cancel the marked jobs that are pending again, with the rest of their chains, and
-    clear the spent marks of finished jobs; return the jobs cancelled (as
-    :func:`.chains.honour_cancel_marks`, whose docstring says why).  Two hosts doing this at
-    once cancel each job once: the update re-checks the status under the row lock."""
+async def honour_cancel_marks(conn: asyncpg.Connection, ids: Sequence[int],
+                              now: float) -> list[int]:
+    """Cancel those of ``ids`` that carry a cancel mark and are pending again, with the rest
+    of their chains; return the jobs cancelled (as :func:`.chains.honour_cancel_marks`,
+    whose docstring says why)."""
     rows = await conn.fetch(
-        "UPDATE jobs SET status = 'cancelled', finished_at = $1, error_type = 'Cancelled', "
+        "UPDATE jobs SET status = 'cancelled', finished_at = $2, error_type = 'Cancelled', "
         "error_message = 'cancelled by request', cancel_requested = false "
-        "WHERE cancel_requested AND status = 'pending' AND reserved_at IS NULL RETURNING id",
-        now)
-    await conn.execute("UPDATE jobs SET cancel_requested = false WHERE cancel_requested AND "
-                       "status IN ('completed', 'failed', 'cancelled')")
+        "WHERE id = ANY($1::bigint[]) AND cancel_requested AND status = 'pending' "
+        "AND reserved_at IS NULL RETURNING id", list(ids), now)
     cancelled: list[int] = []
-    for row in sorted(rows, key=lambda r: int(r[0])):
-        cancelled += [row[0], *await break_chain(conn, row[0], Status.CANCELLED, now)]
+    for job_id in sorted(int(r[0]) for r in rows):
+        cancelled += [job_id, *await break_chain(conn, job_id, Status.CANCELLED, now)]
     return cancelled
 
 

@@ -98,12 +98,6 @@ MIGRATIONS: list[str] = [
         value text NOT NULL
     );
     """,
-    # 2: a cancel mark stays until its job is finished (a retry or a given-back reservation
-    # no longer drops it: postgres_chains.honour_cancel_marks); each round reads the marked
-    # rows, always few, through this index.
-    """
-    CREATE INDEX jobs_cancel_marked ON jobs (id) WHERE cancel_requested;
-    """,
 ]
 
 

@@ -115,6 +115,7 @@ WITH u AS (
     UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
         result = u.res, error_type = u.et, error_message = u.em, attempts = u.a - u.da,
         runs = u.n, started_at = u.at, host = NULL, reserved_at = NULL,
+        cancel_requested = cancel_requested AND u.s = 'pending',
         interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
     FROM u WHERE jobs.id = u.id AND jobs.status = 'pending' RETURNING jobs.id
 )
@@ -160,7 +161,7 @@ WITH ended AS (
 )
 UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
     result = u.res, error_type = u.et, error_message = u.em, attempts = attempts - u.da,
-    host = NULL,
+    host = NULL, cancel_requested = jobs.cancel_requested AND u.s = 'pending',
     interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[], $6::text[],
             $7::int[], $8::text[], $9::bigint[], $10::int[])
@@ -296,21 +297,21 @@ async def dispatch_round(conn: asyncpg.Connection, *, host: str,
         await start(conn, started, host)
     written = await start_and_finish(conn, whole, host) if whole else set()
     advanced = await finish(conn, finished, written) if finished else []
+    # A cancel mark on a job given back or retried above ends it here (claims skip marks).
+    again = [f.claimed.id for f in finished if f.transition.status is Status.PENDING]
+    cancelled = await honour_cancel_marks(conn, again, now) if again else []
     if limit > 0:
         claimed = await claim(conn, now, limit, concurrency, host)
     elif outrank is not None:
         claimed = await claim(conn, now, outrank[1], concurrency, host, below=outrank[0])
     else:
         claimed = []
-    # The cancel marks (see Store.dispatch_round) and the next due time, in one round trip:
-    # a cancel whose signal was lost (or raced the claim) still reaches the job here.  A
-    # marked job pending again is never claimed, so it may be cancelled after the claim.
-    cancel, stale, due = await conn.fetchrow(
-        "SELECT ARRAY(SELECT id FROM jobs WHERE cancel_requested AND host = $1 AND "
-        "(status = 'running' OR reserved_at IS NOT NULL) ORDER BY id), EXISTS (SELECT 1 FROM "
-        "jobs WHERE cancel_requested AND status <> 'running' AND reserved_at IS NULL), "
-        "(SELECT min(run_at) FROM jobs WHERE status = 'pending' AND run_at > $2)", host, now)
-    cancelled = await honour_cancel_marks(conn, now) if stale else []
+    # A cancel whose signal was lost (or raced the claim) still reaches the job here; and
+    # the next due time, both in one round trip.
+    cancel, due = await conn.fetchrow(
+        "SELECT ARRAY(SELECT id FROM jobs WHERE host = $1 AND cancel_requested AND "
+        "(status = 'running' OR reserved_at IS NOT NULL) ORDER BY id), (SELECT min(run_at) "
+        "FROM jobs WHERE status = 'pending' AND run_at > $2)", host, now)
     return Round(advanced, claimed, float(due) if due is not None and limit > 0 else None,
                  list(cancel), cancelled)
 
@@ -347,8 +348,12 @@ async def start_and_finish(conn: asyncpg.Connection, whole: Sequence[tuple[Start
 
 
 async def release(conn: asyncpg.Connection, now: float, alive: str) -> int:
-    """Make the jobs that dead hosts had reserved due again (see :data:`RELEASE`)."""
-    return len(await conn.fetch(RELEASE, alive, now))
+    """Make the jobs that dead hosts had reserved due again (see :data:`RELEASE`), or
+    cancelled if a cancel came for one meanwhile; return how many were released."""
+    released = [r[0] for r in await conn.fetch(RELEASE, alive, now)]
+    if released:
+        await honour_cancel_marks(conn, released, now)
+    return len(released)
 
 
 async def finish(conn: asyncpg.Connection, finished: Sequence[Finished],
@@ -368,7 +373,7 @@ async def finish(conn: asyncpg.Connection, finished: Sequence[Finished],
     for f in ran:
         check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
     # One statement for both tables: a round trip per table was a third of a round's time.
-    changed = await conn.fetch(
+    changed = [] if not ran else await conn.fetch(
         FINISH,
         *_columns([(*job_update(f), f.claimed.attempt) for f in ran], 10),
         *_columns([(f.claimed.id, f.claimed.attempt, f.outcome.kind.value, f.at,
@@ -394,8 +399,9 @@ async def _give_back(conn: asyncpg.Connection, returned: Sequence[Finished]) -> 
     if ended:
         await conn.execute(
             "UPDATE jobs SET status = u.s, reserved_at = NULL, host = NULL, finished_at = u.at, "
-            "error_type = u.et, error_message = u.em FROM unnest($1::bigint[], $2::text[], "
-            "$3::float8[], $4::text[], $5::text[]) AS u(id, s, at, et, em) "
+            "error_type = u.et, error_message = u.em, cancel_requested = false "
+            "FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::text[]) "
+            "AS u(id, s, at, et, em) "
             "WHERE jobs.id = u.id AND jobs.status = 'pending'",
             *_columns([(f.claimed.id, f.transition.status.value, f.at,
                         f.transition.error.type if f.transition.error else None,

@@ -152,10 +152,4 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN reserved_at REAL;
     CREATE INDEX jobs_reserved ON jobs (class) WHERE reserved_at IS NOT NULL;
     """,
-    # 9: a cancel mark stays until its job is finished (a retry or a given-back reservation
-    # no longer drops it: chains.honour_cancel_marks); each round reads the marked rows,
-    # always few, through this index.
-    """
-    CREATE INDEX jobs_cancel_marked ON jobs (id) WHERE cancel_requested = 1;
-    """,
 ]

@@ -158,7 +158,8 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, concurrency: Mapping
 
 
 def release_reservations(conn: sqlite3.Connection) -> int:
-    """At start-up: every reservation is a dead host's; its jobs are due again.
+    """At start-up: every reservation is a dead host's; its jobs are due again (or, if a
+    cancel came for one meanwhile, cancelled).
 
     Such an attempt may have started in the moment before the host died (its start is
     recorded by the round after the worker reports it), so each leaves an ``interrupted``
@@ -174,6 +175,8 @@ def release_reservations(conn: sqlite3.Connection) -> int:
           "may have started") for job_id, number, at in rows])
     conn.executemany("UPDATE jobs SET runs = ?, reserved_at = NULL WHERE id = ?",
                      [(number, job_id) for job_id, number, _ in rows])
+    if rows:  # a cancel that came while it was reserved ends it (at the host's last sign)
+        honour_cancel_marks(conn, [job_id for job_id, _, _ in rows], max(r[2] for r in rows))
     return len(rows)
 
 
@@ -216,8 +219,9 @@ def start_and_finish(conn: sqlite3.Connection, whole: Sequence[tuple[Start, Fini
         "result = ?, error_type = ?, error_message = ?, attempts = ? - ?, "
         "interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
         "WHEN 'keep' THEN interruptions ELSE 0 END, runs = ?, started_at = ?, host = NULL, "
-        "reserved_at = NULL WHERE id = ? AND status = 'pending'",
-        [(*u[:6], f.claimed.attempts, *u[6:8], f.claimed.attempt, s.at, u[8])
+        "reserved_at = NULL, cancel_requested = cancel_requested * ? "
+        "WHERE id = ? AND status = 'pending'",
+        [(*u[:6], f.claimed.attempts, *u[6:8], f.claimed.attempt, s.at, _keeps_mark(f), u[8])
          for s, f in whole for u in (job_update(f),)]).rowcount
     # Counted by the trigger of migration 5 (it counts moves that skip ``running``): only
     # the jobs that ended change status, and a retried one is pending before and after.
@@ -240,8 +244,17 @@ def dispatch_round(conn: sqlite3.Connection, *, host: str,
     if whole:
         start_and_finish(conn, whole, host)
     advanced = finish(conn, finished, {f.claimed.id for _, f in whole}) if finished else []
-    # Before the claim: a marked job given back or retried above ends here, never reserved.
-    cancel, cancelled = honour_cancel_marks(conn, host, now)
+    # A cancel mark on a job given back or retried above ends it here, before the claim.
+    again = [f.claimed.id for f in finished if f.transition.status is Status.PENDING]
+    cancelled = honour_cancel_marks(conn, again, now) if again else []
+    # The running jobs are few (at most the hosts' capacity): a short range of jobs_status.
+    cancel = [row[0] for row in conn.execute(
+        "SELECT id FROM jobs WHERE status = 'running' AND cancel_requested = 1 AND host = ?",
+        (host,))]
+    # ... and the reserved ones (SQLite: one host, so every reservation is this host's).
+    cancel += [row[0] for row in conn.execute(
+        "SELECT id FROM jobs INDEXED BY jobs_reserved WHERE reserved_at IS NOT NULL "
+        "AND cancel_requested = 1")]
     if limit <= 0:
         if outrank is None:
             return Round(advanced, [], None, cancel, cancelled)
@@ -312,9 +325,9 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished],
         "UPDATE jobs SET status = ?, run_at = COALESCE(?, run_at), finished_at = ?, "
         "result = ?, error_type = ?, error_message = ?, attempts = attempts - ?, "
         "interruptions = CASE ? WHEN 'add' THEN interruptions + 1 "
-        "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL "
-        "WHERE id = ? AND status = 'running'",
-        [job_update(f) for f in ran]).rowcount
+        "WHEN 'keep' THEN interruptions ELSE 0 END, host = NULL, "
+        "cancel_requested = cancel_requested * ? WHERE id = ? AND status = 'running'",
+        [(*u[:-1], _keeps_mark(f), u[-1]) for f in ran for u in (job_update(f),)]).rowcount
     if changed == len(ran):
         adjust_counts(conn, _moves(Counter((f.claimed.cls, "running", f.transition.status.value)
                                            for f in ran)))
@@ -324,6 +337,12 @@ def finish(conn: sqlite3.Connection, finished: Sequence[Finished],
         recount(conn, {f.claimed.cls for f in ran})
     _count_minutes(conn, finished)
     return follow_chains(conn, finished)
+
+
+def _keeps_mark(f: Finished) -> int:
+    """1 if the job keeps its cancel mark (it is pending again: the round cancels it, see
+    :func:`.chains.honour_cancel_marks`), 0 once it is finished (the mark is spent)."""
+    return int(f.transition.status is Status.PENDING)
 
 
 def _give_back(conn: sqlite3.Connection, returned: Sequence[Finished]) -> None:
@@ -337,7 +356,7 @@ def _give_back(conn: sqlite3.Connection, returned: Sequence[Finished]) -> None:
     # The trigger of migration 5 counts these (pending -> cancelled is not a hot move).
     conn.executemany(
         "UPDATE jobs SET status = ?, reserved_at = NULL, finished_at = ?, error_type = ?, "
-        "error_message = ? WHERE id = ? AND status = 'pending'",
+        "error_message = ?, cancel_requested = 0 WHERE id = ? AND status = 'pending'",
         [(f.transition.status.value, f.at, f.transition.error.type if f.transition.error
           else None, f.transition.error.message if f.transition.error else None, f.claimed.id)
          for f in ended])

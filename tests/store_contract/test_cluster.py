@@ -300,3 +300,25 @@ async def test_a_retried_job_is_not_cancelled_by_an_old_mark(store: Store) -> No
 
     (again,) = await reserve(store, NOW + 1, 5)
     assert again.id == job_id
+
+
+async def test_a_dead_hosts_reservation_with_a_cancel_is_cancelled_not_run(
+        backend: Callable[[], Store]) -> None:
+    first = backend()
+    await first.open()
+    await first.register_host(host_row("a", lease=1))
+    (job_id,) = await ids(first, spec())
+    await reserve(first, NOW, 1, host="a")
+    await first.cancel(job_id, NOW, "by request")  # reserved: only a mark
+    await first.close()  # host a dies with it
+
+    second = backend()
+    await second.open()
+    try:
+        await second.register_host(host_row("b", now=NOW + 5))
+        await second.orphans(NOW + 5, alive="b")
+        job = await second.get(job_id)
+        assert await reserve(second, NOW + 5, 5, host="b") == []
+    finally:
+        await second.close()
+    assert job is not None and job.status is Status.CANCELLED
