@@ -44,6 +44,7 @@ log = logging.getLogger("asyncjobs.engine.dispatcher")
 STORAGE_RETRY = 1.0  # seconds between attempts to write after a storage error
 PROGRESS_FLUSH = 2.0  # seconds between progress writes to the store
 START_FLUSH = 0.005  # seconds a reported start may wait for a round that would come anyway
+ROUND_TIME_WEIGHT = 0.2  # of the newest round in the moving average the launcher paces on
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class Dispatcher:
         self._next_due: float | None = None  # earliest future run_at, as of the last round
         self._stopping = False
         self._storage_ok = True
+        self._round_time: float | None = None  # moving average, seconds
         self._unlisten = events.listen(self._on_event)
 
     def close(self) -> None:
@@ -146,6 +148,7 @@ class Dispatcher:
         progress = self._take_progress(force=bool(finished))
         if not (finished or started or progress or free > 0 or outrank):
             return 0
+        began = self.clock.monotonic()
         try:
             done = await self.store.dispatch_round(
                 host=self.host_id, progress=progress, started=started, finished=finished,
@@ -160,6 +163,7 @@ class Dispatcher:
             return 0
         self.job_log.flush()
         self._storage_ok = True
+        self._paced(self.clock.monotonic() - began)
         self._publish_round(done, started, finished, now)
         if free > 0:
             self._next_due = done.next_due
@@ -168,6 +172,13 @@ class Dispatcher:
         for job_id in done.cancel:
             self.stop_attempt(job_id)
         return len(done.claimed)
+
+    def _paced(self, took: float) -> None:
+        """Tell the launcher how long rounds take: what it queues per worker covers them."""
+        average = self._round_time
+        self._round_time = took if average is None else \
+            average + ROUND_TIME_WEIGHT * (took - average)
+        self.launcher.pace(self._round_time)
 
     def _publish_round(self, done: Round, started: list[Start], finished: list[Finished],
                        now: float) -> None:

@@ -38,7 +38,8 @@ from .pool import ALLOW_LIST, PIPELINE_DEPTH, WorkerProcess
 log = logging.getLogger("asyncjobs.workers.launcher")
 
 STEAL_AFTER = 0.05  # seconds a job must have run before an idle worker takes what waits behind it
-QUEUE_AHEAD_COVERS = 0.005  # seconds of the host's round trip that jobs queued ahead cover
+QUEUE_AHEAD_COVERS = 0.005  # seconds of work a warm worker keeps queued ahead, at least ...
+MAX_COVER = 0.05  # ... and at most, however slow the store's rounds are
 RUNTIME_WEIGHT = 0.2  # of the newest sample in a class's moving average run time
 
 
@@ -60,8 +61,15 @@ class Launcher(Protocol):
         """End, as ``kind``, every attempt that has not reached a worker yet (shutdown)."""
         ...
 
-    capacity: int
-    """How many attempts it takes at once (running plus queued); the dispatcher's limit."""
+    @property
+    def capacity(self) -> int:
+        """How many attempts it takes at once (running plus queued); the dispatcher's limit."""
+        ...
+
+    def pace(self, round_time: float) -> None:
+        """The dispatcher's rounds take ``round_time`` seconds (a moving average): what a
+        worker has queued must last that long, twice over, or it idles between rounds."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -108,7 +116,7 @@ class SubprocessLauncher:
         self.settings = settings
         self.run_dir = run_dir
         prepare_run_dir(settings, run_dir)
-        self.capacity = settings.workers.max * PIPELINE_DEPTH
+        self._cover = QUEUE_AHEAD_COVERS
         self.fork = procs.CAN_FORK if fork is None else fork
         self._pool: list[WorkerProcess] = []
         self._fresh: set[Worker] = set()  # process-isolation attempts, one each
@@ -119,6 +127,7 @@ class SubprocessLauncher:
         self._waiting: list[Slot] = []  # in _assign, sorted by key: only the first may pick
         self._claims = itertools.count()
         self._runtime: dict[str, float] = {}  # moving average run time per class, seconds
+        self._typical: float | None = None  # the same over every class run on warm workers
         self._steal_timer: asyncio.TimerHandle | None = None
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
@@ -159,19 +168,37 @@ class SubprocessLauncher:
     def _busy(self) -> int:
         return sum(1 for w in self._pool if w.queue) + len(self._fresh) + self._spawning
 
+    @property
+    def capacity(self) -> int:
+        """Each worker's running attempt plus as many queued as a typical job needs (see
+        :meth:`_depth`): short jobs are claimed in large rounds, which is what makes a
+        drain fast; long ones (or jobs never measured) one per worker, so a host never sits
+        on reserved work that another host's idle workers could run."""
+        return self.settings.workers.max * self._ahead(self._typical)
+
+    def pace(self, round_time: float) -> None:
+        self._cover = min(MAX_COVER, max(QUEUE_AHEAD_COVERS, 2 * round_time))
+
     def _depth(self, cls: str) -> int:
         """How many attempts of ``cls`` one warm worker may hold (the running one included):
-        enough queued ahead to cover the host's round trip, none behind a long job (nor
+        enough queued ahead to cover the dispatcher's rounds, none behind a long job (nor
         behind one never measured: it may be long)."""
-        runtime = self._runtime.get(cls)
+        return self._ahead(self._runtime.get(cls))
+
+    def _ahead(self, runtime: float | None) -> int:
         if runtime is None:
             return 1
-        return 1 + min(PIPELINE_DEPTH - 1, int(QUEUE_AHEAD_COVERS / max(runtime, 1e-6)))
+        return 1 + min(PIPELINE_DEPTH - 1, int(self._cover / max(runtime, 1e-6)))
 
-    def _measured(self, cls: str, seconds: float) -> None:
+    def _measured(self, cls: str, seconds: float, *, warm: bool) -> None:
         old = self._runtime.get(cls)
         self._runtime[cls] = seconds if old is None else \
             old + RUNTIME_WEIGHT * (seconds - old)
+        if not warm:  # a fresh worker per attempt: nothing is ever queued ahead of one
+            return
+        typical = self._typical
+        self._typical = seconds if typical is None else \
+            typical + RUNTIME_WEIGHT * (seconds - typical)
 
     def _queued(self) -> list[tuple[WorkerProcess, Slot]]:
         """Attempts waiting in a warm worker's queue that it has not started (nor is asked
@@ -187,6 +214,8 @@ class SubprocessLauncher:
         ahead are taken back, so ``slot`` goes before them.
         """
         rank = slot.key[0]
+        if all(w.ranks.keys() <= {rank} for w in self._pool):
+            return False  # nothing queued of another rank: the common case, found cheaply
         queued = self._queued()
         better = [(w, s) for w, s in queued if s.key[0] < rank]
         for worker, other in better or [(w, s) for w, s in queued if s.key[0] > rank]:
@@ -293,7 +322,8 @@ class SubprocessLauncher:
                 outcome = await worker.execute(slot)
                 if isinstance(outcome, Outcome):
                     if outcome.started and slot.began:
-                        self._measured(job.cls, loop.time() - slot.began)
+                        self._measured(job.cls, loop.time() - slot.began,
+                                       warm=not worker.once)
                     return await self._release(worker, outcome)
                 # It never started (the worker died with it queued): run it elsewhere.
                 if isinstance(worker, ForkedJob):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -37,7 +37,7 @@ from .protocol import Done, ProtocolError, Skipped, decode, encode_job, encode_s
 log = logging.getLogger("asyncjobs.workers.pool")
 
 ALLOW_LIST = "allow.json"  # the allow-list snapshot in the run directory (see launcher)
-PIPELINE_DEPTH = 8  # at most, attempts in one warm worker's queue
+PIPELINE_DEPTH = 64  # at most, attempts in one warm worker's queue
 
 
 class WorkerProcess(WorkerHandle):
@@ -67,6 +67,9 @@ class WorkerProcess(WorkerHandle):
         self.exiting = False  # it said it is going away: what it still holds never started
         self.broken = False  # killed, crashed or confused: never reused
         self.queue: deque[Slot] = deque()
+        # How many of the queue's attempts are of each priority rank: whether a new attempt
+        # could overtake any, known without walking every queue (they hold up to 64 each).
+        self.ranks: Counter[int] = Counter()
         # Jobs this worker already answered for: a late or forged second answer from one of
         # them is the job's own doing and is ignored, never blamed on the job behind it.
         self._answered: deque[int] = deque(maxlen=2 * PIPELINE_DEPTH)
@@ -152,6 +155,7 @@ class WorkerProcess(WorkerHandle):
             return True
         was_head = self.queue[0] is slot
         self.queue.remove(slot)
+        self._uncount(slot)
         slot.turn.set_result(False)
         settle(slot.future, REQUEUE)  # stolen; a stop that came first keeps its own answer
         if was_head and self.queue:
@@ -164,6 +168,7 @@ class WorkerProcess(WorkerHandle):
         with contextlib.suppress(ValueError):
             self._answered.remove(slot.job.id)
         self.queue.append(slot)
+        self.ranks[slot.key[0]] += 1
         self.sent += 1
         self._post(encode_job(slot.job))
         if len(self.queue) == 1:
@@ -228,6 +233,7 @@ class WorkerProcess(WorkerHandle):
     def _done(self, head: Slot, outcome: Outcome) -> None:
         """The running attempt's answer: settle it, and start the next one."""
         self.queue.popleft()
+        self._uncount(head)
         self._answered.append(head.job.id)
         if head.timer is not None:
             head.timer.cancel()
@@ -240,6 +246,12 @@ class WorkerProcess(WorkerHandle):
         elif self.queue:
             self._begin(self.queue[0])
         self.on_room()
+
+    def _uncount(self, slot: Slot) -> None:
+        rank = slot.key[0]
+        self.ranks[rank] -= 1
+        if not self.ranks[rank]:
+            del self.ranks[rank]
 
     def _broken(self, why: str) -> bool:
         if self.queue:
@@ -265,6 +277,7 @@ class WorkerProcess(WorkerHandle):
             if not slot.turn.done():
                 slot.turn.set_result(i == 0 and not self.exiting)
         self.queue.clear()
+        self.ranks.clear()
         self.on_room()
 
     # -- the WorkerHandle hooks -----------------------------------------------------------

@@ -397,6 +397,9 @@ class BrokenLauncher:
     def stop(self, job_id: int, kind: OutcomeKind) -> bool:
         return False
 
+    def pace(self, round_time: float) -> None:
+        return None
+
     def release_waiting(self, kind: OutcomeKind) -> None:
         pass
 

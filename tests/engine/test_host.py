@@ -162,6 +162,14 @@ async def test_cancel_a_job_queued_behind_another_never_runs_it(
     hold, record = tmp_path / "hold", tmp_path / "record"
     hold.touch()
     async with make_host(make_settings(workers={"max": 1})) as host:
+        # Short jobs measured first: the host then reserves more than it runs (jobs queued
+        # ahead of the worker), which is where this cancel must find the second one.
+        for _ in range(50):
+            if host.dispatcher.launcher.capacity > 1:
+                break
+            await host.submit("Ok", "run")
+            await drain(host)
+        assert host.dispatcher.launcher.capacity > 1
         first = (await host.submit("Sleepy", "hold", [str(tmp_path), "first", str(hold)])).id
         second = (await host.submit("Ok", "record", [str(record), "second"])).id
         draining = asyncio.create_task(drain(host))
