@@ -98,6 +98,12 @@ MIGRATIONS: list[str] = [
         value text NOT NULL
     );
     """,
+    # 2: the next due time is read from jobs_due, one probe per priority
+    # (postgres_writes._round_reads): an index on run_at alone cost every insert and every
+    # claim one more index write.
+    """
+    DROP INDEX IF EXISTS jobs_pending_run_at;
+    """,
 ]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from ..models import TERMINAL, Claimed, JobSpec, Status
+from ..models import TERMINAL, Claimed, JobSpec, Priority, Status
 from . import Finished, Round, Start, Submitted, check_transition
 from .postgres_chains import follow_chains, honour_cancel_marks
 from .rows import (
@@ -44,8 +44,28 @@ INSERT_JOBS = (
     "$7::float8[], $8::int[], $9::bigint[], $11::int[]) AS u(c, m, a, k, p, r, t, x, h, s) "
     "RETURNING id")
 
+def _round_reads(now: str, host: str) -> str:
+    """What every round reads besides its claim (``now``, ``host``: their parameters): this
+    host's running or reserved jobs with a cancel requested (so a cancel whose signal was
+    lost, or that raced the claim, still reaches the job), and the earliest later run_at --
+    one probe of the jobs_due index per priority (an index on run_at alone would cost every
+    insert and claim one more index write)."""
+    ranks = ", ".join(f"({p.rank})" for p in Priority)
+    return f"""
+SELECT ARRAY(SELECT id FROM jobs WHERE host = {host} AND cancel_requested AND
+             (status = 'running' OR reserved_at IS NOT NULL) ORDER BY id) AS cancel,
+       (SELECT min((SELECT run_at FROM jobs WHERE status = 'pending' AND priority = p.rank
+                    AND run_at > {now} ORDER BY run_at LIMIT 1))
+        FROM (VALUES {ranks}) AS p(rank)) AS due
+"""  # noqa: S608 - parameter names and constants only, no input
+
+
+ROUND_READS = _round_reads("$1", "$2")
+
 # One statement: find the best due jobs no other transaction holds and no host has reserved,
-# and reserve them for host $3: they stay pending until a worker starts them (:func:`start`).
+# and reserve them for host $3: they stay pending until a worker starts them (:func:`start`);
+# and, saving the round a round trip, the round's other reads (:func:`_round_reads`: one row
+# of them even when nothing is claimed).
 # With caps, $4/$5 are the classes with room left and how much, $6 the full ones (left
 # out); with a rank, only better priorities than it.  Each case is a statement of its own,
 # with no filter it does not need: a prepared statement is soon planned once for any
@@ -79,7 +99,9 @@ WITH cand AS (
     WHERE jobs.id = ANY (ARRAY(SELECT id FROM chosen)) AND jobs.status = 'pending'
     RETURNING {returning}, jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
 )
-SELECT * FROM moved ORDER BY sort_priority, sort_run_at, id
+SELECT moved.*, reads.cancel, reads.due FROM ({_round_reads("$1", "$3")}) AS reads
+LEFT JOIN moved ON true
+ORDER BY sort_priority, sort_run_at, id
 """  # noqa: S608 - column names only, no input
 
 
@@ -227,7 +249,7 @@ async def _submit_one(conn: asyncpg.Connection, spec: JobSpec, now: float) -> Su
 
 async def claim(conn: asyncpg.Connection, now: float, limit: int,
                 concurrency: Mapping[str, int], host: str, *,
-                below: int | None = None) -> list[Claimed]:
+                below: int | None = None) -> tuple[list[Claimed], list[int], float | None]:
     """Reserve up to ``limit`` due jobs for ``host``: priority, run_at, id (``below``: only
     of a priority ranked better than that).
 
@@ -237,9 +259,14 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
     transaction-level advisory lock per capped class (in one order, so no deadlock); the
     next host's claim waits for it, and its statement then sees the committed rows.  Claims
     of uncapped classes take no lock at all.
+
+    Returns the jobs reserved, then what :data:`ROUND_READS` read: this host's jobs to stop
+    for a cancel, and the next due time.
     """
     room = await _room(conn, concurrency)
     claimed: list[Claimed] = []
+    cancel: list[int] = []
+    due: float | None = None
     while len(claimed) < limit:
         open_ = {cls: n for cls, n in room.items() if n > 0}
         args: list[Any] = [now, limit - len(claimed), host]
@@ -248,6 +275,8 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
         if below is not None:
             args.append(below)
         rows = await conn.fetch(CLAIMS[bool(room), below is not None], *args)
+        cancel, due = list(rows[0]["cancel"]), rows[0]["due"]
+        rows = [row for row in rows if row[0] is not None]  # the reads' row, when no claim
         for row in rows:
             claimed.append(claimed_from_row(row, attempt=row[5], attempts=row[6]))
             if row[1] in room:
@@ -256,7 +285,7 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
         # up, it is left out of the next pass.  Otherwise fewer rows means nothing is due.
         if not rows or not any(n == 0 for cls, n in room.items() if open_.get(cls)):
             break
-    return claimed
+    return claimed, cancel, due
 
 
 async def _room(conn: asyncpg.Connection, concurrency: Mapping[str, int]) -> dict[str, int]:
@@ -301,19 +330,16 @@ async def dispatch_round(conn: asyncpg.Connection, *, host: str,
     again = [f.claimed.id for f in finished if f.transition.status is Status.PENDING]
     cancelled = await honour_cancel_marks(conn, again, now) if again else []
     if limit > 0:
-        claimed = await claim(conn, now, limit, concurrency, host)
+        claimed, cancel, due = await claim(conn, now, limit, concurrency, host)
     elif outrank is not None:
-        claimed = await claim(conn, now, outrank[1], concurrency, host, below=outrank[0])
+        claimed, cancel, due = await claim(conn, now, outrank[1], concurrency, host,
+                                           below=outrank[0])
     else:
         claimed = []
-    # A cancel whose signal was lost (or raced the claim) still reaches the job here; and
-    # the next due time, both in one round trip.
-    cancel, due = await conn.fetchrow(
-        "SELECT ARRAY(SELECT id FROM jobs WHERE host = $1 AND cancel_requested AND "
-        "(status = 'running' OR reserved_at IS NOT NULL) ORDER BY id), (SELECT min(run_at) "
-        "FROM jobs WHERE status = 'pending' AND run_at > $2)", host, now)
+        reads = await conn.fetchrow(ROUND_READS, now, host)
+        cancel, due = list(reads["cancel"]), reads["due"]
     return Round(advanced, claimed, float(due) if due is not None and limit > 0 else None,
-                 list(cancel), cancelled)
+                 cancel, cancelled)
 
 
 async def start(conn: asyncpg.Connection, started: Sequence[Start], host: str) -> None:
