@@ -255,6 +255,33 @@ async def test_pool_recycles_after_max_jobs_per_worker(make_settings: SettingsFa
     assert process_gone(pids[0])
 
 
+async def test_a_recycled_workers_successor_is_warm_before_it_retires(
+        make_settings: SettingsFactory, tmp_path: Path) -> None:
+    # The worker's last job is still running when its successor is already up; the
+    # successor runs nothing until then (workers.max 1), and takes the next job at once.
+    settings = make_settings(workers={"max": 1, "max_jobs_per_worker": 2})
+    launcher = SubprocessLauncher(settings, tmp_path / "run")
+    hold = tmp_path / "hold"
+    hold.touch()
+    try:
+        first = (await run(launcher, job("Ok", "pid"))).result
+        last = asyncio.create_task(run(launcher, job("Sleepy", "hold", str(tmp_path), "last",
+                                                     str(hold))))
+        after = asyncio.create_task(run(launcher, job("Ok", "pid")))
+        async with asyncio.timeout(10):
+            while len(launcher._pool) < 2 or not all(w.alive for w in launcher._pool):
+                await asyncio.sleep(0.02)
+            successor = next(w.proc.pid for w in launcher._pool if w.proc.pid != first)
+            await asyncio.sleep(0.2)
+        assert not after.done()  # one worker runs at a time: the retiring one
+        hold.unlink()
+        assert (await last).kind is OutcomeKind.COMPLETED
+        assert (await after).result == successor
+    finally:
+        await launcher.aclose()
+    assert process_gone(first)
+
+
 async def test_a_crashed_worker_is_replaced(launcher: SubprocessLauncher) -> None:
     before = (await run(launcher, job("Ok", "pid"))).result
     await run(launcher, job("Boom", "sigkill"))
