@@ -70,7 +70,8 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     # What ``--json '[...]'`` becomes (see _json_args_flag), so errors name the flag typed.
     p.add_argument("--json-array", dest="json_array", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true",
-                   help='print {"id", "status"} (with --wait: the finished job) as JSON')
+                   help='print {"id", "status"} (with --wait: the finished job, for a chain '
+                        'its last step) as JSON')
     p.add_argument("--priority", choices=["high", "medium", "low"])
     p.add_argument("--delay", type=seconds, metavar="S", help="run no sooner than S seconds")
     p.add_argument("--run-at", metavar="TIME", help="run no sooner than this ISO 8601 time")
@@ -80,7 +81,9 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="a further chain step (repeatable); it gets previous=<result>")
     p.add_argument("--unique-key", metavar="K",
                    help="do not submit again while a job with this key is pending or running")
-    p.add_argument("--wait", action="store_true", help="wait until the job is finished")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until the job is finished (with --then: the whole chain; exit 0 "
+                        "only if its last step completed)")
     p.add_argument("--wait-timeout", type=seconds, metavar="S", help="stop waiting after S s")
     p.set_defaults(func=cmd_submit)
 

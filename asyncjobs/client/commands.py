@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -190,17 +191,32 @@ def _submit_params(args: argparse.Namespace) -> list[JSONValue]:
     return parse_params(args.params, args.json_args, "--args")
 
 
+@dataclasses.dataclass(frozen=True)
+class ChainEnd:
+    """What ``submit --then ... --wait`` waited for: every step, in order, as the chain
+    ended; its last step (whose outcome is the chain's); and the step shown in detail."""
+
+    steps: list[dict[str, JSONValue]]
+    last: dict[str, JSONValue]
+    decided: dict[str, JSONValue]
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     params = _submit_params(args)
     options = _submit_options(args)
 
-    async def call(client: AsyncJobsClient) -> dict[str, JSONValue]:
+    async def call(client: AsyncJobsClient) -> dict[str, JSONValue] | ChainEnd:
         answer = await client.submit_info(args.cls, args.method, params, **options)
         if not args.wait:
             return answer
+        if args.then:
+            return await _wait_chain(client, int(answer["id"]), args.wait_timeout)
         return await client.wait(int(answer["id"]), args.wait_timeout)
 
     result = _with_client(args, call)
+    if isinstance(result, ChainEnd):  # --json: the last step, as for any --wait (§7)
+        _emit(args, result.last, lambda _: display.chain_detail(result.steps, result.decided))
+        return _finished_code(result.last)
     if args.wait:
         _emit(args, result, display.job_detail)
         return _finished_code(result)
@@ -213,6 +229,45 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(f"submitted job {result['id']} ({result['status']})")
     return EXIT_OK
+
+
+async def _wait_chain(client: AsyncJobsClient, head: int, timeout: float | None) -> ChainEnd:
+    """Wait for a chain's outcome, which is its last step's.
+
+    The submit answer names only the head (§5), whose id is the chain's id, so the steps
+    are read as ``list --chain`` reads them (ids grow with the step's position).  They are
+    waited for one after the other, until one does not complete: a step that fails or is
+    cancelled has cancelled every later one (``ChainBroken``) in the same write.  Not just
+    the last step: the host publishes no event for the steps a break cancels, so a wait on
+    one of them would notice only when its long-poll slice ran out.  A ``unique_key``
+    duplicate that is no chain has no steps: then the head is the job.
+    Shown in detail: the last step if it completed, else the step the wait stopped at (the
+    one that broke the chain: its error and traceback say why).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    steps = await _chain_steps(client, head)
+    job: dict[str, JSONValue] = {}
+    for step in steps or [{"id": head}]:
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        job = await client.wait(int(step["id"]), left)
+        if job["status"] != Status.COMPLETED:
+            break
+    if not steps:
+        return ChainEnd([job], job, job)
+    last = job if job["id"] == steps[-1]["id"] else await client.get(int(steps[-1]["id"]))
+    steps = await _chain_steps(client, head)  # again: the outcomes, as of the wait's end
+    return ChainEnd(steps, last, job)
+
+
+async def _chain_steps(client: AsyncJobsClient, head: int) -> list[dict[str, JSONValue]]:
+    steps: list[dict[str, JSONValue]] = []
+    cursor = None
+    while True:
+        page, cursor = await client.list(limit=500, cursor=cursor, chain=head)
+        steps += page
+        if not cursor:
+            return sorted(steps, key=lambda job: int(job["id"]))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -166,6 +166,14 @@ def job_detail(job: Mapping[str, JSONValue], now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def chain_detail(steps: Sequence[Mapping[str, JSONValue]], decided: Mapping[str, JSONValue],
+                 now: float | None = None) -> str:
+    """``submit --then ... --wait``: every step on a line (the ``list --chain`` table, in
+    step order), then in detail the step that decided the chain's outcome."""
+    return "\n".join([f"chain {steps[0].get('chain_id') or steps[0].get('id')}:",
+                      _indent(job_rows(steps, now)), "", job_detail(decided, now)])
+
+
 def stats_text(stats: Mapping[str, JSONValue]) -> str:
     counts = stats.get("counts") or {}
     statuses = [s.value for s in Status]

@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import stat
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ import orjson
 
 from .. import files
 from ..config import Settings
+from ..errors import Unavailable
 from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from . import procs
 from .attempt import NOT_STARTED, Ended, ProgressCallback, Slot, StartCallback, settle
@@ -79,7 +81,7 @@ Worker = WorkerProcess | ForkedJob
 
 def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
     """Write the allow-list snapshot the workers re-check, and clear a dead host's files."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _private_run_dir(run_dir)
     for pattern in ("worker-*.out", "forkserver-*.err"):
         for stale in run_dir.glob(pattern):
             stale.unlink(missing_ok=True)
@@ -95,6 +97,29 @@ def prepare_run_dir(settings: Settings, run_dir: Path) -> None:
     with files.create_private(staged) as f:
         f.write(orjson.dumps({"jobs": jobs, "limits": limits}))
     os.replace(staged, run_dir / ALLOW_LIST)
+
+
+def _private_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` 0700, or make an existing one 0700: the workers' output and the
+    allow-list snapshot are as private as the data directory around it.
+
+    As for the data directory (:func:`asyncjobs.engine.datadir.prepare`), the directory is
+    checked where it really is (a symlink is followed: it is this user's to make) and one
+    owned by another user is refused: its owner could rewrite what the workers re-check.
+    One of ours that others may write in (versions before this rule made it with the
+    umask's mode, 0775 under a 002 umask) is narrowed, not refused: nothing planted in it
+    is trusted, since every file the host reads there is cleared or created afresh here
+    and by :func:`asyncjobs.files.create_private`.
+    """
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name != "posix":
+        return
+    info = run_dir.stat()
+    if info.st_uid != os.geteuid():
+        raise Unavailable(f"the workers' run directory {run_dir} belongs to another user "
+                          f"(uid {info.st_uid}); remove it (the host makes a new one)")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(run_dir, 0o700)
 
 
 class SubprocessLauncher:

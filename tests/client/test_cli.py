@@ -196,10 +196,7 @@ def test_chain_and_kwargs_from_the_command_line(run: Any) -> None:
     done = run("submit", "SampleJob", "process", "one", "--then", "SampleJob:process:two,three",
                "--wait", "--json")
     assert done.code == 0, done.err
-    chain_id = done.json()["chain_id"]
-    jobs = run("list", "--class", "SampleJob", "--limit", "50", "--json").json()
-    step = next(j for j in jobs if j["chain_id"] == chain_id and j["id"] != done.json()["id"])
-    step = run("wait", str(step["id"]), "--json").json()
+    step = done.json()  # --wait on a chain: its last step
     assert step["args"] == ["two", "three"]
     assert step["result"]["previous"]["joined"] == "one"
 
@@ -221,6 +218,50 @@ def test_list_a_whole_chain(run: Any) -> None:
     assert {j["chain_id"] for j in steps} == {first}
     assert {j["status"] for j in steps} == {"completed"}
     assert run("list", "--chain", str(first + 1000), "--json").json() == []
+
+
+def test_submit_wait_on_a_chain_waits_for_its_last_step(run: Any) -> None:
+    done = run("submit", "SampleJob", "process", "a", "--then", "SampleJob:process:b",
+               "--then", "SampleJob:process:c", "--wait", "--json")
+    assert done.code == 0, done.err
+    last = done.json()
+    assert set(last) == JOB_KEYS
+    assert (last["id"], last["status"], last["args"]) == (last["chain_id"] + 2, "completed",
+                                                          ["c"])
+    assert last["result"]["previous"]["previous"]["joined"] == "a"
+
+    shown = run("submit", "SampleJob", "process", "a", "--then", "SampleJob:process:b",
+                "--wait")
+    assert shown.code == 0, shown.err
+    head = int(re.match(r"chain (\d+):\n", shown.out).group(1))  # type: ignore[union-attr]
+    assert re.search(rf"^ +{head} +completed +SampleJob.process .*-> ", shown.out, re.M)
+    assert re.search(rf"^job {head + 1}  SampleJob.process$", shown.out, re.M)
+
+    # The head completes, the second step fails (it takes no ``previous``), the third is
+    # cancelled: the chain did not complete, whatever its head did.
+    broken = run("submit", "SampleJob", "process", "a", "--then", "UserLoginService:handle:x",
+                 "--then", "SampleJob:process:c", "--max-attempts", "1", "--wait")
+    assert broken.code == 1, broken.out
+    head = int(re.match(r"chain (\d+):\n", broken.out).group(1))  # type: ignore[union-attr]
+    table = broken.out.partition("\n\n")[0]  # the steps, before the detail of one
+    statuses = re.findall(r"^ +(\d+) +(\w+) ", table, re.M)
+    assert statuses == [(str(head), "completed"), (str(head + 1), "failed"),
+                        (str(head + 2), "cancelled")]
+    assert "ChainBroken" in broken.out
+    # In detail, the step that broke the chain, with its attempts: why it failed.
+    assert re.search(rf"^job {head + 1}  UserLoginService.handle$", broken.out, re.M)
+    assert "attempts:" in broken.out and "previous" in broken.out
+    as_json = run("submit", "SampleJob", "process", "a", "--then", "UserLoginService:handle:x",
+                  "--then", "SampleJob:process:c", "--max-attempts", "1", "--wait", "--json")
+    assert as_json.code == 1
+    assert as_json.json()["status"] == "cancelled"
+    assert as_json.json()["error"]["type"] == "ChainBroken"
+
+    later = run("submit", "SampleJob", "process", "--delay", "3600", "--then",
+                "SampleJob:process", "--wait", "--wait-timeout", "0.2", "--json")
+    assert later.code == 1
+    assert later.json()["status"] == "pending"
+    assert f"job {later.json()['id']} is still pending" in later.err
 
 
 def test_unique_key_duplicate_is_reported(run: Any) -> None:

@@ -336,6 +336,35 @@ async def test_7_the_data_directory_and_its_files_are_private(serve: LiveServe) 
     assert loose == {}
 
 
+@pytest.mark.parametrize("existing", [None, 0o755, 0o775], ids=["new", "0755", "0775"])
+def test_7_the_workers_run_directory_is_private(tmp_path: Path, existing: int | None) -> None:
+    # The workers' output (a job's prints) and the allow-list snapshot live in run/; one
+    # made by an older version (the umask's mode) is narrowed at the next start.
+    host = project(tmp_path)
+    run = host.data_dir / "run"
+    if existing is not None:
+        run.mkdir(parents=True)
+        run.chmod(existing)
+    with host:
+        reply = asyncio.run(raw(host, post(b"/api/jobs", {"class": "Faults", "method": "ok"},
+                                           bearer(host))))
+        assert reply.status == 201, reply
+        assert stat.S_IMODE(run.stat().st_mode) == 0o700
+    assert stat.S_IMODE(host.data_dir.stat().st_mode) == 0o700
+
+
+def test_7_a_run_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory away needs root")
+    host = project(tmp_path)
+    run = host.data_dir / "run"
+    run.mkdir(parents=True, mode=0o700)
+    os.chown(run, 65534, 65534)  # its owner could rewrite the allow-list workers re-check
+    with pytest.raises(RuntimeError, match="exited") as failed:
+        host.start(timeout=15)
+    assert "run directory" in str(failed.value) and "another user" in str(failed.value)
+
+
 def test_7_a_planted_log_symlink_is_not_followed(tmp_path: Path) -> None:
     host = project(tmp_path)
     target = tmp_path / "victim.txt"

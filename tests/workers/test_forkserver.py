@@ -427,6 +427,11 @@ async def test_a_child_that_dies_is_crashed_with_its_status(
 async def test_a_timeout_kills_the_child_and_its_grandchild(
         launcher: SubprocessLauncher, tmp_path: Path, stubborn: bool) -> None:
     pidfile = tmp_path / "pids"
+    # The timer starts when the fork is asked for; the fork server starts on first use
+    # (an interpreter start: ~120 ms here, more on a loaded machine), which would eat into
+    # the 0.4 s before the job could start its grandchild.  Started first, the 0.4 s covers
+    # what this test is about: a fork and the job's start (~15 ms).
+    assert (await run(launcher, job("Ok", "run"))).kind is OutcomeKind.COMPLETED
     started = time.monotonic()
 
     outcome = await run(launcher, job("Sleepy", "grandchild", str(pidfile), stubborn,
@@ -685,9 +690,19 @@ async def test_the_spawn_fallback_still_runs_process_attempts(settings: Settings
     launcher = SubprocessLauncher(settings, tmp_path / "run", fork=False)
     pidfile = tmp_path / "pids"
     try:
-        fresh = [await run(launcher, job("State", "touch")) for _ in range(2)]
+        fresh = []
+        slowest = 0.0
+        for _ in range(2):
+            begun = time.monotonic()
+            fresh.append(await run(launcher, job("State", "touch")))
+            slowest = max(slowest, time.monotonic() - begun)
         crashed = await run(launcher, job("Boom", "exit", 3))
-        timeout = await run(launcher, job("Sleepy", "grandchild", str(pidfile), timeout=0.4))
+        # Without the fork server every attempt starts an interpreter inside its timeout
+        # (~100 ms idle, several times that on a loaded machine); the job must be running,
+        # its grandchild started, when the timeout strikes.  So the timeout is a few whole
+        # attempts as they were just measured on this machine, and 0.4 s at least.
+        limit = max(0.4, 4 * slowest)
+        timeout = await run(launcher, job("Sleepy", "grandchild", str(pidfile), timeout=limit))
         assert launcher._server is None  # never started
         assert not any(isinstance(w, ForkedJob) for w in launcher._fresh)
     finally:

@@ -95,6 +95,11 @@ async def test_progress_reaches_the_callback(launcher: SubprocessLauncher) -> No
 async def test_timeout_kills_the_worker_and_its_grandchild(
         launcher: SubprocessLauncher, tmp_path: Path, stubborn: bool) -> None:
     pidfile = tmp_path / "pids"
+    # The timer starts when the attempt reaches its worker; a worker spawned for it starts
+    # an interpreter first (~100 ms here, more on a loaded machine), which would eat into
+    # the 0.5 s before the job could start its grandchild.  With a warm worker, the 0.5 s
+    # covers the job's own start.
+    warm = await run(launcher, job("Ok", "pid"))
     started = time.monotonic()
 
     outcome = await run(launcher, job("Sleepy", "grandchild", str(pidfile), stubborn,
@@ -104,6 +109,7 @@ async def test_timeout_kills_the_worker_and_its_grandchild(
     assert outcome.error is not None and outcome.error.type == "Timeout"
     assert "0.5s" in outcome.error.message
     worker_pid, grandchild_pid = map(int, pidfile.read_text().split())
+    assert worker_pid == warm.result, "the attempt went to the warm worker"
     await wait_gone(grandchild_pid)
     assert process_gone(worker_pid)
     elapsed = time.monotonic() - started
