@@ -35,6 +35,10 @@ class Ended:
 
 
 TIMED_OUT = Ended(OutcomeKind.TIMEOUT)
+# Seconds an attempt may take, beyond its timeout, before its job starts (a fresh worker's
+# interpreter, the fork server's first start, the job module's import): the timer set when
+# it is handed over; the worker's ``started`` resets it to the timeout from the job's start.
+START_ALLOWANCE = 10.0
 REQUEUE = Ended(OutcomeKind.INTERRUPTED, "the worker went away before this started")
 STOP_ERRORS = {
     OutcomeKind.CANCELLED: ErrorInfo("Cancelled", "cancelled while running; worker killed"),
@@ -88,10 +92,18 @@ def report(slot: Slot, message: Began | Progress) -> None:
     """What a worker says about its running attempt before the answer."""
     if isinstance(message, Progress):
         slot.on_progress(slot.job.id, message.fraction, message.message)
-    elif slot.on_start is not None:
-        # Host and worker share the machine's wall clock: the message's age is exact even
-        # when the host reads it late (a busy loop), and it holds for any injected clock.
-        slot.on_start(slot.job.id, max(0.0, time.time() - message.at))
+        return
+    # Host and worker share the machine's wall clock: the message's age is exact even when
+    # the host reads it late (a busy loop), and it holds for any injected clock.
+    age = max(0.0, time.time() - message.at)
+    if slot.timer is not None:
+        # The timeout counts from the job's own start: the timer set when the attempt was
+        # handed over also ran while a fresh worker (or the fork server) started up.
+        slot.timer.cancel()
+        slot.timer = asyncio.get_running_loop().call_later(
+            max(0.0, slot.job.timeout - age), settle, slot.future, TIMED_OUT)
+    if slot.on_start is not None:
+        slot.on_start(slot.job.id, age)
 
 
 class WorkerHandle:

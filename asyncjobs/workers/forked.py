@@ -18,6 +18,7 @@ from ..models import Outcome, OutcomeKind
 from .attempt import (
     NOT_STARTED,
     REQUEUE,
+    START_ALLOWANCE,
     TIMED_OUT,
     Ended,
     Slot,
@@ -76,7 +77,8 @@ class ForkedJob(WorkerHandle):
         self.queue.append(slot)
         loop = asyncio.get_running_loop()
         slot.began = loop.time()
-        slot.timer = loop.call_later(slot.job.timeout, settle, slot.future, TIMED_OUT)
+        slot.timer = loop.call_later(slot.job.timeout + START_ALLOWANCE, settle, slot.future,
+                                     TIMED_OUT)
         slot.turn.set_result(True)
         info = os.fstat(self.output.fileno())
         self.key = self.server.fork(slot.job, self.path, (info.st_dev, info.st_ino), self)

@@ -22,6 +22,7 @@ from . import procs
 from .attempt import (
     NOT_STARTED,
     REQUEUE,
+    START_ALLOWANCE,
     TIMED_OUT,
     Ended,
     Slot,
@@ -107,7 +108,8 @@ class WorkerProcess(WorkerHandle):
             return  # the skip's answer tells which: see _skipped
         loop = asyncio.get_running_loop()
         slot.began = loop.time()
-        slot.timer = loop.call_later(slot.job.timeout, settle, slot.future, TIMED_OUT)
+        slot.timer = loop.call_later(slot.job.timeout + START_ALLOWANCE, settle, slot.future,
+                                     TIMED_OUT)
         if not slot.turn.done():
             slot.turn.set_result(True)
 

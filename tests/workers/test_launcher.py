@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -286,6 +287,28 @@ async def test_a_recycled_workers_successor_is_warm_before_it_retires(
     finally:
         await launcher.aclose()
     assert process_gone(first)
+
+
+@pytest.mark.parametrize("isolation", [POOL, PROCESS])
+async def test_a_timeout_counts_from_the_jobs_start_not_the_workers(
+        make_settings: SettingsFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        isolation: Isolation) -> None:
+    # Every worker (and the fork server) takes 0.5 s to start; a 0.2 s job with a 0.4 s
+    # timeout fits its timeout, so it completes: the start-up is not the job's time.
+    slow = tmp_path / "slowstart"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import os, time\nif os.environ.get('ASYNCJOBS_WORKER'):\n    time.sleep(0.5)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{slow}:{os.environ.get('PYTHONPATH', '')}")
+    launcher = SubprocessLauncher(make_settings(), tmp_path / "run")
+    try:
+        outcome = await run(launcher, job("Sleepy", "run", 0.2, timeout=0.4), isolation)
+        late = await run(launcher, job("Sleepy", "run", 5, timeout=0.4), isolation)
+    finally:
+        await launcher.aclose()
+
+    assert (outcome.kind, outcome.result) == (OutcomeKind.COMPLETED, "woke")
+    assert late.kind is OutcomeKind.TIMEOUT  # and a job over its timeout still ends so
 
 
 async def test_a_crashed_worker_is_replaced(launcher: SubprocessLauncher) -> None:
