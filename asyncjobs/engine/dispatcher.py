@@ -192,8 +192,8 @@ class Dispatcher:
             self.events.publish({"type": "job", "id": step_id, "status": "pending"})
         if not done.cancelled:
             return
-        # Cancelled by the round: a cancel came while an attempt held them, and that attempt
-        # then ended in a retry or gave them back (see ``Store.dispatch_round``).
+        # Cancelled by the round: a broken chain's rest, or jobs a cancel came for while an
+        # attempt held them, which then ended in a retry or gave them back.
         ended = {f.claimed.id: f.claimed for f in finished}
         for job_id in done.cancelled:
             self.events.publish({"type": "job", "id": job_id, "status": "cancelled"})

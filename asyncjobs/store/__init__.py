@@ -61,8 +61,9 @@ class Round:
     claimed: list[Claimed]  # reserved: still pending to readers until started
     next_due: float | None  # the earliest later run_at, read after the claim
     cancel: list[int] = field(default_factory=list)  # this host's jobs with a cancel requested
-    # Jobs (and their chains' rest) cancelled by this round: a cancel came while they were
-    # held, and their attempt then gave them back or ended in a retry.
+    # Jobs cancelled by this round: the rest of a chain whose step ended failed or
+    # cancelled, and jobs a cancel came for while they were held, whose attempt then gave
+    # them back or ended in a retry (with their chains' rest).
     cancelled: list[int] = field(default_factory=list)
 
 
@@ -207,8 +208,9 @@ class Store(Protocol):
         1. store ``progress`` (fraction, message) of running jobs;
         2. make the ``started`` attempts (reserved, now begun by a worker at ``Start.at``)
            ``pending -> running``, each with a new attempt row naming ``host``;
-        3. record ``finished`` (as :meth:`finish`), collecting the chain steps made due; an
-           attempt that never started only loses its reservation (or, cancelled, ends so);
+        3. record ``finished`` (as :meth:`finish`), collecting the chain steps made due
+           (``Round.advanced``) and those cancelled (``Round.cancelled``); an attempt that
+           never started only loses its reservation (or, cancelled, ends so);
         4. act on the cancel marks (before the claim, which never reserves a marked job):
            cancel a marked job that ``finished`` made pending again (its attempt was given
            back, or ended in a retry: ``Round.cancelled``, with the pending rest of its

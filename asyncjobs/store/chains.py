@@ -22,17 +22,20 @@ from .rows import dumps
 from .rules import retried_step_waits
 
 
-def follow_chains(conn: sqlite3.Connection, finished: Sequence[Finished]) -> list[int]:
-    """Advance or break the chains of the ``finished`` steps; return the steps made due."""
+def follow_chains(conn: sqlite3.Connection,
+                  finished: Sequence[Finished]) -> tuple[list[int], list[int]]:
+    """Advance or break the chains of the ``finished`` steps; return the steps made due and
+    the steps cancelled (``ChainBroken``), so that both can be announced."""
     advanced: list[int] = []
+    broken: list[int] = []
     for f in finished:
         if f.claimed.chain_id is None:
             continue
         if f.transition.status is Status.COMPLETED:
             advanced += _advance_chain(conn, f.claimed.id, f.transition.result, f.at)
         elif f.transition.status in TERMINAL:
-            break_chain(conn, f.claimed.id, f.transition.status, f.at)
-    return advanced
+            broken += break_chain(conn, f.claimed.id, f.transition.status, f.at)
+    return advanced, broken
 
 
 def _chain_position(conn: sqlite3.Connection, job_id: int) -> tuple[int, int] | None:

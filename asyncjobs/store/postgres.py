@@ -165,7 +165,8 @@ class PostgresStore:
                                  concurrency=concurrency, outrank=outrank)
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:
-        return await self._write(writes.finish, finished=finished)
+        advanced, _ = await self._write(writes.finish, finished=finished)
+        return advanced
 
     async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult:
         return await self._write(chains.cancel, job_id=job_id, now=now, reason=reason)

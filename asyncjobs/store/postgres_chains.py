@@ -20,17 +20,20 @@ from .rows import dumps
 from .rules import retried_step_waits
 
 
-async def follow_chains(conn: asyncpg.Connection, finished: Sequence[Finished]) -> list[int]:
-    """Advance or break the chains of the ``finished`` steps; return the steps made due."""
+async def follow_chains(conn: asyncpg.Connection,
+                        finished: Sequence[Finished]) -> tuple[list[int], list[int]]:
+    """Advance or break the chains of the ``finished`` steps; return the steps made due and
+    the steps cancelled (as :func:`.chains.follow_chains`)."""
     advanced: list[int] = []
+    broken: list[int] = []
     for f in finished:
         if f.claimed.chain_id is None:
             continue
         if f.transition.status is Status.COMPLETED:
             advanced += await _advance_chain(conn, f.claimed.id, f.transition.result, f.at)
         elif f.transition.status in TERMINAL:
-            await break_chain(conn, f.claimed.id, f.transition.status, f.at)
-    return advanced
+            broken += await break_chain(conn, f.claimed.id, f.transition.status, f.at)
+    return advanced, broken
 
 
 async def _chain_position(conn: asyncpg.Connection, job_id: int) -> tuple[int, int] | None:

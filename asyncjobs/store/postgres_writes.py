@@ -325,10 +325,10 @@ async def dispatch_round(conn: asyncpg.Connection, *, host: str,
     if started:  # before the finishes: an attempt may start and end within one round
         await start(conn, started, host)
     written = await start_and_finish(conn, whole, host) if whole else set()
-    advanced = await finish(conn, finished, written) if finished else []
+    advanced, broken = await finish(conn, finished, written) if finished else ([], [])
     # A cancel mark on a job given back or retried above ends it here (claims skip marks).
     again = [f.claimed.id for f in finished if f.transition.status is Status.PENDING]
-    cancelled = await honour_cancel_marks(conn, again, now) if again else []
+    cancelled = broken + (await honour_cancel_marks(conn, again, now) if again else [])
     if limit > 0:
         claimed, cancel, due = await claim(conn, now, limit, concurrency, host)
     elif outrank is not None:
@@ -383,8 +383,9 @@ async def release(conn: asyncpg.Connection, now: float, alive: str) -> int:
 
 
 async def finish(conn: asyncpg.Connection, finished: Sequence[Finished],
-                 written: Set[int] = frozenset()) -> list[int]:
-    """Record attempt ends and their transitions, in bulk; return chain steps made due.
+                 written: Set[int] = frozenset()) -> tuple[list[int], list[int]]:
+    """Record attempt ends and their transitions, in bulk; return the chain steps made due
+    and those cancelled.
 
     The compare-and-set is on the status *and* the attempt number: an attempt another host
     rescued (its host looked dead) and ran again cannot overwrite the newer attempt's end.

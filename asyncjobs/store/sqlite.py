@@ -176,8 +176,9 @@ class SqliteStore:
         return result
 
     async def finish(self, finished: Sequence[Finished]) -> list[int]:
-        result: list[int] = await self._write(partial(writes.finish, finished=finished))
-        return result
+        result: tuple[list[int], list[int]] = await self._write(
+            partial(writes.finish, finished=finished))
+        return result[0]
 
     async def cancel(self, job_id: int, now: float, reason: str) -> CancelResult:
         result: CancelResult = await self._write(partial(chains.cancel, job_id=job_id, now=now,

@@ -243,10 +243,11 @@ def dispatch_round(conn: sqlite3.Connection, *, host: str,
         start(conn, started, host)
     if whole:
         start_and_finish(conn, whole, host)
-    advanced = finish(conn, finished, {f.claimed.id for _, f in whole}) if finished else []
+    advanced, broken = (finish(conn, finished, {f.claimed.id for _, f in whole}) if finished
+                        else ([], []))
     # A cancel mark on a job given back or retried above ends it here, before the claim.
     again = [f.claimed.id for f in finished if f.transition.status is Status.PENDING]
-    cancelled = honour_cancel_marks(conn, again, now) if again else []
+    cancelled = broken + (honour_cancel_marks(conn, again, now) if again else [])
     # The running jobs are few (at most the hosts' capacity): a short range of jobs_status.
     cancel = [row[0] for row in conn.execute(
         "SELECT id FROM jobs WHERE status = 'running' AND cancel_requested = 1 AND host = ?",
@@ -298,8 +299,9 @@ def _due(conn: sqlite3.Connection, now: float, want: int, full: list[str],
 
 
 def finish(conn: sqlite3.Connection, finished: Sequence[Finished],
-           written: Set[int] = frozenset()) -> list[int]:
-    """Record attempt ends and their transitions; return chain steps made due.
+           written: Set[int] = frozenset()) -> tuple[list[int], list[int]]:
+    """Record attempt ends and their transitions; return the chain steps made due and those
+    cancelled (see :func:`.chains.follow_chains`).
 
     An attempt given back before it ran (``outcome.started`` false) was no execution: it
     only loses its reservation (see :func:`_give_back`).  The jobs in ``written`` were

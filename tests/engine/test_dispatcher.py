@@ -329,7 +329,9 @@ async def test_a_failed_middle_step_cancels_the_rest(settings: Settings,
     steps = [{"class": "Boom", "method": "value_error"},
              {"class": "Chain", "method": "step", "args": [3]}]
     async with make_host(settings) as host:
-        head = await run_job(host, drain, "Chain", "step", 1, then=steps)
+        with host.events.subscribe() as events:
+            head = await run_job(host, drain, "Chain", "step", 1, then=steps)
+            heard = [e for e in _queued(events) if e.get("id") == head.id + 2]
         middle, last = await host.get(head.id + 1), await host.get(head.id + 2)
 
     assert (head.status, middle.status, last.status) == (Status.COMPLETED, Status.FAILED,
@@ -337,6 +339,8 @@ async def test_a_failed_middle_step_cancels_the_rest(settings: Settings,
     assert last.error is not None and last.error.type == "ChainBroken"
     assert f"job {middle.id}" in last.error.message
     assert last.attempt_history == []
+    # ... and says so to whoever waits on that step (wait, the event stream).
+    assert [e["status"] for e in heard] == ["cancelled"]
 
 
 async def test_a_cancel_that_meets_a_failing_attempt_is_not_lost_to_the_retry(
