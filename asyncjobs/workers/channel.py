@@ -147,6 +147,8 @@ class Capture:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         size = os.fstat(self.fd).st_size
+        if not size:
+            return ""  # the usual case: a job that printed nothing costs no more calls
         start = max(0, size - self.limit)
         os.lseek(self.fd, start, os.SEEK_SET)
         data = os.read(self.fd, self.limit)

@@ -50,11 +50,34 @@ def resolve(allow: dict[str, Any], cls_name: str, method: str) -> Any:
     if (not isinstance(entry, dict) or cls_name.startswith("_") or method.startswith("_")
             or method not in entry.get("methods", [])):
         raise NotAllowedError(f"{cls_name}.{method} is not in the allow-list")
-    module = importlib.import_module(entry.get("module", "jobs"))
-    target = getattr(module, cls_name, None)
-    if not isinstance(target, type):
-        raise NotAllowedError(f"{entry.get('module', 'jobs')} has no class {cls_name}")
+    module_name = entry.get("module", "jobs")
+    target = _CLASSES.get((module_name, cls_name))
+    if target is None:
+        found = getattr(importlib.import_module(module_name), cls_name, None)
+        if not isinstance(found, type):
+            raise NotAllowedError(f"{module_name} has no class {cls_name}")
+        target = _CLASSES[module_name, cls_name] = found
     return getattr(target(), method)
+
+
+# What a worker looked up once and keeps: it imports a job module once anyway, and these
+# lookups (import_module, inspect.signature) were most of a no-op job's cost in the worker.
+_CLASSES: dict[tuple[str, str], type] = {}
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(func: Any) -> inspect.Signature | None:
+    """``inspect.signature(func)``, once per function (a bound method's ``self`` excluded:
+    every instance of the class gives the same one); None if it has none."""
+    key = getattr(func, "__func__", func)
+    if key not in _SIGNATURES:
+        if len(_SIGNATURES) >= 1024:  # methods made afresh per instance: stay bounded
+            _SIGNATURES.clear()
+        try:
+            _SIGNATURES[key] = inspect.signature(func)
+        except (TypeError, ValueError):  # no signature to check (a builtin, say)
+            _SIGNATURES[key] = None
+    return _SIGNATURES[key]
 
 
 def call(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
@@ -75,9 +98,8 @@ def check_arguments(func: Any, job: JobRequest) -> None:
     A ``TypeError`` from the call itself can never succeed on a retry; one raised inside
     the job may.  ``inspect`` is loaded already (by ``dataclasses``), so this costs no import.
     """
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):  # no signature to check (a builtin, say): let it run
+    signature = _signature(func)
+    if signature is None:  # nothing to check against: let it run
         return
     try:
         signature.bind(*job.args, **job.kwargs)
