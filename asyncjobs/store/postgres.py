@@ -39,6 +39,7 @@ from . import postgres_housekeeping as housekeeping
 from . import postgres_writes as writes
 from .postgres_roles import PgLeader, PgNotifier
 from .postgres_schema import migrate
+from .postgres_stats import FreshStatistics
 from .rows import (
     CLAIM_COLUMNS,
     JOB_COLUMNS,
@@ -79,6 +80,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._notifier = PgNotifier(url, self.where)
         self._leaders: dict[str, PgLeader] = {}
+        self._statistics = FreshStatistics(self._connection)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Close the pool and the roles' own connections (closing a role twice is harmless)."""
+        await self._statistics.close()
         for leader in self._leaders.values():
             await leader.close()
         await self._notifier.close()
@@ -153,7 +156,9 @@ class PostgresStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def submit(self, specs: Sequence[JobSpec], now: float) -> list[Submitted]:
-        return await self._write(writes.submit, specs=specs, now=now)
+        submitted = await self._write(writes.submit, specs=specs, now=now)
+        self._statistics.inserted(len(submitted))  # see postgres_stats: claims stay cheap
+        return submitted
 
     async def dispatch_round(self, *, host: str,
                              progress: Mapping[int, tuple[float, str | None]],

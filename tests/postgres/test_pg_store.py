@@ -237,3 +237,24 @@ async def test_an_unreachable_server_is_one_clear_error_without_the_password() -
     message = str(caught.value)
     assert "s3cret" not in message and "\n" not in message
     assert "postgresql://app:***@127.0.0.1:1/jobs" in message
+
+
+async def test_a_burst_of_submits_refreshes_the_planners_statistics(
+        stores: StoreFactory, pg_url: str) -> None:
+    # A claim is planned once from the table's statistics: stale ones after a burst made each
+    # claim sort the whole backlog.  The host that took the burst has them refreshed at once
+    # instead of after autovacuum's next minute.
+    store = await stores()
+    await store.submit([spec() for _ in range(1500)], NOW)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        async with asyncio.timeout(10):
+            while (await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = "
+                                       "'jobs'::regclass")) < 1500:
+                await asyncio.sleep(0.05)
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN SELECT id FROM jobs WHERE status = 'pending' AND run_at <= $1 "
+            "ORDER BY priority, run_at, id LIMIT 10", NOW))
+    finally:
+        await conn.close()
+    assert "jobs_due" in plan and "Sort" not in plan.split("Limit")[1]
