@@ -224,8 +224,10 @@ class SubprocessLauncher:
         if not warm:  # a fresh worker per attempt: nothing is ever queued ahead of one
             return
         typical = self._typical
+        # At most double per sample: a reading inflated by the host's own busy moment (it
+        # read the answer late) would otherwise shrink every queue, and the next claims.
         self._typical = seconds if typical is None else \
-            typical + RUNTIME_WEIGHT * (seconds - typical)
+            typical + RUNTIME_WEIGHT * (min(seconds, 2 * typical) - typical)
 
     def _queued(self) -> list[tuple[WorkerProcess, Slot]]:
         """Attempts waiting in a warm worker's queue that it has not started (nor is asked
