@@ -107,6 +107,9 @@ class Outcome:
     fail_now: bool = False  # from ``raise Fail(...)``
     started: bool = True  # False: taken back before it ran (no execution, no attempt row)
     strays: int = 0  # processes the job left running, killed when the attempt ended
+    # Seconds a warm worker spent on it, from reading it to answering, by its own clock:
+    # how fast its queue drains (the launcher's queue depth), free of the host's delays.
+    busy: float | None = None
 
 
 @dataclass(slots=True)  # not frozen: see HOT_RECORDS

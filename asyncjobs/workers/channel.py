@@ -155,10 +155,12 @@ class Capture:
         return data.decode("utf-8", "replace")
 
 
-def send_reply(job: JobRequest, reply: Reply, channel: Channel, capture: Capture) -> None:
-    """The job's answer: the last progress update, then its result with its output tail."""
+def send_reply(job: JobRequest, reply: Reply, channel: Channel, capture: Capture,
+               busy: float | None = None) -> None:
+    """The job's answer: the last progress update, then its result with its output tail
+    (and ``busy``: the seconds this worker spent on it)."""
     channel.flush_progress()
-    channel.send(encode_done(job.id, reply, capture.tail()))
+    channel.send(encode_done(job.id, reply, capture.tail(), busy))
 
 
 def message_limit(max_result: int, output_limit: int) -> int:

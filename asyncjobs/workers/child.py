@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 from . import context, procs
 from .channel import Capture, Channel, Inbox, send_reply
@@ -57,6 +58,7 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     procs.become_subreaper()  # what a job starts stays below us, to be killed at its end
     host_pid = os.getppid()
     while (job := inbox.next_job()) is not None:
+        took_up = time.perf_counter()
         if os.getppid() != host_pid:
             # The host died: jobs still queued for us will be rerun by the next host (they
             # are "running" on disk), so starting them here would only run them twice.
@@ -66,7 +68,7 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
         reply = guarded(job, limits, functools.partial(run_job, job, allow, max_result, channel),
                         functools.partial(send_reply, job, channel=channel, capture=capture))
         inbox.job_done()  # the job's code has returned: nothing left to stop if input closes
-        send_reply(job, reply, channel, capture)
+        send_reply(job, reply, channel, capture, time.perf_counter() - took_up)
         if once or limits.worker_too_big():
             # Grown too big to keep (max_memory_per_worker): exit; the host requeues what it
             # sent ahead, which never started, and starts a fresh worker.

@@ -380,8 +380,10 @@ class SubprocessLauncher:
                 outcome = await worker.execute(slot)
                 if isinstance(outcome, Outcome):
                     if outcome.started and slot.began:
-                        self._measured(job.cls, loop.time() - slot.began,
-                                       warm=not worker.once)
+                        # The worker's own account if it gave one: the host's reading
+                        # of the answer may come late.
+                        self._measured(job.cls, outcome.busy if outcome.busy is not None
+                                       else loop.time() - slot.began, warm=not worker.once)
                     return await self._release(worker, outcome)
                 # It never started (the worker died with it queued): run it elsewhere.
                 if isinstance(worker, ForkedJob):

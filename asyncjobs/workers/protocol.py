@@ -180,10 +180,13 @@ def encode_skipped(job_id: int, skipped: bool) -> bytes:
     return _line({"t": "skipped", "id": job_id, "skipped": skipped})
 
 
-def encode_done(job_id: int, reply: Reply, output: str = "") -> bytes:
+def encode_done(job_id: int, reply: Reply, output: str = "", busy: float | None = None,
+                ) -> bytes:
     message: dict[str, Any] = {"t": "done", "id": job_id, "ok": reply.ok, "output": output}
     if reply.strays:
         message["strays"] = reply.strays
+    if busy is not None:
+        message["busy"] = round(busy, 6)
     if reply.ok:
         message["result"] = reply.result
         return _line(message)
@@ -287,15 +290,18 @@ def _outcome(msg: Mapping[str, Any]) -> Outcome:
 
     output = _str(msg, "output")
     strays = _count(msg, "strays")
+    busy = msg.get("busy")
+    busy = float(busy) if isinstance(busy, int | float) and 0 <= busy < 1e9 else None
     if msg.get("ok") is True:
         return Outcome(OutcomeKind.COMPLETED, result=msg.get("result"), exit_code=None,
-                       output=output, strays=strays)
+                       output=output, strays=strays, busy=busy)
     delay = msg.get("delay")
     return Outcome(
         OutcomeKind.CRASHED if msg.get("crashed") is True else OutcomeKind.FAILED,
         error=_error(msg.get("error")),
         output=output,
         strays=strays,
+        busy=busy,
         retry_requested=msg.get("retry") is True,
         retry_delay=float(delay) if isinstance(delay, int | float) and delay >= 0 else None,
         fail_now=msg.get("fail") is True,

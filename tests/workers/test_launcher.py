@@ -55,6 +55,8 @@ async def test_sync_and_async_jobs_complete(launcher: SubprocessLauncher,
                                         {"args": ["a", 2], "kwargs": {"key": {"n": None}}})
     assert (coro.kind, coro.result) == (OutcomeKind.COMPLETED, {"async": [1, 2]})
     assert sync.error is None
+    if isolation is POOL:  # a warm worker says how long it spent on it (for queue depth)
+        assert sync.busy is not None and 0 < sync.busy < 5
     # A fresh worker exits after its one job and is reaped; a warm one stays up.
     assert sync.exit_code == (0 if isolation is PROCESS else None)
 
