@@ -3,6 +3,8 @@ the store package, so the client can load the config without importing any store
 
 from __future__ import annotations
 
+import re
+
 from .errors import ConfigError
 
 STORE_FORMS = "'sqlite', 'sqlite:///path/to/file.db' or 'postgresql://user@host:5432/db'"
@@ -10,12 +12,23 @@ STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``: store URLs go into errors and logs."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    """``url`` with any password replaced by ``***``: store URLs go into errors and logs.
+
+    Malformed ones too (a missing ``//``, an unescaped ``@`` or ``:`` in the password): they
+    are exactly the ones that end up in an error message.  Everything between the user name
+    and the *last* ``@`` is hidden, and so is a ``password=`` query parameter."""
+    head, at, hostpart = url.rpartition("@")
+    if at:
+        scheme, sep, userinfo = head.partition("://")
+        if not sep:
+            scheme, userinfo = "", head
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            url = f"{scheme}{sep}{user}:***@{hostpart}"
+    return _PASSWORD_PARAM.sub(r"\1***", url)
+
+
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 
 def check_store(path: str, value: object) -> str | None:

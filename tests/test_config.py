@@ -254,6 +254,22 @@ def test_a_store_url_password_never_appears_in_an_error(tmp_path: Path) -> None:
     assert "mysql://jobs:***@db/jobs" in str(error)
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql:/jobs:hunter2@db/jobs",  # a missing slash: refused, and still masked
+    "postgresql//jobs:hunter2@db/jobs",
+    "postgres:hunter2@db/jobs",
+    "mysql://jobs:hunt@r2@db/jobs",  # an unescaped '@' in the password
+    "oracle://jobs@db/jobs?password=hunter2",
+])
+def test_a_malformed_store_url_is_refused_without_its_password(tmp_path: Path,
+                                                              url: str) -> None:
+    error = config_error(tmp_path, {"store": url})
+
+    assert error.path == "store"
+    assert "hunter2" not in str(error) and "r2@db" not in str(error)
+    assert "***" in str(error)
+
+
 def test_a_bad_env_number_says_what_it_expected_in_plain_english(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as port:
         load_doc(tmp_path, {}, {"ASYNCJOBS_PORT": "abc"})

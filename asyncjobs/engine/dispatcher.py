@@ -5,8 +5,9 @@ since the last round (with the worker's own start time), record the attempts tha
 (each decided by :func:`policy.decide`), then reserve as many due jobs as the launcher can
 take (``launcher.capacity``: the workers plus, for short jobs, enough queued per warm worker
 to last twice the measured round time, so workers never wait for the store between two
-jobs; the round's duration is passed on with ``launcher.pace``) and launch them.  A reserved job is still ``pending``
-to every reader: ``running`` means a worker runs it, never more than ``workers.max``.  When
+jobs; the round's duration is passed on with ``launcher.pace``) and launch them.  A
+reserved job is still ``pending`` to every reader: ``running`` means a worker runs it, never
+more than ``workers.max``.  When
 the launcher is full and a due job outranks a reserved one that has not started, the round
 reserves the better one anyway: the launcher puts it ahead, taking the worse one back from
 its worker's queue.  All of it, with any progress to store and the next due time to read,

@@ -21,7 +21,7 @@ import asyncpg
 
 from ..backend_url import redact_url
 from ..engine.roles import Leader, Notifier
-from ..errors import Unavailable
+from ..errors import ConfigError, Unavailable
 from ..models import Claimed, JobRecord, JobSpec, Status
 from . import (
     CancelResult,
@@ -87,6 +87,13 @@ class PostgresStore:
     async def open(self) -> None:
         try:
             conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
+        except ValueError:
+            # asyncpg could not read the URL (an unescaped '@' or ':' in the password, a port
+            # that is not a number, an unknown sslmode): a config mistake, and its message
+            # may quote part of the password, so it is not repeated.
+            raise ConfigError("store", "a PostgreSQL URL asyncpg can read (percent-encode "
+                              "special characters in the password: '@' as %40, ':' as %3A, "
+                              "'/' as %2F; a numeric port)", self.where) from None
         except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
         except asyncpg.PostgresError as exc:  # a wrong database or role, say

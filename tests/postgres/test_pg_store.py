@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from store_support import NOW, claim, claim_as, done, host_row, interrupted, reserve, spec
 
-from asyncjobs.errors import Unavailable
+from asyncjobs.errors import ConfigError, Unavailable
 from asyncjobs.models import OutcomeKind, Status
 from asyncjobs.store.postgres import PostgresStore
 from asyncjobs.store.postgres_schema import MIGRATIONS
@@ -237,6 +237,20 @@ async def test_an_unreachable_server_is_one_clear_error_without_the_password() -
     message = str(caught.value)
     assert "s3cret" not in message and "\n" not in message
     assert "postgresql://app:***@127.0.0.1:1/jobs" in message
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:s3c@r:et@127.0.0.1:5432/jobs",  # '@' and ':' not percent-encoded
+    "postgresql://app:s3cret@127.0.0.1:54x2/jobs",  # a port that is no number
+])
+async def test_a_url_asyncpg_cannot_read_is_a_config_error_without_the_password(
+        url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await PostgresStore(url).open()
+
+    message = str(caught.value)
+    assert caught.value.path == "store" and "percent-encode" in message
+    assert "s3c" not in message and "et@" not in message and "\n" not in message
 
 
 async def test_a_burst_of_submits_refreshes_the_planners_statistics(
