@@ -321,6 +321,8 @@ class AsyncJobsClient:
         target = Path(path)
         if target.exists():
             raise FileExistsError(f"{target} exists already; a backup never overwrites a file")
+        if not target.parent.is_dir():  # said before asking the host for a copy
+            raise FileNotFoundError(f"{target.parent} is not an existing directory")
         staged = target.with_name(f".{target.name}.partial")
         response = await self._open("POST", "/api/backup", read_timeout=600.0)
         size = 0

@@ -100,6 +100,7 @@ async def _serve(settings: Settings) -> int:
         await stop.wait()
         print("stopping: no new jobs; waiting for running ones "
               f"(up to {settings.shutdown_grace:g}s)", file=sys.stderr, flush=True)
+    print("asyncjobs host stopped", file=sys.stderr, flush=True)
     return EXIT_OK
 
 

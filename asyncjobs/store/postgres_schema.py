@@ -119,7 +119,10 @@ async def migrate(conn: asyncpg.Connection) -> None:
             await conn.execute(script)
             await conn.execute("INSERT INTO asyncjobs_schema VALUES ($1, extract(epoch FROM "
                                "clock_timestamp()))", number)
-            log.info("store schema migrated to version %s", number)
+            if version:  # new tables are created, not migrated: one line below
+                log.info("store schema migrated to version %s", number)
+        if not version:
+            log.info("store tables created (schema version %s)", len(MIGRATIONS))
 
 
 async def _create_schema(conn: asyncpg.Connection) -> None:

@@ -113,7 +113,10 @@ class SqliteStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; "
                                "COMMIT;")
-            log.info("store schema migrated to version %s", number)
+            if version:  # a new store is created, not migrated: one line below, not nine
+                log.info("store schema migrated to version %s", number)
+        if not version:
+            log.info("store created (schema version %s)", len(MIGRATIONS))
         # One host per SQLite file, and it is only starting: every reservation is a dead
         # host's, and its jobs are due again.
         conn.execute("BEGIN IMMEDIATE")

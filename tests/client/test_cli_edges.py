@@ -47,6 +47,15 @@ def test_a_backup_is_created_0600_whatever_the_umask(served: ServedHost, tmp_pat
     assert stat.S_IMODE((tmp_path / "copy.db").stat().st_mode) == 0o600
 
 
+def test_a_backup_into_a_missing_folder_names_that_folder(served: ServedHost,
+                                                          tmp_path: Path) -> None:
+    done = served.cli("backup", str(tmp_path / "nowhere" / "copy.db"))
+
+    assert done.returncode == 2
+    assert f"{tmp_path / 'nowhere'} is not an existing directory" in done.stderr
+    assert ".partial" not in done.stderr
+
+
 def test_a_bare_string_as_args_is_refused_not_split(served: ServedHost) -> None:
     before = job_count(served)
     with pytest.raises(TypeError, match=r"not str: pass \['Intro to SQL'\]"):
