@@ -29,8 +29,7 @@ import time
 from . import context, procs
 from .channel import Capture, Channel, Inbox, send_reply
 from .guard import guarded
-from .jobcall import load_allow_list, preload, run_job
-from .protocol import encode_ready
+from .jobcall import load_allow_list, run_job
 
 
 def command(allow_list: str, base_dir: str, max_result: int, output_limit: int,
@@ -55,9 +54,6 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     sys.path.insert(0, base_dir)
     capture = Capture(os.dup(2), output_limit)  # a private fd the job cannot close by accident
     allow, limits = load_allow_list(config_path)
-    if not once:  # a warm worker runs many jobs: import their modules up front
-        preload(allow)
-        channel.send(encode_ready())  # the host hands this worker out only from now on
     context.set_reporter(channel.progress)
     procs.become_subreaper()  # what a job starts stays below us, to be killed at its end
     host_pid = os.getppid()

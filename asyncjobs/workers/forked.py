@@ -28,7 +28,7 @@ from .attempt import (
     stopped,
 )
 from .forkserver import ForkServerProcess
-from .protocol import Done, ProtocolError, Ready, Skipped, decode
+from .protocol import Done, ProtocolError, Skipped, decode
 
 log = logging.getLogger("asyncjobs.workers.forked")
 
@@ -110,8 +110,6 @@ class ForkedJob(WorkerHandle):
             return self._protocol_error(f"invalid message from the worker: {exc}")
         if isinstance(message, Skipped):
             return self._protocol_error("the worker answered a skip that was not asked")
-        if isinstance(message, Ready):  # a forked child is up before the server says so
-            return self._protocol_error("the worker said it was ready, unasked")
         if message.job_id != slot.job.id:
             return self._protocol_error("the worker answered for a job it was not running")
         if self._answered:

@@ -80,21 +80,6 @@ def _signature(func: Any) -> inspect.Signature | None:
     return _SIGNATURES[key]
 
 
-def preload(allow: dict[str, Any]) -> None:
-    """Import every allow-listed job module now, while a warm worker starts, not in its
-    first job: its first job then starts as soon as one on an older worker would (jobs are
-    handed out in line order, and an import inside the first job let a later job on another
-    worker start first).  A module that fails to import is left for its jobs to report,
-    with the real error."""
-    for entry in allow.values():
-        module = entry.get("module", "jobs") if isinstance(entry, dict) else None
-        if isinstance(module, str):
-            try:
-                importlib.import_module(module)
-            except BaseException:  # noqa: S112 - reported by the job that needs it
-                continue
-
-
 def call(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
     result = func(*args, **kwargs)
     if hasattr(result, "__await__"):

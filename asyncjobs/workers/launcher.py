@@ -32,15 +32,7 @@ from ..config import Settings
 from ..errors import Unavailable
 from ..models import Claimed, ErrorInfo, Isolation, Outcome, OutcomeKind
 from . import procs
-from .attempt import (
-    NOT_STARTED,
-    START_ALLOWANCE,
-    Ended,
-    ProgressCallback,
-    Slot,
-    StartCallback,
-    settle,
-)
+from .attempt import NOT_STARTED, Ended, ProgressCallback, Slot, StartCallback, settle
 from .forked import ForkedJob
 from .forkserver import ForkServerProcess
 from .pool import ALLOW_LIST, PIPELINE_DEPTH, WorkerProcess
@@ -165,8 +157,6 @@ class SubprocessLauncher:
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
         self._successor: asyncio.Task[None] | None = None  # a warm worker being started early
-        self._starting: set[asyncio.Task[None]] = set()  # warm workers started for the line
-        self._start_failed: OSError | None = None  # the last of those failing, to report
         self._closed = False
 
     def _room_changed(self) -> None:
@@ -248,25 +238,18 @@ class SubprocessLauncher:
     def _overtake(self, slot: Slot) -> bool:
         """Keep priority order across workers; True if ``slot`` must wait for it.
 
-        A queued attempt of a better priority goes first: ``slot`` waits until it started,
-        and if a slot is free it is taken back to start there now.  Attempts of a worse
-        priority queued ahead are taken back, so ``slot`` goes before them.
+        A queued attempt of a better priority goes first: it is taken back (to start on the
+        worker ``slot`` would take), and ``slot`` waits.  Attempts of a worse priority queued
+        ahead are taken back, so ``slot`` goes before them.
         """
         rank = slot.key[0]
         if all(w.ranks.keys() <= {rank} for w in self._pool):
             return False  # nothing queued of another rank: the common case, found cheaply
         queued = self._queued()
         better = [(w, s) for w, s in queued if s.key[0] < rank]
-        if better:
-            if self._busy() < self.settings.workers.max:  # a slot is free: start them there
-                for worker, other in better:
-                    worker.request_skip(other)
-            # Otherwise they start where they wait; ``slot`` is never sent ahead of them
-            # (taking them back with no free slot only sent them round again).
-            return True
-        for worker, other in [(w, s) for w, s in queued if s.key[0] > rank]:
+        for worker, other in better or [(w, s) for w, s in queued if s.key[0] > rank]:
             worker.request_skip(other)
-        return False
+        return bool(better)
 
     def _pick(self, slot: Slot, isolation: Isolation) -> WorkerProcess | None:
         """A worker with room for ``slot``, or None (then spawn, or wait)."""
@@ -295,51 +278,18 @@ class SubprocessLauncher:
         if worker.sent + 1 < worker.max_jobs or self._successor is not None or self._closed \
                 or any(w.accepting and not w.queue for w in self._pool if w is not worker):
             return
-        self._successor = asyncio.ensure_future(self._start_warm(for_line=False))
+        self._successor = asyncio.ensure_future(self._start_successor())
 
-    def _start_for_line(self) -> None:
-        """Start as many warm workers as there are free slots and attempts waiting for one.
-
-        They are started for the line, not for one attempt: each joins the pool once it is
-        up, and whoever is first in line then takes it -- or takes a worker that came free
-        sooner -- so attempts start in line order even when a worker's start-up (~0.1 s)
-        outlasts another's job.  Counted busy while they start, so no more start than slots
-        are free.
-        """
-        wanted = min(len(self._waiting), self.settings.workers.max - self._busy())
-        for _ in range(max(0, wanted)):
-            self._spawning += 1
-            task = asyncio.ensure_future(self._start_warm(for_line=True))
-            self._starting.add(task)
-            task.add_done_callback(self._starting.discard)
-
-    async def _start_warm(self, *, for_line: bool) -> None:
-        """Start one warm worker into the pool, idle, once it says it is up: for the line
-        (:meth:`_start_for_line`) or as a retiring worker's successor (:meth:`_taken`)."""
+    async def _start_successor(self) -> None:
         try:
             worker = await WorkerProcess.spawn(self.settings, self.run_dir, once=False,
                                                number=next(self._numbers),
                                                on_room=self._room_changed)
-            try:
-                up = await asyncio.wait_for(asyncio.shield(worker.ready), START_ALLOWANCE)
-            except TimeoutError:
-                up = False
-            if not up:
-                self._track(worker.close())
-                raise OSError(f"a new worker did not start up within {START_ALLOWANCE:g} s "
-                              f"(its output: {worker.path})")
-        except OSError as exc:
-            if for_line:  # the first attempt in line reports it (SpawnError) and ends
-                self._start_failed = exc
-            else:  # then one starts on demand, as without this
-                log.warning("could not start a worker ahead of a recycle: %s", exc)
+        except OSError as exc:  # then one starts on demand, as without this
+            log.warning("could not start a worker ahead of a recycle: %s", exc)
             return
         finally:
-            if for_line:
-                self._spawning -= 1
-            else:
-                self._successor = None
-            self._room_changed()
+            self._successor = None
         if self._closed:
             await worker.close()
             return
@@ -353,19 +303,13 @@ class SubprocessLauncher:
         try:
             while not slot.future.done():
                 if self._waiting[0] is slot and not self._overtake(slot):
-                    if self._start_failed is not None:
-                        failed, self._start_failed = self._start_failed, None
-                        raise failed
                     worker = self._pick(slot, isolation)
                     if worker is not None:
                         return worker
                     if self._busy() < self.settings.workers.max:
-                        if isolation is Isolation.POOL:
-                            self._start_for_line()  # then wait in line for a worker
-                        else:  # a process of its own: the next may go while it starts
-                            self._waiting.remove(slot)
-                            self._wake_first()
-                            return await self._spawn(isolation)
+                        self._waiting.remove(slot)  # the next may go while this one spawns
+                        self._wake_first()
+                        return await self._spawn(isolation)
                 slot.wake = asyncio.get_running_loop().create_future()
                 await slot.wake
             return None
@@ -480,9 +424,8 @@ class SubprocessLauncher:
         self._closed = True
         if self._steal_timer is not None:
             self._steal_timer.cancel()
-        if self._successor is not None or self._starting:
-            await asyncio.gather(*self._starting, *([self._successor] if self._successor
-                                                    else []), return_exceptions=True)
+        if self._successor is not None:
+            await asyncio.gather(self._successor, return_exceptions=True)
         workers: list[Worker] = [*self._pool, *self._fresh]
         self._pool, self._fresh = [], set()
         # The fork server's end of input makes it kill, reap and report every child it

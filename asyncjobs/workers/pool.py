@@ -33,7 +33,7 @@ from .attempt import (
 )
 from .forkserver import spawn_worker
 from .procs import signal_group
-from .protocol import Done, ProtocolError, Ready, Skipped, decode, encode_job, encode_skip
+from .protocol import Done, ProtocolError, Skipped, decode, encode_job, encode_skip
 
 log = logging.getLogger("asyncjobs.workers.pool")
 
@@ -75,8 +75,6 @@ class WorkerProcess(WorkerHandle):
         # them is the job's own doing and is ignored, never blamed on the job behind it.
         self._answered: deque[int] = deque(maxlen=2 * PIPELINE_DEPTH)
         self._outbox: list[bytes] = []  # written together at the end of this loop turn
-        # A warm worker says when it is up (True), or is gone before that (False).
-        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
 
     @classmethod
@@ -219,10 +217,6 @@ class WorkerProcess(WorkerHandle):
             message = decode(line)
         except ProtocolError as exc:
             return self._broken(f"invalid message from the worker: {exc}")
-        if isinstance(message, Ready):
-            if not self.ready.done():
-                self.ready.set_result(True)
-            return True
         if isinstance(message, Skipped):
             return self._skipped(message.job_id, message.skipped)
         if message.job_id in self._answered:
@@ -273,8 +267,6 @@ class WorkerProcess(WorkerHandle):
     def _lost(self) -> None:
         """The channel is gone: the head crashed; everything behind it never started."""
         self.broken = True
-        if not self.ready.done():
-            self.ready.set_result(False)
         for i, slot in enumerate(self.queue):
             if slot.timer is not None:
                 slot.timer.cancel()

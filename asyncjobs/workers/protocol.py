@@ -168,12 +168,6 @@ class Reply(_Record):
         self.strays = 0  # processes the job left running, killed by the worker
 
 
-def encode_ready() -> bytes:
-    """A warm worker has started up (interpreter, allow-list, job modules imported): it can
-    run a job at once."""
-    return _line({"t": "ready", "id": 0})
-
-
 def encode_began(job_id: int, at: float) -> bytes:
     return _line({"t": "started", "id": job_id, "at": at})
 
@@ -225,12 +219,6 @@ class Progress(_Record):
         self.message = message
 
 
-class Ready(_Record):
-    """The worker is up: see :func:`encode_ready`."""
-
-    __slots__ = ()
-
-
 class Skipped(_Record):
     """The answer to a ``skip``: whether the job was taken back before it started."""
 
@@ -269,7 +257,7 @@ def _error(obj: object) -> ErrorInfo:
                      mro=tuple(mro[:64]))
 
 
-def decode(line: bytes) -> Ready | Began | Progress | Skipped | Done:
+def decode(line: bytes) -> Began | Progress | Skipped | Done:
     """Parse one worker message; raise :class:`ProtocolError` on anything unexpected."""
     try:
         msg = orjson.loads(line)
@@ -278,8 +266,6 @@ def decode(line: bytes) -> Ready | Began | Progress | Skipped | Done:
     if not isinstance(msg, dict) or not isinstance(msg.get("id"), int):
         raise ProtocolError("message without a job id")
     kind = msg.get("t")
-    if kind == "ready":
-        return Ready()
     if kind == "progress":
         fraction = msg.get("fraction")
         if not isinstance(fraction, int | float) or isinstance(fraction, bool):

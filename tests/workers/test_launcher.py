@@ -313,32 +313,6 @@ async def test_a_timeout_counts_from_the_jobs_start_not_the_workers(
     assert late.kind is OutcomeKind.TIMEOUT  # and a job over its timeout still ends so
 
 
-async def test_attempts_start_in_line_order_while_a_worker_starts_up(
-        make_settings: SettingsFactory, tmp_path: Path) -> None:
-    # B waits for a second worker to start up; meanwhile the busy one comes free.  B takes
-    # whichever is ready first (it is first in line) and C the other: C never overtakes B
-    # because a worker was slow to start.
-    launcher = SubprocessLauncher(make_settings(workers={"max": 2}), tmp_path / "run")
-    hold, record = tmp_path / "hold", tmp_path / "record"
-    hold.touch()
-    try:
-        await run(launcher, job("Ok", "pid"))  # one warm worker
-        a = asyncio.create_task(run(launcher, job("Sleepy", "hold", str(tmp_path), "a",
-                                                  str(hold))))
-        async with asyncio.timeout(10):
-            while not (tmp_path / "a.started").exists():
-                await asyncio.sleep(0.01)
-        b = asyncio.create_task(run(launcher, job("Ok", "record", str(record), "b")))
-        c = asyncio.create_task(run(launcher, job("Ok", "record", str(record), "c")))
-        await asyncio.sleep(0)  # both in line; a second worker is starting for it
-        hold.unlink()  # the first worker comes free before the second is up
-        await asyncio.gather(a, b, c)
-    finally:
-        await launcher.aclose()
-
-    assert record.read_text().split() == ["b", "c"]
-
-
 async def test_a_crashed_worker_is_replaced(launcher: SubprocessLauncher) -> None:
     before = (await run(launcher, job("Ok", "pid"))).result
     await run(launcher, job("Boom", "sigkill"))
