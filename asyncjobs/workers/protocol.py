@@ -7,7 +7,8 @@ job's own stdout and stderr go to a capture file instead, so a ``print`` can nev
 the channel): ``{"t": "started", "id", "at"}`` (:class:`Began`: the job's code is about to
 run, ``at`` being the child's wall clock), ``{"t": "progress", "id", "fraction",
 "message"}``, ``{"t": "skipped", "id", "skipped"}`` and ``{"t": "done", "id", "ok", "result"
-| "error", "retry", "delay", "fail", "output", "strays"?, "crashed"?}`` (``strays``: how
+| "error", "retry", "delay", "fail", "output", "strays"?, "busy"?, "crashed"?}`` (``busy``:
+the seconds a warm worker spent on the job, by its own clock; ``strays``: how
 many processes the job left running, killed by the worker; ``crashed``: the worker kills
 itself after this answer -- its job went over its ``memory_limit``).
 
