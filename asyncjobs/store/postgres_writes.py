@@ -71,7 +71,11 @@ ROUND_READS = _round_reads("$1", "$2")
 # with no filter it does not need: a prepared statement is soon planned once for any
 # parameters, and filters on unknown values made that plan scan and sort every pending job
 # instead of walking the jobs_due index.
-def _claim_sql(*, capped: bool, ranked: bool) -> str:
+def _claim_sql(*, capped: bool, ranked: bool, now: str = "$1", limit: str = "$2",
+               host: str = "$3", before: str = "", written: str = "") -> str:
+    """The claim (``now``, ``limit``, ``host``: their parameters).  ``before``: CTEs of a
+    write that runs in the same statement (see :data:`START_FINISH_CLAIM`), ``written``: a
+    read of it added to the reads' row."""
     rank = f"AND priority < ${7 if capped else 4}" if ranked else ""
     if capped:
         where = f"AND class <> ALL ($6::text[]) {rank}"
@@ -85,22 +89,22 @@ def _claim_sql(*, capped: bool, ranked: bool) -> str:
         where, chosen = rank, "SELECT id FROM cand"
     returning = ", ".join(_NEXT.get(c, f"jobs.{c}") for c in CLAIM_COLUMNS.split(", "))
     return f"""
-WITH cand AS (
+WITH {before}cand AS (
     SELECT id, class, priority, run_at FROM jobs
-    WHERE status = 'pending' AND run_at <= $1 AND reserved_at IS NULL AND NOT cancel_requested
-          {where}
+    WHERE status = 'pending' AND run_at <= {now} AND reserved_at IS NULL
+          AND NOT cancel_requested {where}
     ORDER BY priority, run_at, id
-    LIMIT $2
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ), chosen AS (
     {chosen}
 ), moved AS (
-    UPDATE jobs SET reserved_at = $1, host = $3
+    UPDATE jobs SET reserved_at = {now}, host = {host}
     WHERE jobs.id = ANY (ARRAY(SELECT id FROM chosen)) AND jobs.status = 'pending'
     RETURNING {returning}, jobs.priority AS sort_priority, jobs.run_at AS sort_run_at
 )
-SELECT moved.*, reads.cancel, reads.due FROM ({_round_reads("$1", "$3")}) AS reads
-LEFT JOIN moved ON true
+SELECT moved.*, reads.* FROM (SELECT * {written}FROM ({_round_reads(now, host)}) AS r)
+    AS reads LEFT JOIN moved ON true
 ORDER BY sort_priority, sort_run_at, id
 """  # noqa: S608 - column names only, no input
 
@@ -126,27 +130,45 @@ RETURNING job_id
 # Attempts that started and ended within one round ($1-$10 the job's transition as FINISH,
 # $11 attempts counted, $12 started_at, $13-$20 the attempt's end; $21: the host): reserved
 # straight to the transition, one attempt row holding both times (see rows.split_whole).
-START_FINISH = """
-WITH u AS (
+def _start_finish_ctes(host: str) -> str:
+    return f"""sf AS (
     SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[],
                          $6::text[], $7::int[], $8::text[], $9::bigint[], $10::int[],
                          $11::int[], $12::float8[], $13::text[], $14::int[], $15::text[],
                          $16::text[], $17::text[], $18::text[], $19::int[], $20::float8[])
         AS u(s, r, fin, res, et, em, da, i, id, n, a, at, o, x, aet, aem, atb, out, st, end_at)
-), moved AS (
+), sf_moved AS (
     UPDATE jobs SET status = u.s, run_at = coalesce(u.r, run_at), finished_at = u.fin,
         result = u.res, error_type = u.et, error_message = u.em, attempts = u.a - u.da,
         runs = u.n, started_at = u.at, host = NULL, reserved_at = NULL,
         cancel_requested = cancel_requested AND u.s = 'pending',
         interruptions = CASE u.i WHEN 'add' THEN interruptions + 1 ELSE 0 END
-    FROM u WHERE jobs.id = u.id AND jobs.status = 'pending' RETURNING jobs.id
-)
-INSERT INTO attempts (job_id, number, started_at, host, outcome, finished_at, exit_code,
-                      error_type, error_message, traceback, output, strays)
-SELECT u.id, u.n, u.at, $21, u.o, u.end_at, u.x, u.aet, u.aem, u.atb, u.out, u.st
-FROM u JOIN moved ON moved.id = u.id
-RETURNING job_id
-"""
+    FROM sf AS u WHERE jobs.id = u.id AND jobs.status = 'pending' RETURNING jobs.id
+), written AS (
+    INSERT INTO attempts (job_id, number, started_at, host, outcome, finished_at, exit_code,
+                          error_type, error_message, traceback, output, strays)
+    SELECT u.id, u.n, u.at, {host}, u.o, u.end_at, u.x, u.aet, u.aem, u.atb, u.out, u.st
+    FROM sf AS u JOIN sf_moved ON sf_moved.id = u.id
+    RETURNING job_id
+)"""  # noqa: S608 - a parameter name only, no input
+
+
+# Attempts that started and ended within one round ($1-$10 the job's transition as FINISH,
+# $11 attempts counted, $12 started_at, $13-$20 the attempt's end; $21: the host): reserved
+# straight to the transition, one attempt row holding both times (see rows.split_whole).
+START_FINISH = f"WITH {_start_finish_ctes('$21')} SELECT job_id FROM written"  # noqa: S608
+
+# The usual round of a drain in one statement, so one round trip and no BEGIN/COMMIT: the
+# attempts that started and ended since the last round (as START_FINISH, $1-$21) and the
+# claim ($22: now, $23: limit; $21: the host).  The two touch different rows (the claim takes
+# only unreserved jobs, the write only this host's reserved ones) and one statement is
+# atomic.  Its reads see the rows as they were before the write (one snapshot): their cancel
+# list may name a job the write just finished, which the caller leaves out.
+START_FINISH_CLAIM = _claim_sql(
+    capped=False, ranked=False, now="$22", limit="$23", host="$21",
+    before=_start_finish_ctes("$21") + ", ",
+    written=", ARRAY(SELECT job_id FROM written) AS written ")
+
 
 # A dead host's reservations ($1: alive, $2: now): due again, each leaving an interrupted
 # attempt row (it may have started in the moment before the host died) that counts as
@@ -276,16 +298,22 @@ async def claim(conn: asyncpg.Connection, now: float, limit: int,
             args.append(below)
         rows = await conn.fetch(CLAIMS[bool(room), below is not None], *args)
         cancel, due = list(rows[0]["cancel"]), rows[0]["due"]
-        rows = [row for row in rows if row[0] is not None]  # the reads' row, when no claim
-        for row in rows:
-            claimed.append(claimed_from_row(row, attempt=row[5], attempts=row[6]))
-            if row[1] in room:
-                room[row[1]] -= 1
+        taken = _claimed(rows)
+        claimed += taken
+        for job in taken:
+            if job.cls in room:
+                room[job.cls] -= 1
         # A capped class may have crowded out others among the candidates; if one filled
         # up, it is left out of the next pass.  Otherwise fewer rows means nothing is due.
-        if not rows or not any(n == 0 for cls, n in room.items() if open_.get(cls)):
+        if not taken or not any(n == 0 for cls, n in room.items() if open_.get(cls)):
             break
     return claimed, cancel, due
+
+
+def _claimed(rows: Sequence[asyncpg.Record]) -> list[Claimed]:
+    """The jobs a claim statement reserved (its reads' row alone, when none)."""
+    return [claimed_from_row(row, attempt=row[5], attempts=row[6]) for row in rows
+            if row[0] is not None]
 
 
 async def _room(conn: asyncpg.Connection, concurrency: Mapping[str, int]) -> dict[str, int]:
@@ -312,6 +340,41 @@ async def set_progress(conn: asyncpg.Connection,
         "UPDATE jobs SET progress = u.f, progress_message = u.m FROM unnest($1::bigint[], "
         "$2::float8[], $3::text[]) AS u(id, f, m) WHERE jobs.id = u.id",
         list(updates), [f for f, _ in updates.values()], [m for _, m in updates.values()])
+
+
+def in_one_statement(*, progress: Mapping[int, tuple[float, str | None]],
+                     started: Sequence[Start], finished: Sequence[Finished],
+                     concurrency: Mapping[str, int], outrank: tuple[int, int] | None) -> bool:
+    """Whether a round is the usual one of a drain, which :func:`quick_round` writes in one
+    statement: attempts that started and ended since the last round, each done with its
+    job (no chain to follow, no retry that a cancel mark could meet), and a claim without
+    caps or ranks.  Anything else takes :func:`dispatch_round`'s transaction of steps."""
+    if progress or concurrency or outrank is not None:
+        return False
+    rest, whole = split_whole(started, finished)
+    return not rest and len(whole) == len(finished) and all(
+        f.claimed.chain_id is None and f.transition.status is not Status.PENDING
+        for _, f in whole)
+
+
+async def quick_round(conn: asyncpg.Connection, *, host: str, started: Sequence[Start],
+                      finished: Sequence[Finished], now: float, limit: int) -> Round:
+    """A round that :func:`in_one_statement` admits, outside a transaction: one statement
+    is atomic, and BEGIN and COMMIT were half of such a round's four round trips."""
+    _, whole = split_whole(started, finished)
+    if whole:
+        rows = await conn.fetch(START_FINISH_CLAIM, *_start_finish_columns(whole), host, now,
+                                limit)
+        _moved(whole, set(rows[0]["written"]))
+    elif limit > 0:
+        rows = await conn.fetch(CLAIMS[False, False], now, limit, host)
+    else:
+        reads = await conn.fetchrow(ROUND_READS, now, host)
+        return Round([], [], None, list(reads["cancel"]))
+    due = rows[0]["due"]
+    done = {f.claimed.id for _, f in whole}
+    return Round([], _claimed(rows), float(due) if due is not None and limit > 0 else None,
+                 [job_id for job_id in rows[0]["cancel"] if job_id not in done])
 
 
 async def dispatch_round(conn: asyncpg.Connection, *, host: str,
@@ -359,13 +422,22 @@ async def start_and_finish(conn: asyncpg.Connection, whole: Sequence[tuple[Start
                            host: str) -> set[int]:
     """Attempts that started and ended within one round, written once (see
     :data:`START_FINISH`); return the jobs moved."""
+    rows = await conn.fetch(START_FINISH, *_start_finish_columns(whole), host)
+    return _moved(whole, {r[0] for r in rows})
+
+
+def _start_finish_columns(whole: Sequence[tuple[Start, Finished]]) -> list[list[Any]]:
+    """START_FINISH's $1-$20, each transition checked first."""
     for _, f in whole:
         check_transition(f.claimed.id, Status.RUNNING, f.transition.status)
-    rows = await conn.fetch(START_FINISH, *_columns(
-        [(*job_update(f), f.claimed.attempt, f.claimed.attempts, s.at, f.outcome.kind.value,
-          f.outcome.exit_code, *error_columns(f.outcome.error), f.outcome.output,
-          f.outcome.strays, f.at) for s, f in whole], 20), host)
-    moved = {r[0] for r in rows}
+    return _columns([(*job_update(f), f.claimed.attempt, f.claimed.attempts, s.at,
+                      f.outcome.kind.value, f.outcome.exit_code,
+                      *error_columns(f.outcome.error), f.outcome.output, f.outcome.strays,
+                      f.at) for s, f in whole], 20)
+
+
+def _moved(whole: Sequence[tuple[Start, Finished]], moved: set[int]) -> set[int]:
+    """``moved``, after saying which of ``whole`` were not (someone else moved them)."""
     if len(moved) < len(whole):
         log.error("start and finish: %d of %d job(s) were no longer pending: %s",
                   len(whole) - len(moved), len(whole),
