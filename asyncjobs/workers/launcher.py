@@ -43,7 +43,6 @@ STEAL_AFTER = 0.05  # seconds a job must have run before an idle worker takes wh
 QUEUE_AHEAD_COVERS = 0.005  # seconds of work a warm worker keeps queued ahead, at least ...
 MAX_COVER = 0.05  # ... and at most, however slow the store's rounds are
 RUNTIME_WEIGHT = 0.2  # of the newest sample in a class's moving average run time
-SUCCESSOR_LEAD = 0.5  # seconds of typical jobs a retiring worker has left when its successor starts
 
 
 class Launcher(Protocol):
@@ -157,7 +156,7 @@ class SubprocessLauncher:
         self._steal_timer: asyncio.TimerHandle | None = None
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
-        self._successors: set[asyncio.Task[None]] = set()  # warm workers started early
+        self._successor: asyncio.Task[None] | None = None  # a warm worker being started early
         self._closed = False
 
     def _room_changed(self) -> None:
@@ -271,23 +270,15 @@ class SubprocessLauncher:
         return None
 
     def _taken(self, worker: WorkerProcess) -> None:
-        """``worker`` gets one more job: when few are left before it retires
-        (``max_jobs_per_worker``), start its successor now, so that it is warm when this one
-        retires instead of leaving a slot idle for an interpreter's start-up (~0.1 s) at
-        every recycle.  "Few" is what its queue and :data:`SUCCESSOR_LEAD` seconds of typical
-        jobs hold: an interpreter's start must fit in what it still runs.  Each retiring
-        worker gets its own successor (workers fed alike retire together).  A successor takes
-        no job while the retiring worker still runs: an idle worker is picked only when
-        fewer than ``workers.max`` are busy."""
-        typical = self._typical
-        lead = PIPELINE_DEPTH if typical is None else \
-            max(PIPELINE_DEPTH, int(SUCCESSOR_LEAD / max(typical, 1e-6)))
-        if worker.sent + 1 + lead < worker.max_jobs or worker.succeeded or self._closed:
+        """``worker`` gets one more job: if that is its last (``max_jobs_per_worker``),
+        start its successor now, so that it is warm when this one retires instead of
+        leaving a slot idle for an interpreter's start-up (~0.1 s) at every recycle.  The
+        successor takes no job while the retiring worker still runs: an idle worker is
+        picked only when fewer than ``workers.max`` are busy."""
+        if worker.sent + 1 < worker.max_jobs or self._successor is not None or self._closed \
+                or any(w.accepting and not w.queue for w in self._pool if w is not worker):
             return
-        worker.succeeded = True
-        task = asyncio.ensure_future(self._start_successor())
-        self._successors.add(task)
-        task.add_done_callback(self._successors.discard)
+        self._successor = asyncio.ensure_future(self._start_successor())
 
     async def _start_successor(self) -> None:
         try:
@@ -297,6 +288,8 @@ class SubprocessLauncher:
         except OSError as exc:  # then one starts on demand, as without this
             log.warning("could not start a worker ahead of a recycle: %s", exc)
             return
+        finally:
+            self._successor = None
         if self._closed:
             await worker.close()
             return
@@ -431,7 +424,8 @@ class SubprocessLauncher:
         self._closed = True
         if self._steal_timer is not None:
             self._steal_timer.cancel()
-        await asyncio.gather(*self._successors, return_exceptions=True)
+        if self._successor is not None:
+            await asyncio.gather(self._successor, return_exceptions=True)
         workers: list[Worker] = [*self._pool, *self._fresh]
         self._pool, self._fresh = [], set()
         # The fork server's end of input makes it kill, reap and report every child it

@@ -67,7 +67,6 @@ class WorkerProcess(WorkerHandle):
         self.strays = 0  # processes of its job killed with it (kill, crash)
         self.exiting = False  # it said it is going away: what it still holds never started
         self.broken = False  # killed, crashed or confused: never reused
-        self.succeeded = False  # its successor was started ahead of its retirement
         self.queue: deque[Slot] = deque()
         # How many of the queue's attempts are of each priority rank: whether a new attempt
         # could overtake any, known without walking every queue (they hold up to 64 each).
