@@ -215,15 +215,17 @@ RETURNING jobs.id
 """
 
 
+def plain(specs: Sequence[JobSpec]) -> bool:
+    """Whether :func:`submit` stores ``specs`` in one INSERT (no unique key, no chain)."""
+    return all(s.unique_key is None and not s.then for s in specs)
+
+
 async def submit(conn: asyncpg.Connection, specs: Sequence[JobSpec],
                  now: float) -> list[Submitted]:
-    plain = [s for s in specs if s.unique_key is None and not s.then]
-    if len(plain) == len(specs):
+    if plain(specs):
         ids = await _insert(conn, [_job_row(s) for s in specs], now)
-        result = [Submitted(i, Status.PENDING) for i in ids]
-    else:
-        result = [await _submit_one(conn, s, now) for s in specs]
-    return result
+        return [Submitted(i, Status.PENDING) for i in ids]
+    return [await _submit_one(conn, s, now) for s in specs]
 
 
 def _job_row(spec: JobSpec) -> tuple[Any, ...]:
