@@ -22,12 +22,14 @@ capture), :mod:`~asyncjobs.workers.jobcall` (allow-list, import, signature check
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import sys
 import time
 
 from . import context, procs
 from .channel import Capture, Channel, Inbox, send_reply
+from .exiting import exit_child
 from .guard import guarded
 from .jobcall import load_allow_list, run_job
 
@@ -56,6 +58,9 @@ def serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
     allow, limits = load_allow_list(config_path)
     context.set_reporter(channel.progress)
     procs.become_subreaper()  # what a job starts stays below us, to be killed at its end
+    # What the worker loaded is kept for its life: out of the collector's way (its full
+    # collections walk only what the jobs made), and out of exit_child's scan.
+    gc.freeze()
     host_pid = os.getppid()
     while (job := inbox.next_job()) is not None:
         took_up = time.perf_counter()
@@ -85,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         fork_serve(config_path, base_dir, int(max_result), int(output_limit))
         return
     serve(config_path, base_dir, int(max_result), int(output_limit), mode == "once")
+    exit_child(0)  # its jobs' threads, atexit and files as at any exit; no teardown
 
 
 if __name__ == "__main__":

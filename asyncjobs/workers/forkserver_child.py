@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import os
 import sys
-import threading
 import traceback
 from typing import Any, NoReturn
 
@@ -123,29 +121,3 @@ def _close_fds_except(*keep: int, limit: int) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, limit)
-
-
-def exit_child(code: int) -> NoReturn:
-    """End a forked child as a spawned worker ends, minus the interpreter's teardown.
-
-    What a job can observe of a normal exit happens: non-daemon threads are joined,
-    ``atexit`` handlers run (``logging.shutdown`` among them), and open files are flushed.
-    What it cannot observe is skipped: tearing down every module and object, which costs a
-    full interpreter finalisation (~10 ms) per attempt.  ``multiprocessing`` ends its
-    forked children the same way.
-    """
-    import atexit  # noqa: PLC0415 - only forked children get here
-    import io  # noqa: PLC0415
-
-    with contextlib.suppress(BaseException):
-        threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
-    with contextlib.suppress(BaseException):
-        atexit._run_exitfuncs()
-    with contextlib.suppress(BaseException):
-        for generation in range(3):  # not the server's objects: frozen before the fork
-            for obj in gc.get_objects(generation):
-                if isinstance(obj, io.BufferedWriter | io.BufferedRandom | io.TextIOWrapper) \
-                        and not obj.closed:
-                    with contextlib.suppress(BaseException):
-                        obj.flush()
-    os._exit(code)

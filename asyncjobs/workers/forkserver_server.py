@@ -17,7 +17,8 @@ from typing import Any
 
 from . import procs
 from .channel import message_limit
-from .forkserver_child import ChildExit, exit_child, open_max, run_forked
+from .exiting import exit_child
+from .forkserver_child import ChildExit, open_max, run_forked
 from .guard import Limits
 from .jobcall import load_allow_list
 from .protocol import (

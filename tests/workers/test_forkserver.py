@@ -334,6 +334,24 @@ async def test_a_child_finishes_like_an_interpreter_exit(launcher: SubprocessLau
     assert sorted(record.read_text().splitlines()) == ["atexit", "buffered", "thread"]
 
 
+@pytest.mark.parametrize("isolation", [Isolation.POOL, Isolation.PROCESS])
+async def test_a_spawned_worker_finishes_like_an_interpreter_exit_too(
+        settings: Settings, tmp_path: Path, isolation: Isolation) -> None:
+    # Spawned workers (pool, and once without the fork server) skip the interpreter's
+    # teardown as well (exiting.exit_child): what a job left must still be completed.
+    record = tmp_path / "record"
+    launcher = SubprocessLauncher(settings, tmp_path / "run", fork=False)
+    try:
+        async with asyncio.timeout(10):
+            outcome = await launcher.run(job("Tricks", "finishing", str(record)), isolation,
+                                         lambda *_: None)
+    finally:
+        await launcher.aclose()  # a pool worker exits at the end of its input
+
+    assert outcome.kind is OutcomeKind.COMPLETED
+    assert sorted(record.read_text().splitlines()) == ["atexit", "buffered", "thread"]
+
+
 @pytest.mark.parametrize("spy_first", [True, False], ids=["spy-first", "spy-second"])
 async def test_a_child_cannot_read_another_attempts_request(launcher: SubprocessLauncher,
                                                             spy_first: bool) -> None:
