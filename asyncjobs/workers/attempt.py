@@ -83,9 +83,17 @@ class Slot:
     key: tuple[int, int] = (0, 0)  # (priority rank, claim order): the better, the sooner
     wake: asyncio.Future[None] | None = None  # while it waits for a worker (see _assign)
     observed: Outcome | Ended | None = None  # what the worker said, even after a stop won
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.TimerHandle | None = None  # its timeout (a warm worker keeps one of its own)
     skip_pending: bool = False  # a skip was sent; its answer decides ``turn``
     began: float = 0.0  # loop time it reached the head
+    started: float | None = None  # loop time its job started, by the worker's report
+
+    def deadline(self) -> float:
+        """When it times out (loop time): its timeout from the job's start, or, until the
+        worker reports that, from the hand-over plus :data:`START_ALLOWANCE`."""
+        if self.started is not None:
+            return self.started + self.job.timeout
+        return self.began + self.job.timeout + START_ALLOWANCE
 
 
 def report(slot: Slot, message: Began | Progress) -> None:
@@ -96,12 +104,13 @@ def report(slot: Slot, message: Began | Progress) -> None:
     # Host and worker share the machine's wall clock: the message's age is exact even when
     # the host reads it late (a busy loop), and it holds for any injected clock.
     age = max(0.0, time.time() - message.at)
+    loop = asyncio.get_running_loop()
+    # The timeout counts from the job's own start: the time since the hand-over also ran
+    # while a fresh worker (or the fork server) started up.
+    slot.started = loop.time() - age
     if slot.timer is not None:
-        # The timeout counts from the job's own start: the timer set when the attempt was
-        # handed over also ran while a fresh worker (or the fork server) started up.
         slot.timer.cancel()
-        slot.timer = asyncio.get_running_loop().call_later(
-            max(0.0, slot.job.timeout - age), settle, slot.future, TIMED_OUT)
+        slot.timer = loop.call_at(slot.deadline(), settle, slot.future, TIMED_OUT)
     if slot.on_start is not None:
         slot.on_start(slot.job.id, age)
 

@@ -174,9 +174,9 @@ class SubprocessLauncher:
         steal could pay off, and stealing costs a round trip.  A timer looks again when the
         youngest candidate comes of age.
         """
-        if self._busy() >= self.settings.workers.max or not any(
-                w.accepting and not w.queue for w in self._pool):
-            return
+        if not any(not w.queue and w.accepting for w in self._pool) or \
+                self._busy() >= self.settings.workers.max:
+            return  # no idle warm worker (a drain's usual case: found first, cheaply)
         now = asyncio.get_running_loop().time()
         wait: float | None = None
         for worker in self._pool:

@@ -22,7 +22,6 @@ from . import procs
 from .attempt import (
     NOT_STARTED,
     REQUEUE,
-    START_ALLOWANCE,
     TIMED_OUT,
     Ended,
     Slot,
@@ -75,6 +74,7 @@ class WorkerProcess(WorkerHandle):
         # them is the job's own doing and is ignored, never blamed on the job behind it.
         self._answered: deque[int] = deque(maxlen=2 * PIPELINE_DEPTH)
         self._outbox: list[bytes] = []  # written together at the end of this loop turn
+        self._timer: asyncio.TimerHandle | None = None  # the head's timeout (see _begin)
         self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
 
     @classmethod
@@ -108,10 +108,31 @@ class WorkerProcess(WorkerHandle):
             return  # the skip's answer tells which: see _skipped
         loop = asyncio.get_running_loop()
         slot.began = loop.time()
-        slot.timer = loop.call_later(slot.job.timeout + START_ALLOWANCE, settle, slot.future,
-                                     TIMED_OUT)
+        # One timer for the worker, not one per job: it is due by the head's earliest
+        # possible deadline (its hand-over plus its timeout: its job cannot start sooner),
+        # and when it fires it looks at the head of that moment (see _timed).
+        earliest = slot.began + slot.job.timeout
+        if self._timer is None or self._timer.when() > earliest:
+            self._arm(earliest)
         if not slot.turn.done():
             slot.turn.set_result(True)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(when, self._timed)
+
+    def _timed(self) -> None:
+        """The worker's timer: time the head out if its deadline passed, else wait for it."""
+        self._timer = None
+        if not self.queue or self.queue[0].skip_pending:
+            return  # nothing runs (a next head arms it again)
+        head = self.queue[0]
+        deadline = head.deadline()
+        if asyncio.get_running_loop().time() >= deadline:
+            settle(head.future, TIMED_OUT)
+        else:
+            self._arm(deadline)
 
     def request_skip(self, slot: Slot) -> None:
         """Ask the worker to take ``slot`` back if it has not started it (one answer comes)."""
@@ -228,6 +249,11 @@ class WorkerProcess(WorkerHandle):
         head = self.queue[0]
         if not isinstance(message, Done):
             report(head, message)
+            if head.started is not None and (self._timer is None
+                                             or self._timer.when() > head.deadline()):
+                # It started before it became the head here (this host read the previous
+                # answer late): its deadline is earlier than the timer armed at hand-over.
+                self._arm(head.deadline())
             return True
         self._done(head, message.outcome)
         return True
@@ -237,8 +263,6 @@ class WorkerProcess(WorkerHandle):
         self.queue.popleft()
         self._uncount(head)
         self._answered.append(head.job.id)
-        if head.timer is not None:
-            head.timer.cancel()
         head.observed = outcome
         settle(head.future, outcome)
         if outcome.kind is OutcomeKind.CRASHED:
@@ -267,9 +291,10 @@ class WorkerProcess(WorkerHandle):
     def _lost(self) -> None:
         """The channel is gone: the head crashed; everything behind it never started."""
         self.broken = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for i, slot in enumerate(self.queue):
-            if slot.timer is not None:
-                slot.timer.cancel()
             if i == 0 and not self.exiting:
                 if slot.observed is None:
                     slot.observed = Ended(OutcomeKind.CRASHED)
