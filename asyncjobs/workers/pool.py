@@ -72,7 +72,7 @@ class WorkerProcess(WorkerHandle):
         self.ranks: Counter[int] = Counter()
         # Jobs this worker already answered for: a late or forged second answer from one of
         # them is the job's own doing and is ignored, never blamed on the job behind it.
-        self._answered: deque[int] = deque(maxlen=2 * PIPELINE_DEPTH)
+        self._answered: dict[int, None] = {}  # the last 2 * PIPELINE_DEPTH, oldest first
         self._outbox: list[bytes] = []  # written together at the end of this loop turn
         self._timer: asyncio.TimerHandle | None = None  # the head's timeout (see _begin)
         self._reader = asyncio.create_task(self._read_loop(), name=f"worker-{proc.pid}")
@@ -188,8 +188,7 @@ class WorkerProcess(WorkerHandle):
 
     def send(self, slot: Slot) -> None:
         # A retry of a job this worker answered for before: its answers are not "second" ones.
-        with contextlib.suppress(ValueError):
-            self._answered.remove(slot.job.id)
+        self._answered.pop(slot.job.id, None)
         self.queue.append(slot)
         self.ranks[slot.key[0]] += 1
         self.sent += 1
@@ -262,7 +261,9 @@ class WorkerProcess(WorkerHandle):
         """The running attempt's answer: settle it, and start the next one."""
         self.queue.popleft()
         self._uncount(head)
-        self._answered.append(head.job.id)
+        self._answered[head.job.id] = None
+        if len(self._answered) > 2 * PIPELINE_DEPTH:
+            del self._answered[next(iter(self._answered))]
         head.observed = outcome
         settle(head.future, outcome)
         if outcome.kind is OutcomeKind.CRASHED:
