@@ -248,8 +248,9 @@ class Dispatcher:
         if outcome.error is not None and outcome.kind is not OutcomeKind.CANCELLED:
             self.job_log.error(at, c.id, cls=c.cls, method=c.method, attempt=c.attempt,
                                outcome=outcome.kind.value, error=outcome.error)
-        log.debug("job %s attempt %s ended %s -> %s", c.id, c.attempt, outcome.kind.value,
-                 status.value)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job %s attempt %s ended %s -> %s", c.id, c.attempt, outcome.kind.value,
+                      status.value)
 
     def _publish(self, job_id: int, status: Status, attempt: int, at: float) -> None:
         self.events.publish({"type": "job", "id": job_id, "status": status.value,
@@ -263,7 +264,9 @@ class Dispatcher:
             self.settings.workers.isolation
 
     def _launch(self, claimed: Claimed) -> None:
-        task = asyncio.create_task(self._attempt(claimed), name=f"asyncjobs-job-{claimed.id}")
+        # Unnamed: a name is formatted and set per task, and the coroutine's repr already
+        # says what it is (Dispatcher._attempt) in a dump of the tasks.
+        task = asyncio.create_task(self._attempt(claimed))
         self.running[claimed.id] = _Running(claimed, self.clock.monotonic(), self.clock.now(),
                                             task)
 

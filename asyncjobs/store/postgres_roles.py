@@ -104,6 +104,7 @@ class PgNotifier:
         self._safety_poll = safety_poll
         self._bus = EventBus()
         self._origin = uuid.uuid4().hex[:12]
+        self._own = _payload(self._origin, [])[:-3]  # how our own payloads begin (see pack)
         self._outbox: list[Event] = []
         self._sender: asyncpg.Connection | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -219,6 +220,8 @@ class PgNotifier:
             conn.terminate()
 
     def _received(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        if payload.startswith(self._own):
+            return  # our own, delivered locally when published: not even parsed
         try:
             message: dict[str, Any] = orjson.loads(payload)
         except orjson.JSONDecodeError:

@@ -243,7 +243,7 @@ class SubprocessLauncher:
         ahead are taken back, so ``slot`` goes before them.
         """
         rank = slot.key[0]
-        if all(w.ranks.keys() <= {rank} for w in self._pool):
+        if all(not w.ranks or (len(w.ranks) == 1 and rank in w.ranks) for w in self._pool):
             return False  # nothing queued of another rank: the common case, found cheaply
         queued = self._queued()
         better = [(w, s) for w, s in queued if s.key[0] < rank]
