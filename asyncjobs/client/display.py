@@ -207,7 +207,7 @@ def schedule_rows(schedules: Sequence[Mapping[str, JSONValue]],
 def host_rows(hosts: Sequence[Mapping[str, JSONValue]], now: float | None = None) -> str:
     rows = [[f"{h['id']}{' *' if h['this'] else ''}", str(h["url"] or "-"),
              f"{h['hostname']}:{h['pid']}", ago(h["heartbeat_at"], now),
-             "alive" if h["alive"] else "gone", str(h["running"]),
+             str(h.get("state") or ("alive" if h["alive"] else "gone")), str(h["running"]),
              "yes" if h.get("leader") else ""] for h in hosts]
     return table(["HOST (* this one)", "ADDRESS", "MACHINE:PID", "HEARTBEAT", "STATE",
                   "RUNNING", "LEADER"], rows)

@@ -263,8 +263,8 @@ class Host:
         rows = await self.store.hosts(now)
         return [{"id": h.id, "url": h.url, "pid": h.pid, "hostname": h.hostname,
                  "started_at": iso(h.started_at), "heartbeat_at": iso(h.heartbeat_at),
-                 "alive": h.alive(now), "running": h.running, "leader": h.leader,
-                 "this": h.id == self.id}
+                 "alive": h.alive(now), "state": h.state(now), "running": h.running,
+                 "leader": h.leader, "this": h.id == self.id}
                 for h in rows]
 
     async def backup(self, target: Path) -> BackupInfo:

@@ -128,6 +128,13 @@ class HostRow:
     def alive(self, now: float) -> bool:
         return self.expires_at > now
 
+    def state(self, now: float) -> str:
+        """``alive``; ``stopped`` if it said so as it shut down (:meth:`Store.retire_host`
+        ends the lease at the last heartbeat); ``gone`` if its lease ran out instead."""
+        if self.alive(now):
+            return "alive"
+        return "stopped" if self.expires_at <= self.heartbeat_at else "gone"
+
 
 @runtime_checkable
 class FileBackup(Protocol):
@@ -179,7 +186,9 @@ class Store(Protocol):
         ...
 
     async def retire_host(self, host_id: str, now: float) -> None:
-        """End ``host_id``'s lease now (clean shutdown); its row stays for the history."""
+        """End ``host_id``'s lease now (clean shutdown): its heartbeat and its lease's end
+        both become ``now``, which is how a stopped host is told from a dead one
+        (:meth:`HostRow.state`); its row stays for the history."""
         ...
 
     async def hosts(self, now: float) -> list[HostRow]:

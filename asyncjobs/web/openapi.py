@@ -273,11 +273,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"hosts": {"type": "array", "items": {
                     "type": "object",
                     "required": ["id", "url", "pid", "hostname", "started_at", "heartbeat_at",
-                                 "alive", "running", "leader", "this"],
+                                 "alive", "state", "running", "leader", "this"],
                     "properties": {"id": {"type": "string"}, "url": {"type": "string"},
                                    "pid": {"type": "integer"}, "hostname": {"type": "string"},
                                    "started_at": _ISO, "heartbeat_at": _ISO,
                                    "alive": {"type": "boolean"},
+                                   "state": {"enum": ["alive", "stopped", "gone"],
+                                             "description": "stopped: shut down cleanly; "
+                                             "gone: its lease ran out (it died)"},
                                    "running": {"type": "integer"},
                                    "leader": {"type": "boolean", "description":
                                               "runs schedules, the pruner and rescues now"},

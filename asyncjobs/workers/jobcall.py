@@ -125,10 +125,13 @@ def _describe(exc: BaseException) -> tuple[str, str]:
 
 
 def error_reply(exc: BaseException, *, retry: bool = False, delay: float | None = None,
-                fail: bool = False) -> Reply:
+                fail: bool = False, with_traceback: bool = True) -> Reply:
+    """``with_traceback=False``: a refusal made before the job's code ran, whose traceback
+    would show only this module's frames (the message says it all)."""
     message, tb = _describe(exc)
     return Reply(False, retry=retry, delay=delay, fail=fail, error=ErrorReport(
-        type(exc).__name__, message[:2000], tb[-20000:], [c.__name__ for c in type(exc).__mro__]))
+        type(exc).__name__, message[:2000], tb[-20000:] if with_traceback else "",
+        [c.__name__ for c in type(exc).__mro__]))
 
 
 def run_job(job: JobRequest, allow: dict[str, Any], max_result: int, channel: Channel) -> Reply:
@@ -140,7 +143,9 @@ def run_job(job: JobRequest, allow: dict[str, Any], max_result: int, channel: Ch
         result = call(func, job.args, job.kwargs)
     except Retry as exc:
         return error_reply(exc, retry=True, delay=exc.delay)
-    except (Fail, NotAllowedError, ArgumentsError) as exc:
+    except (NotAllowedError, ArgumentsError) as exc:
+        return error_reply(exc, fail=True, with_traceback=False)
+    except Fail as exc:
         return error_reply(exc, fail=True)
     except BaseException as exc:
         return error_reply(exc)

@@ -429,3 +429,5 @@ def test_arguments_that_do_not_fit_the_signature_fail_at_once(served: ServedHost
     assert job["error"]["type"] == "ArgumentsError"
     assert "SampleJob.process(*params, previous=None) cannot take" in job["error"]["message"]
     assert "unexpected keyword argument 'nope'" in job["error"]["message"]
+    # Refused before the job's code ran: a traceback would show only asyncjobs' own frames.
+    assert not job["attempt_history"][-1]["error"]["traceback"]

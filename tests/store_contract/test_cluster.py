@@ -35,6 +35,7 @@ async def test_hosts_register_heartbeat_and_retire(store: Store) -> None:
     (a,) = await store.hosts(NOW)
     assert (a.id, a.url, a.running, a.alive(NOW + LEASE - 1)) == ("a", "http://a", 1, True)
     assert not a.alive(NOW + LEASE)
+    assert (a.state(NOW), a.state(NOW + LEASE)) == ("alive", "gone")  # its lease ran out
 
     await store.heartbeat("a", NOW + 10, NOW + 10 + LEASE)
     (a,) = await store.hosts(NOW + 10)
@@ -43,6 +44,7 @@ async def test_hosts_register_heartbeat_and_retire(store: Store) -> None:
     await store.retire_host("a", NOW + 11)
     (a,) = await store.hosts(NOW + 11)
     assert not a.alive(NOW + 11)
+    assert a.state(NOW + 11) == a.state(NOW + 1000) == "stopped"  # said so as it went
     assert [c.id for c in await store.orphans(NOW + 11, alive="b")] == [job_id]
 
 

@@ -604,7 +604,7 @@
   }
 
   function hostRow(host) {
-    const state = host.alive ? "alive" : "gone";
+    const state = host.state || (host.alive ? "alive" : "gone");
     return el("tr", {"data-host": host.id, "data-state": state, "data-leader": host.leader ? "" : null},
       el("td", {"data-col": "host"}, hostId(host.id),
         host.this ? el("span", {class: "note", title: "the host serving this page"}, "this host") : null),
