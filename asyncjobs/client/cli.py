@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _submit_parser(sub, common)
     _client_parsers(sub, common)
+    for command_parser in sub.choices.values():  # so a stray argument is told with its usage
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
@@ -178,7 +180,14 @@ def _json_args_flag(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_json_args_flag(list(sys.argv[1:] if argv is None else argv)))
+    args, stray = parser.parse_known_args(
+        _json_args_flag(list(sys.argv[1:] if argv is None else argv)))
+    if stray:  # the command's usage, not the top level's, and what was probably meant
+        hint = ""
+        if args.command == "submit" and any(a.lstrip().startswith("{") for a in stray):
+            hint = ("; --json takes no value here (it prints the answer as JSON): give "
+                    "keyword arguments as --kw KEY=VALUE and positional ones as --args '[...]'")
+        args.command_parser.error(f"unrecognized arguments: {' '.join(stray)}{hint}")
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit

@@ -370,6 +370,22 @@ def test_display_helpers() -> None:
         "[##########..........] 50% half")
 
 
+def test_a_stray_argument_is_told_with_its_commands_usage(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # An object after --json (which takes no value in submit) was reported with the top-level
+    # usage, which says nothing about submit's flags.
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["submit", "SampleJob", "process", "--json", '{"x": 1}'])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert err.startswith("usage: asyncjobs submit ")
+    assert "unrecognized arguments: {\"x\": 1}" in err and "--kw KEY=VALUE" in err
+
+    with pytest.raises(SystemExit):
+        cli.main(["status", "7", "--bogus"])
+    assert capsys.readouterr().err.startswith("usage: asyncjobs status ")
+
+
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--help"])
