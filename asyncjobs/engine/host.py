@@ -110,6 +110,10 @@ class Host:
         stack = self._stack = contextlib.AsyncExitStack()
         self._take_lock()
         stack.callback(self._release_lock)
+        if self._serve_api:
+            from ..web.api import check_port_free  # noqa: PLC0415 - see start_api below
+
+            check_port_free(self.settings.api.host, self.settings.api.port)
         self.token = datadir.load_or_create_token(self.data_dir)
         job_log = self._job_log = JobLog(self.data_dir / "logs", self.settings.logs)
         stack.callback(job_log.close)

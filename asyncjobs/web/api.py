@@ -11,8 +11,11 @@ sign-in routes are in :mod:`.signin`; the API knows the host only through
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -260,6 +263,29 @@ def build_app(host: HostAPI) -> web.Application:
     r.add_get("/metrics", metrics)
     signin.add_routes(r)
     return app
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse at once a port something already listens on, before the host opens (and
+    perhaps migrates) its store and registers itself: :func:`start_api` binds later, and a
+    port taken in between is still refused there."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # start_api says what is wrong with the address
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":  # as asyncio binds: a port in TIME_WAIT is free
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # an address this machine lacks (IPv6 off, say): not ours to judge
+                raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 async def start_api(host: HostAPI) -> tuple[web.AppRunner, str]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -94,6 +95,19 @@ async def test_a_closed_host_accepts_nothing(settings: Settings, make_host: Host
 
     with pytest.raises(Unavailable):
         await host.submit("Ok", "run")
+
+
+async def test_a_taken_port_is_refused_before_the_store_is_touched(
+        make_settings: SettingsFactory, make_host: HostFactory) -> None:
+    # It was found only after the store was opened and migrated and the host registered.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        settings = make_settings(api={"host": "127.0.0.1", "port": port})
+        with pytest.raises(Unavailable, match=f"cannot listen on 127.0.0.1:{port}"):
+            async with make_host(settings, serve_api=True):
+                pass
+
+    assert not (settings.data_dir / DB_FILE).stat().st_size  # never opened
 
 
 # -- cancel and manual retry ---------------------------------------------------------------
