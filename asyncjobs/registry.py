@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Iterable, Mapping
+from importlib.machinery import PathFinder
+from importlib.util import find_spec
 from typing import Any
 
 from .config import JobClass, Settings
@@ -43,6 +46,22 @@ def check_allowed(settings: Settings, cls: object, method: object) -> JobClass:
         log.warning("refused: method %r of %s is not in the allow-list", method[:200], cls)
         raise NotAllowed(f"method {method[:200]!r} of {cls} is not in the allow-list")
     return entry
+
+
+def unfound_modules(settings: Settings) -> dict[str, str]:
+    """Job classes whose module the workers will not find, by class: a typo in ``module``
+    would otherwise show only as every one of its jobs failing.  Only the top-level name is
+    looked up, on the workers' path (the config's directory first), by a finder that
+    imports nothing: finding ``pkg.mod`` would run ``pkg/__init__.py`` here, and the host
+    never runs job code."""
+    path = [str(settings.base_dir), *sys.path]
+
+    def found(top: str) -> bool:
+        # The path first, then every finder (an editable install's is not on the path).
+        return PathFinder.find_spec(top, path) is not None or find_spec(top) is not None
+
+    return {name: job.module for name, job in settings.jobs.items()
+            if not found(job.module.partition(".")[0])}
 
 
 def _number(name: str, value: object, *, positive: bool = False) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from fakes import SettingsFactory
 from asyncjobs.config import Settings
 from asyncjobs.errors import BadRequest, InvalidField, NotAllowed
 from asyncjobs.models import Priority, iso
-from asyncjobs.registry import check_allowed, parse_submit
+from asyncjobs.registry import check_allowed, parse_submit, unfound_modules
 from asyncjobs.web.responses import status_of
 
 NOW = 1_800_000_000.0
@@ -166,3 +167,18 @@ def test_iso_matches_datetime_everywhere(ts: float) -> None:
     expected = dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
     assert iso(ts) == expected[:-6] + "Z"
     assert iso(ts) == iso(ts)  # the cached prefix gives the same answer
+
+
+def test_a_job_module_the_workers_will_not_find_is_named_without_importing_anything(
+        make_settings: SettingsFactory, tmp_path: Path) -> None:
+    # A typo in "module" showed only as every job of the class failing, one by one.
+    trap = tmp_path / "trapjobs"
+    trap.mkdir()
+    (trap / "__init__.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n")
+    settings = make_settings(jobs={
+        "Here": {"module": "trapjobs.tasks", "methods": ["run"]},  # the package exists
+        "Typo": {"module": "trapjbos.tasks", "methods": ["run"]},
+        "Installed": {"module": "orjson", "methods": ["run"]}})  # from site-packages
+
+    assert unfound_modules(settings) == {"Typo": "trapjbos.tasks"}
+    assert not (tmp_path / "imported").exists()  # trapjobs/__init__.py never ran here

@@ -115,6 +115,9 @@ class Host:
 
             check_port_free(self.settings.api.host, self.settings.api.port)
         self.token = datadir.load_or_create_token(self.data_dir)
+        for cls, module in registry.unfound_modules(self.settings).items():
+            log.warning("job class %s: its module %r is not found from %s; each of its jobs "
+                        "will fail until it is", cls, module, self.settings.base_dir)
         job_log = self._job_log = JobLog(self.data_dir / "logs", self.settings.logs)
         stack.callback(job_log.close)
         store = self._store = open_store(self.settings)
