@@ -105,7 +105,8 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
             "attempt histories)", job_id=None)
     p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--class", dest="cls", metavar="CLASS")
-    p.add_argument("--chain", type=int, metavar="ID", help="the steps of the chain with this id")
+    p.add_argument("--chain", type=int, metavar="ID",
+                   help="the steps of the chain with this id, in their order")
     p.add_argument("--limit", type=int, default=50, metavar="N")
     p.add_argument("--cursor", metavar="C", help="the page after the one that printed C")
     add("cancel", cmd_cancel, "cancel a pending or running job", job)

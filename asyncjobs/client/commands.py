@@ -23,6 +23,7 @@ import orjson
 from ..config import Settings, load_settings
 from ..errors import HostLocked, InvalidField
 from ..models import TERMINAL, JSONValue, OutcomeKind, Status
+from ..registry import MAX_CHAIN
 from ..workers import procs
 from . import display
 
@@ -276,8 +277,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    jobs, cursor = _with_client(args, lambda c: c.list(args.status, args.cls, args.limit,
+    # A chain (at most MAX_CHAIN + 1 jobs) comes in one page and in step order, as `submit
+    # --then --wait` and the dashboard show it; other lists are newest first.
+    limit = max(args.limit, MAX_CHAIN + 1) if args.chain and not args.cursor else args.limit
+    jobs, cursor = _with_client(args, lambda c: c.list(args.status, args.cls, limit,
                                                        args.cursor, chain=args.chain))
+    if args.chain and not cursor:
+        jobs = sorted(jobs, key=lambda job: int(str(job["id"])))
     _emit(args, jobs, lambda jobs: display.job_rows(jobs) if jobs else "no jobs")
     if cursor:
         print(f"more: asyncjobs list --cursor {cursor}", file=sys.stderr)
