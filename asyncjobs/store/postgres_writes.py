@@ -127,10 +127,9 @@ SELECT s.id, s.n, s.at, $5 FROM s JOIN moved ON moved.id = s.id
 RETURNING job_id
 """
 
-# Attempts that started and ended within one round ($1-$10 the job's transition as FINISH,
-# $11 attempts counted, $12 started_at, $13-$20 the attempt's end; $21: the host): reserved
-# straight to the transition, one attempt row holding both times (see rows.split_whole).
 def _start_finish_ctes(host: str) -> str:
+    """The CTEs of :data:`START_FINISH` (``host``: its parameter), ending in ``written``: the
+    jobs moved, so that :data:`START_FINISH_CLAIM` can run them before its claim."""
     return f"""sf AS (
     SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::text[],
                          $6::text[], $7::int[], $8::text[], $9::bigint[], $10::int[],
