@@ -263,8 +263,12 @@ async def test_a_burst_of_submits_refreshes_the_planners_statistics(
     conn = await asyncpg.connect(pg_url)
     try:
         async with asyncio.timeout(10):
-            while (await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = "
-                                       "'jobs'::regclass")) < 1500:
+            # pg_class.reltuples is written in place, before the ANALYZE's statistics commit:
+            # wait for those (pg_stats), or the plan may still be made without them.
+            while not await conn.fetchval(
+                    "SELECT reltuples >= 1500 AND EXISTS (SELECT FROM pg_stats WHERE "
+                    "schemaname = current_schema() AND tablename = 'jobs' AND "
+                    "attname = 'run_at') FROM pg_class WHERE oid = 'jobs'::regclass"):
                 await asyncio.sleep(0.05)
         plan = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN SELECT id FROM jobs WHERE status = 'pending' AND run_at <= $1 "
