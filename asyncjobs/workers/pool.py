@@ -47,9 +47,10 @@ class WorkerProcess(WorkerHandle):
     between two jobs; the child runs them strictly in order, which is what makes this safe:
     when a worker dies, every attempt behind the running one has not started and is simply
     requeued on another worker.  A single reader task turns channel lines into progress
-    callbacks and settles the running attempt's future; a timeout timer starts only when an
-    attempt reaches the head of the queue.  What is sent in one turn of the event loop goes
-    out in one write: a write per job cost ~45 us, mostly waking the child once per job.
+    callbacks and settles the running attempt's future; an attempt's timeout counts only from
+    when it reaches the head of the queue (one timer per worker: see :meth:`_begin`).  What
+    is sent in one turn of the event loop goes out in one write: a write per job cost
+    ~45 us, mostly waking the child once per job.
     """
 
     def __init__(self, proc: asyncio.subprocess.Process, output: IO[bytes], path: Path, *,
