@@ -176,11 +176,12 @@ class PostgresStore:
                              started: Sequence[Start] = (), finished: Sequence[Finished],
                              now: float, limit: int, concurrency: Mapping[str, int],
                              outrank: tuple[int, int] | None = None) -> Round:
-        if writes.in_one_statement(progress=progress, started=started, finished=finished,
-                                   concurrency=concurrency, outrank=outrank):
+        whole = writes.in_one_statement(progress=progress, started=started, finished=finished,
+                                        concurrency=concurrency, outrank=outrank)
+        if whole is not None:
             async with self._connection() as conn:
-                return await writes.quick_round(conn, host=host, started=started,
-                                                finished=finished, now=now, limit=limit)
+                return await writes.quick_round(conn, host=host, whole=whole, now=now,
+                                                limit=limit)
         return await self._write(writes.dispatch_round, host=host, progress=progress,
                                  started=started, finished=finished, now=now, limit=limit,
                                  concurrency=concurrency, outrank=outrank)

@@ -345,24 +345,27 @@ async def set_progress(conn: asyncpg.Connection,
 
 def in_one_statement(*, progress: Mapping[int, tuple[float, str | None]],
                      started: Sequence[Start], finished: Sequence[Finished],
-                     concurrency: Mapping[str, int], outrank: tuple[int, int] | None) -> bool:
-    """Whether a round is the usual one of a drain, which :func:`quick_round` writes in one
-    statement: attempts that started and ended since the last round, each done with its
-    job (no chain to follow, no retry that a cancel mark could meet), and a claim without
-    caps or ranks.  Anything else takes :func:`dispatch_round`'s transaction of steps."""
+                     concurrency: Mapping[str, int], outrank: tuple[int, int] | None,
+                     ) -> list[tuple[Start, Finished]] | None:
+    """If a round is the usual one of a drain, which :func:`quick_round` writes in one
+    statement, its attempts (each started and ended since the last round, done with its
+    job: no chain to follow, no retry that a cancel mark could meet; the claim without caps
+    or ranks); None for anything else, which takes :func:`dispatch_round`'s transaction."""
     if progress or concurrency or outrank is not None:
-        return False
+        return None
     rest, whole = split_whole(started, finished)
-    return not rest and len(whole) == len(finished) and all(
-        f.claimed.chain_id is None and f.transition.status is not Status.PENDING
-        for _, f in whole)
+    if rest or len(whole) < len(finished) or not all(
+            f.claimed.chain_id is None and f.transition.status is not Status.PENDING
+            for _, f in whole):
+        return None
+    return whole
 
 
-async def quick_round(conn: asyncpg.Connection, *, host: str, started: Sequence[Start],
-                      finished: Sequence[Finished], now: float, limit: int) -> Round:
-    """A round that :func:`in_one_statement` admits, outside a transaction: one statement
-    is atomic, and BEGIN and COMMIT were half of such a round's four round trips."""
-    _, whole = split_whole(started, finished)
+async def quick_round(conn: asyncpg.Connection, *, host: str,
+                      whole: Sequence[tuple[Start, Finished]], now: float, limit: int) -> Round:
+    """A round that :func:`in_one_statement` admits (``whole``: its attempts), outside a
+    transaction: one statement is atomic, and BEGIN and COMMIT were half of such a round's
+    four round trips."""
     if whole:
         rows = await conn.fetch(START_FINISH_CLAIM, *_start_finish_columns(whole), host, now,
                                 limit)

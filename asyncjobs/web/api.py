@@ -265,6 +265,10 @@ def build_app(host: HostAPI) -> web.Application:
     return app
 
 
+def cannot_listen(host: str, port: int, exc: OSError) -> Unavailable:
+    return Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}")
+
+
 def check_port_free(host: str, port: int) -> None:
     """Refuse at once a port something already listens on, before the host opens (and
     perhaps migrates) its store and registers itself: :func:`start_api` binds later, and a
@@ -285,7 +289,7 @@ def check_port_free(host: str, port: int) -> None:
             except OSError as exc:
                 if exc.errno == errno.EADDRNOTAVAIL:
                     continue  # an address this machine lacks (IPv6 off, say): not ours to judge
-                raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                raise cannot_listen(host, port, exc) from None
 
 
 async def start_api(host: HostAPI) -> tuple[web.AppRunner, str]:
@@ -301,5 +305,5 @@ async def start_api(host: HostAPI) -> tuple[web.AppRunner, str]:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise Unavailable(f"cannot listen on {api.host}:{api.port}: {exc.strerror}") from None
+        raise cannot_listen(api.host, api.port, exc) from None
     return runner, f"http://{connect_host(api.host)}:{site.port}"
