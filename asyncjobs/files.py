@@ -53,8 +53,10 @@ def read_tail(handle: IO[bytes], limit: int) -> str:
         return ""
 
 
-def open_existing(path: str, identity: tuple[int, int] | None = None) -> int:
-    """Open ``path`` (an fd, read-write) only if it is a regular file, and ``identity``'s.
+def open_existing(path: str, identity: tuple[int, int] | None = None, *,
+                  append: bool = False) -> int:
+    """Open ``path`` (an fd, read-write; appending with ``append``) only if it is a regular
+    file, and ``identity``'s.
 
     Never blocks (``O_NONBLOCK``: a FIFO put in its place), never follows a final symlink,
     never creates; ``identity`` is ``(st_dev, st_ino)`` of the file the caller expects (the
@@ -63,7 +65,8 @@ def open_existing(path: str, identity: tuple[int, int] | None = None) -> int:
     import stat  # noqa: PLC0415 - os has loaded it already
 
     fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-                 | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+                 | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | (os.O_APPEND if append else 0))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or (

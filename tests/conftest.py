@@ -35,7 +35,8 @@ FIXTURE_PACKAGE = Path(__file__).parent / "jobs_fixture"
 TESTJOBS = "jobs_fixture.testjobs"
 
 DEFAULT_JOBS: dict[str, dict[str, Any]] = {
-    "Ok": {"module": TESTJOBS, "methods": ["run", "arun", "pid", "record", "progress"]},
+    "Ok": {"module": TESTJOBS, "methods": ["run", "arun", "pid", "parent", "remember", "record",
+                                         "progress"]},
     "Flaky": {"module": TESTJOBS, "methods": ["run", "crash_once"]},
     "Boom": {"module": TESTJOBS, "no_retry_on": ["ValueError"],
              "methods": ["value_error", "connection_error", "fail", "retry", "exit", "sigkill",

@@ -22,6 +22,8 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -47,26 +49,29 @@ from .protocol import (
     decode_server,
     encode_fork,
     encode_kill,
+    encode_pool,
 )
 
 log = logging.getLogger("asyncjobs.workers.forkserver")
 
 
 async def spawn_worker(settings: Settings, allow_list: Path, mode: str, path: Path, *,
-                       append: bool = False, extra: int = 0,
+                       append: bool = False, extra: int = 0, pool_socket: int | None = None,
                        ) -> tuple[asyncio.subprocess.Process, IO[bytes]]:
     """Start ``python -m asyncjobs.workers.child`` in ``mode`` (pool, once or forkserver) in its own
     process group, its stderr to a new private file at ``path``, which is returned open
     (never reopened by path: a job could have put a symlink or FIFO there).  Its environment
-    carries its label, :func:`worker_label` of ``path``, inherited by whatever its jobs start."""
+    carries its label, :func:`worker_label` of ``path``, inherited by whatever its jobs start.
+    ``pool_socket``: the fork server's end of its socket for warm workers' requests."""
     stderr = create_private(path, append=append)
     limit = message_limit(settings.max_result_bytes, settings.max_output_bytes) + extra
+    passed = () if pool_socket is None else (pool_socket,)
     try:
         proc = await asyncio.create_subprocess_exec(
             *command(str(allow_list), str(settings.base_dir), settings.max_result_bytes,
-                     settings.max_output_bytes, mode),
+                     settings.max_output_bytes, mode, *map(str, passed)),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-            limit=limit, env=worker_environment(worker_label(str(path))),
+            limit=limit, env=worker_environment(worker_label(str(path))), pass_fds=passed,
             **new_group_options(),
         )
     except BaseException:
@@ -94,15 +99,91 @@ class ForkedHandle(Protocol):
         ...
 
 
-class ForkServerProcess:
-    """One running fork server and the attempts it has children for."""
+class ServedWorker:
+    """A warm worker forked by the fork server, as its handle
+    (:class:`~asyncjobs.workers.pool.WorkerProcess`) sees a process: its pid, its two pipes
+    (straight to the host: the server never reads them), its exit status and a way to
+    signal it -- the last two through the server, which alone knows whether the pid is
+    still its unreaped child."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, errors: IO[bytes], path: Path,
-                 grace: float) -> None:
+    def __init__(self, server: ForkServerProcess, key: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = server
+        self.key = key
+        self.pid = 0
+        self.returncode: int | None = None
+        self.strays = 0  # its jobs' processes the server killed with it
+        self.stdin: asyncio.WriteTransport | None = None
+        self.stdout: asyncio.StreamReader | None = None
+        self._channel: asyncio.ReadTransport | None = None
+        self.started: asyncio.Future[int] = loop.create_future()
+        self._exited: asyncio.Future[int | None] = loop.create_future()
+
+    async def connect(self, jobs: int, channel: int, limit: int) -> None:
+        """Take the host's ends of the worker's pipes: ``jobs`` to write, ``channel`` to read."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit)
+        try:
+            self.stdin, _ = await loop.connect_write_pipe(
+                asyncio.Protocol, os.fdopen(jobs, "wb", buffering=0))
+        except BaseException:
+            os.close(channel)
+            raise
+        self._channel, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(channel, "rb", buffering=0))
+        self.stdout = reader
+
+    def disconnect(self) -> None:
+        """Close our ends of its pipes (it was never forked: nobody will close them)."""
+        for transport in (self.stdin, self._channel):
+            if transport is not None:
+                transport.close()
+
+    async def wait(self) -> int | None:
+        """Until the server has reaped it (or itself went away): its exit status."""
+        return await asyncio.shield(self._exited)
+
+    def signal(self, *, force: bool) -> None:
+        """SIGTERM (or SIGKILL) its group, through the server, unless it was reaped."""
+        if not self._exited.done():
+            self.server.kill(self.key, force=force)
+
+    # -- what the server's reader tells us (ForkedHandle) ----------------------------------
+
+    def on_started(self, pid: int) -> None:
+        self.pid = pid
+        if not self.started.done():
+            self.started.set_result(pid)
+
+    def on_line(self, line: bytes) -> None:
+        """Never called: a warm worker's channel does not pass through the server."""
+
+    def on_broken(self, why: str) -> None:
+        """Never called, as :meth:`on_line`."""
+
+    def on_exited(self, code: int | None, why: str | None, strays: int = 0) -> None:
+        self.returncode = code
+        self.strays = strays
+        if not self.started.done():
+            self.started.set_exception(OSError(why or "the fork server did not fork it"))
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    def on_server_lost(self, why: str, errors: str, *, requeue: bool) -> None:
+        self.on_exited(None, why + (f"; it wrote: {errors}" if errors else ""))
+
+
+class ForkServerProcess:
+    """One running fork server and the attempts and warm workers it has children for."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, errors: IO[bytes], path: Path, *,
+                 grace: float, pool_socket: socket.socket, limit: int) -> None:
         self.proc = proc
         self.errors = errors
         self.path = path
         self.grace = grace
+        self.pool_socket = pool_socket  # our end: warm workers' requests, with their pipes
+        self.limit = limit  # the longest line a warm worker may send
         self.handles: dict[int, ForkedHandle] = {}
         self.pids: dict[int, int] = {}  # key -> pid, to clean up if the server dies
         self._keys = itertools.count(1)
@@ -114,9 +195,19 @@ class ForkServerProcess:
     @classmethod
     async def start(cls, settings: Settings, allow_list: Path, path: Path) -> ForkServerProcess:
         """Start the server in its own session; its stderr (its own faults only) to ``path``."""
-        # Its forwarded lines carry a key in front: a little more than a worker's limit.
-        proc, errors = await spawn_worker(settings, allow_list, "forkserver", path, extra=64)
-        return cls(proc, errors, path, settings.workers.kill_grace)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            # Its forwarded lines carry a key in front: a little more than a worker's limit.
+            proc, errors = await spawn_worker(settings, allow_list, "forkserver", path,
+                                              extra=64, pool_socket=theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(proc, errors, path, grace=settings.workers.kill_grace, pool_socket=ours,
+                   limit=message_limit(settings.max_result_bytes, settings.max_output_bytes))
 
     @property
     def alive(self) -> bool:
@@ -138,6 +229,37 @@ class ForkServerProcess:
         self.handles[key] = handle
         self._write(encode_fork(key, str(output), identity, job))
         return key
+
+    async def fork_pool(self, output: Path, identity: tuple[int, int],
+                        label: str) -> ServedWorker:
+        """A new warm worker, forked; ``output`` and ``identity`` as for :meth:`fork`,
+        ``label`` its :func:`worker_label`.  Raises ``OSError`` if it could not be forked."""
+        if self.dead:
+            raise OSError("the fork server went away")
+        key = next(self._keys)
+        worker = ServedWorker(self, key)
+        jobs_r, jobs_w = os.pipe()
+        channel_r, channel_w = os.pipe()
+        try:
+            # A datagram, whole or not at all; it cannot block (tiny, and read at once).
+            socket.send_fds(self.pool_socket, [encode_pool(key, str(output), identity, label)],
+                            [jobs_r, channel_w])
+        except OSError:
+            os.close(jobs_w)
+            os.close(channel_r)
+            raise
+        finally:
+            os.close(jobs_r)  # the server has its copies now (or never will)
+            os.close(channel_w)
+        self.handles[key] = worker
+        try:
+            await worker.connect(jobs_w, channel_r, self.limit)
+            await worker.started
+        except BaseException:
+            self.handles.pop(key, None)
+            worker.disconnect()
+            raise
+        return worker
 
     def kill(self, key: int, *, force: bool) -> None:
         """SIGTERM (or SIGKILL) the child's group, if the server has not reaped it yet."""
@@ -227,5 +349,6 @@ class ForkServerProcess:
                 signal_group(self.proc.pid, force=True)
                 await self.proc.wait()
         await asyncio.gather(self._reader, return_exceptions=True)
+        self.pool_socket.close()
         self.errors.close()
         self.path.unlink(missing_ok=True)

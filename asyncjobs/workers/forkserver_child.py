@@ -2,9 +2,11 @@
 
 The forked child leaves the server's world first (its own session, only its own descriptors,
 the server's signal set-up undone), then runs its one job exactly as a spawned worker does
-(:mod:`asyncjobs.workers.jobcall`, :mod:`asyncjobs.workers.channel`), and ends like one
-(:func:`exit_child`) without paying for an interpreter's teardown.  The server's loop is
-:mod:`asyncjobs.workers.forkserver_server`; its host side :mod:`asyncjobs.workers.forkserver`.
+(:mod:`asyncjobs.workers.jobcall`, :mod:`asyncjobs.workers.channel`) -- or, forked as a warm
+worker (:func:`run_pool`), the jobs the host feeds it (:mod:`asyncjobs.workers.warm`) -- and
+ends like one (:func:`exit_child`) without paying for an interpreter's teardown.  The
+server's loop is :mod:`asyncjobs.workers.forkserver_server`; its host side
+:mod:`asyncjobs.workers.forkserver`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from . import context, procs
 from .channel import Capture, Channel, send_reply
 from .guard import Limits, guarded
 from .jobcall import run_job
-from .protocol import ForkRequest
+from .protocol import ForkRequest, PoolRequest
+from .warm import run_jobs
 
 
 class ChildExit(BaseException):
@@ -43,21 +46,10 @@ def run_forked(request: ForkRequest, read_fd: int, write_fd: int, *, server_pid:
     (:func:`open_max`, computed once in the server rather than once per attempt).  Never
     returns: it ends in ``os._exit`` or raises :class:`ChildExit`.
     """
-    import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
-
     code = 1
     ready = False  # fds 1 and 2 are on the capture file: an interpreter exit is safe
     try:
-        os.setsid()  # its own group, so a kill reaches whatever the job starts
-        # Nothing links a session leader to the server: die with it (Linux), and if it
-        # died already -- between the fork and here, maybe before it could tell the
-        # host our pid -- do not start the job at all.
-        procs.set_parent_death_signal()
-        if os.getppid() != server_pid:
-            os._exit(1)
-        procs.become_subreaper()  # what the job starts stays below us (see guard)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _leave_server(server_pid)
         os.close(read_fd)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
@@ -92,6 +84,57 @@ def run_forked(request: ForkRequest, read_fd: int, write_fd: int, *, server_pid:
     # to fork_serve, which ends the child with exit_child.  Nothing between here and
     # there catches it, so the child never runs the server's loop.
     raise ChildExit(code)
+
+
+def run_pool(request: PoolRequest, jobs_fd: int, channel_fd: int, *, server_pid: int,
+             allow: dict[str, Any], limits: Limits, max_result: int, output_limit: int,
+             fd_limit: int) -> NoReturn:
+    """A warm worker forked by the server: the host's two pipes (``jobs_fd``, ``channel_fd``,
+    passed to the server with the request) become its fds 0 and 1, the capture file the
+    host created its fd 2, and then it is a warm worker like a spawned one
+    (:func:`asyncjobs.workers.warm.run_jobs`) until the host closes its input.
+
+    Only the fork costs: the interpreter, asyncjobs' worker modules and the allow-list are
+    the server's, already loaded.  Never returns (see :func:`run_forked`).
+    """
+    code = 1
+    ready = False
+    try:
+        _leave_server(server_pid)
+        # What its jobs start carries its label, as a spawned worker's do (procs.MARKER).
+        os.environ[procs.MARKER] = request.label
+        capture_fd = files.open_existing(request.output, request.identity, append=True)
+        os.dup2(jobs_fd, 0)
+        os.dup2(channel_fd, 1)
+        os.dup2(capture_fd, 2)
+        _close_fds_except(limit=fd_limit)  # the server's channel, pipes and sockets
+        ready = True
+        run_jobs(allow, limits, max_result, output_limit, once=False)
+        code = 0
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+            sys.stderr.flush()
+    finally:
+        if not ready:
+            os._exit(code)
+    raise ChildExit(code)
+
+
+def _leave_server(server_pid: int) -> None:
+    """A forked child's first steps: its own session, and nothing of the server's signals."""
+    import signal  # noqa: PLC0415 - already loaded by the server; a dict lookup
+
+    os.setsid()  # its own group, so a kill reaches whatever the job starts
+    # Nothing links a session leader to the server: die with it (Linux), and if it died
+    # already -- between the fork and here, maybe before it could tell the host our pid --
+    # do not start any job at all.
+    procs.set_parent_death_signal()
+    if os.getppid() != server_pid:
+        os._exit(1)
+    procs.become_subreaper()  # what the job starts stays below us (see guard)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def open_max() -> int:

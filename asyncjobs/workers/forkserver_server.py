@@ -9,20 +9,24 @@ Only the fork server imports this module: a pool or once worker never pays for i
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from . import procs
 from .channel import message_limit
 from .exiting import exit_child
-from .forkserver_child import ChildExit, open_max, run_forked
+from .forkserver_child import ChildExit, open_max, run_forked, run_pool
 from .guard import Limits
 from .jobcall import load_allow_list
 from .protocol import (
     ForkRequest,
+    KillRequest,
+    PoolRequest,
     decode_server_request,
     encode_broken,
     encode_exited,
@@ -66,6 +70,11 @@ class ForkServer:
     * **Kills go through the server**, which alone knows whether a pid is still its
       unreaped child, so it never signals a recycled pid.  ``exited`` is reported only after
       everything the child wrote has been forwarded, so the host sees the answer first.
+    * **Warm workers are forked here too** (:meth:`_fork_pool`).  Their requests come on a
+      datagram socket, each with the host's two pipe ends for that worker attached
+      (``SCM_RIGHTS``); those pipes are its channel, so nothing it says passes through the
+      server, which only signals and reaps it and reports its exit, as for any child.  A
+      recycled worker costs a fork, not an interpreter start-up (~45 ms of CPU).
     * **The host's death ends everything**: end of input (or a new parent) means the host
       is gone; the next host reruns these attempts (they are ``running`` on disk), so every
       child's group is SIGKILLed rather than let two copies run.
@@ -80,9 +89,10 @@ class ForkServer:
     """
 
     def __init__(self, allow: dict[str, Any], max_result: int, output_limit: int,
-                 limits: Limits) -> None:
+                 limits: Limits, pool_socket: int) -> None:
         import select  # noqa: PLC0415 - only the fork server needs these
         import signal  # noqa: PLC0415
+        import socket  # noqa: PLC0415
 
         self.allow = allow
         self.limits = limits
@@ -108,6 +118,11 @@ class ForkServer:
         self.poll = select.poll()
         self.poll.register(0, select.POLLIN)
         self.poll.register(self.wake_r, select.POLLIN)
+        # Warm workers' requests come on a datagram socket: each with the worker's two pipe
+        # ends attached (SCM_RIGHTS), which a pipe cannot carry.
+        self.pool_socket = socket.socket(fileno=pool_socket)
+        self.pool_socket.setblocking(False)
+        self.poll.register(pool_socket, select.POLLIN)
         self._pollin = select.POLLIN
 
     # -- the loop --------------------------------------------------------------------------
@@ -117,6 +132,8 @@ class ForkServer:
             for fd, _ in self.poll.poll(1000):
                 if fd == 0:
                     self._read_requests()
+                elif fd == self.pool_socket.fileno():
+                    self._read_pool_requests()
                 elif fd == self.wake_r:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self.wake_r, 512):
@@ -146,6 +163,9 @@ class ForkServer:
         while its job runs), not in the consumed part of the buffer (zeroed before it is
         dropped); what is still pending there is zeroed by the child (:meth:`_forget`).
         """
+        # A kill on this channel may be for a warm worker asked for on the socket, sent
+        # before it: the socket's requests are handled first.
+        self._read_pool_requests()
         try:
             chunk = os.read(0, READ_SIZE)
         except OSError:
@@ -162,10 +182,31 @@ class ForkServer:
             request = decode_server_request(line)
             del line
             if isinstance(request, ForkRequest):
-                self._fork(request)
-            else:
+                self._fork_job(request)
+            elif isinstance(request, KillRequest):
                 self._kill(request.key, force=request.force)
             del request
+
+    def _read_pool_requests(self) -> None:
+        """Fork a warm worker for each request waiting on the socket (see :meth:`_fork_pool`)."""
+        import socket  # noqa: PLC0415 - loaded by __init__: a dict lookup
+
+        while not self.closed:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.pool_socket, READ_SIZE, 2)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.closed = True  # the host's end is gone: so is the host
+                return
+            request = decode_server_request(data)
+            if isinstance(request, PoolRequest) and len(fds) == 2:
+                self._fork_pool(request, fds[0], fds[1])  # closes them (no finally here:
+                continue  # a forked child unwinds through this frame, see _fork)
+            for fd in fds:
+                os.close(fd)
+            self._write(encode_exited(request.key, None,
+                                      "a warm worker's request came without its pipes"))
 
     def _kill(self, key: int, *, force: bool) -> None:
         child = self.children.get(key)
@@ -176,43 +217,64 @@ class ForkServer:
 
     # -- children --------------------------------------------------------------------------
 
-    def _fork(self, request: ForkRequest) -> None:
-        key = request.key
+    def _fork_job(self, request: ForkRequest) -> None:
+        """A child for one ``process`` attempt, its channel a pipe that the server forwards."""
+        read_fd, write_fd = os.pipe()
+        self._fork(request.key, read_fd, (write_fd,), functools.partial(
+            run_forked, request, read_fd, write_fd, server_pid=self.pid, allow=self.allow,
+            limits=self.limits, max_result=self.max_result, output_limit=self.output_limit,
+            fd_limit=self.open_max))
+
+    def _fork_pool(self, request: PoolRequest, jobs_fd: int, channel_fd: int) -> None:
+        """A warm worker: its channel is the host's own pipes, nothing passes through here;
+        the server only signals and reaps it, and reports its exit, as for any child."""
+        self._fork(request.key, None, (jobs_fd, channel_fd), functools.partial(
+            run_pool, request, jobs_fd, channel_fd, server_pid=self.pid, allow=self.allow,
+            limits=self.limits, max_result=self.max_result, output_limit=self.output_limit,
+            fd_limit=self.open_max))
+
+    def _fork(self, key: int, read_fd: int | None, handed: tuple[int, ...],
+              run: Callable[[], NoReturn]) -> None:
+        """Fork a child that calls ``run``.  ``read_fd``: the pipe it writes, to forward;
+        ``handed``: descriptors only the child keeps, closed here once it has them.
+
+        The child never returns here: it unwinds (:class:`ChildExit`) out of the server's
+        frames to :func:`fork_serve`, so no ``finally`` on this path may touch anything.
+        """
+        unused = handed if read_fd is None else (*handed, read_fd)  # if there is no child
         if os.getppid() != self.host_pid:
             self.closed = True  # the host is gone: this attempt will be rerun by the next one
+            for fd in unused:
+                os.close(fd)
             return
-        read_fd, write_fd = os.pipe()
-        # Everything the server holds goes to the collector's permanent generation for the
-        # fork: the child's collections (and exit_child's scan for open files) then see
-        # only what the job made, and do not touch -- and copy -- the server's pages.
         gc.freeze()
         try:
             pid = os.fork()
         except OSError as exc:
             gc.unfreeze()
-            os.close(read_fd)
-            os.close(write_fd)
+            for fd in unused:
+                os.close(fd)
             self._write(encode_exited(key, None, f"could not fork: {exc}"))
             return
         if pid == 0:
             try:
                 self._forget()
-                run_forked(request, read_fd, write_fd, server_pid=self.pid, allow=self.allow,
-                           limits=self.limits, max_result=self.max_result,
-                           output_limit=self.output_limit, fd_limit=self.open_max)
+                run()
             except ChildExit:
                 raise
             except BaseException:  # noqa: S110 - nothing else may unwind into the server
                 pass
             os._exit(1)
         gc.unfreeze()  # the server's own garbage stays collectable
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        for fd in handed:
+            os.close(fd)
         child = _Forked(key, pid, read_fd, bytearray())
         self.children[key] = child
         self.by_pid[pid] = child
-        self.by_fd[read_fd] = child
-        self.poll.register(read_fd, self._pollin)
+        if read_fd is not None:
+            os.set_blocking(read_fd, False)
+            self.by_fd[read_fd] = child
+            self.poll.register(read_fd, self._pollin)
         self._write(encode_server_started(key, pid))
 
     def _forget(self) -> None:
@@ -362,12 +424,14 @@ _PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 """Whether an exited child can be found without reaping it (``waitid`` with ``WNOWAIT``)."""
 
 
-def fork_serve(config_path: str, base_dir: str, max_result: int, output_limit: int) -> None:
-    # fd 0: requests from the host; fd 1: our channel to it; fd 2: our own error log.
+def fork_serve(config_path: str, base_dir: str, max_result: int, output_limit: int,
+               pool_socket: int) -> None:
+    # fd 0: requests from the host; fd 1: our channel to it; fd 2: our own error log;
+    # pool_socket: warm workers' requests, with their pipes.
     sys.path.insert(0, base_dir)
     try:
         allow, limits = load_allow_list(config_path)
-        ForkServer(allow, max_result, output_limit, limits).run()
+        ForkServer(allow, max_result, output_limit, limits, pool_socket).run()
     except ChildExit as done:  # only ever in a forked child, its job answered
         code = done.code
         del done  # the traceback holds the server's frames

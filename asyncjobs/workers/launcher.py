@@ -7,7 +7,8 @@ process.  On POSIX that process is forked by the fork server (:mod:`asyncjobs.wo
 one warm server started on first use: a fork costs a millisecond where an interpreter
 start-up costs ~50), as a :class:`~asyncjobs.workers.forked.ForkedJob`; elsewhere, or with
 ``fork=False``, it is a ``once`` :class:`~asyncjobs.workers.pool.WorkerProcess` spawned per
-attempt.  Both give the same :class:`Outcome`.
+attempt.  Both give the same :class:`Outcome`.  Warm workers are forked by the same server
+(so a recycle costs a fork too), or spawned as their own interpreter without it.
 Timeouts and cancels never rely on the job cooperating: the worker's whole process group
 gets SIGTERM, then SIGKILL after ``kill_grace``, and the process is always reaped.
 """
@@ -156,7 +157,6 @@ class SubprocessLauncher:
         self._steal_timer: asyncio.TimerHandle | None = None
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
-        self._successor: asyncio.Task[None] | None = None  # a warm worker being started early
         self._closed = False
 
     def _room_changed(self) -> None:
@@ -269,33 +269,6 @@ class SubprocessLauncher:
                 return min(queued, key=lambda w: len(w.queue))
         return None
 
-    def _taken(self, worker: WorkerProcess) -> None:
-        """``worker`` gets one more job: if that is its last (``max_jobs_per_worker``),
-        start its successor now, so that it is warm when this one retires instead of
-        leaving a slot idle for an interpreter's start-up (~0.1 s) at every recycle.  The
-        successor takes no job while the retiring worker still runs: an idle worker is
-        picked only when fewer than ``workers.max`` are busy."""
-        if worker.sent + 1 < worker.max_jobs or self._successor is not None or self._closed \
-                or any(w.accepting and not w.queue for w in self._pool if w is not worker):
-            return
-        self._successor = asyncio.ensure_future(self._start_successor())
-
-    async def _start_successor(self) -> None:
-        try:
-            worker = await WorkerProcess.spawn(self.settings, self.run_dir, once=False,
-                                               number=next(self._numbers),
-                                               on_room=self._room_changed)
-        except OSError as exc:  # then one starts on demand, as without this
-            log.warning("could not start a worker ahead of a recycle: %s", exc)
-            return
-        finally:
-            self._successor = None
-        if self._closed:
-            await worker.close()
-            return
-        self._pool.append(worker)
-        self._room_changed()
-
     async def _assign(self, isolation: Isolation, slot: Slot) -> Worker | None:
         """Find or start a worker for ``slot``, best attempt first; None if it was stopped
         while waiting."""
@@ -327,13 +300,27 @@ class SubprocessLauncher:
                                    settings=self.settings)
                 self._fresh.add(forked)
                 return forked
-            worker = await WorkerProcess.spawn(
-                self.settings, self.run_dir, once=isolation is Isolation.PROCESS,
-                number=next(self._numbers), on_room=self._room_changed)
+            if isolation is Isolation.POOL:
+                worker = await self._warm_worker()
+                self._pool.append(worker)
+                return worker
+            worker = await WorkerProcess.spawn(self.settings, self.run_dir, once=True,
+                                               number=next(self._numbers),
+                                               on_room=self._room_changed)
+            self._fresh.add(worker)
+            return worker
         finally:
             self._spawning -= 1
-        (self._fresh.add if worker.once else self._pool.append)(worker)
-        return worker
+
+    async def _warm_worker(self) -> WorkerProcess:
+        """A new warm worker: forked by the fork server where the OS can fork (a recycle
+        then costs a fork), else its own interpreter."""
+        if self.fork:
+            return await WorkerProcess.fork(await self._fork_server(), self.settings,
+                                            self.run_dir, number=next(self._numbers),
+                                            on_room=self._room_changed)
+        return await WorkerProcess.spawn(self.settings, self.run_dir, once=False,
+                                         number=next(self._numbers), on_room=self._room_changed)
 
     async def _fork_server(self) -> ForkServerProcess:
         """The running fork server; started on first use, and again after one died."""
@@ -368,8 +355,6 @@ class SubprocessLauncher:
                 self._attempts[job.id] = slot
                 try:
                     worker = await self._assign(isolation, slot)
-                    if isinstance(worker, WorkerProcess) and not worker.once:
-                        self._taken(worker)
                 except OSError as exc:
                     return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(
                         "SpawnError", f"could not start a worker: {exc}"))
@@ -424,15 +409,16 @@ class SubprocessLauncher:
         self._closed = True
         if self._steal_timer is not None:
             self._steal_timer.cancel()
-        if self._successor is not None:
-            await asyncio.gather(self._successor, return_exceptions=True)
-        workers: list[Worker] = [*self._pool, *self._fresh]
+        pool, fresh = self._pool, self._fresh
         self._pool, self._fresh = [], set()
+        # Warm workers first: forked ones are the fork server's children, and its close
+        # would kill them before they could finish and exit by themselves.
+        await asyncio.gather(*(w.close() for w in pool), *self._closing)
         # The fork server's end of input makes it kill, reap and report every child it
         # still runs (as a ``once`` worker does when its input closes mid-job).
         server, self._server = self._server, None
         closing = [server.close()] if server is not None else []
-        await asyncio.gather(*(w.close() for w in workers), *closing, *self._closing)
+        await asyncio.gather(*(w.close() for w in fresh), *closing)
 
 
 def _key(slot: Slot) -> tuple[int, int]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from .. import files
 from ..config import Settings
@@ -30,7 +31,7 @@ from .attempt import (
     settle,
     stopped,
 )
-from .forkserver import spawn_worker
+from .forkserver import ForkServerProcess, spawn_worker
 from .procs import signal_group
 from .protocol import Done, ProtocolError, Skipped, decode, encode_job, encode_skip
 
@@ -38,6 +39,67 @@ log = logging.getLogger("asyncjobs.workers.pool")
 
 ALLOW_LIST = "allow.json"  # the allow-list snapshot in the run directory (see launcher)
 PIPELINE_DEPTH = 64  # at most, attempts in one warm worker's queue
+
+
+class _Input(Protocol):
+    """The worker's stdin as the host writes it (a ``StreamWriter`` or a pipe transport)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class WorkerChild(Protocol):
+    """A warm worker's process as its handle uses it: spawned (:class:`Spawned`) or forked
+    by the fork server (:class:`~asyncjobs.workers.forkserver.ServedWorker`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def stdin(self) -> _Input | None: ...
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def strays(self) -> int:
+        """Processes of its jobs outside its group killed when it was killed."""
+        ...
+
+    async def wait(self) -> int | None: ...
+
+    def signal(self, *, force: bool) -> None:
+        """SIGTERM (or SIGKILL, ``force``) its process group and its jobs' escapees."""
+        ...
+
+
+class Spawned:
+    """A worker started as its own interpreter: a child of the host, signalled from here."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.stdin = proc.stdin
+        self.stdout = proc.stdout
+        self.strays = 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def signal(self, *, force: bool) -> None:
+        killed = signal_group(self.pid, force=force)
+        if force:
+            self.strays = max(self.strays, killed)
 
 
 class WorkerProcess(WorkerHandle):
@@ -53,7 +115,7 @@ class WorkerProcess(WorkerHandle):
     ~45 us, mostly waking the child once per job.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, output: IO[bytes], path: Path, *,
+    def __init__(self, proc: WorkerChild, output: IO[bytes], path: Path, *,
                  settings: Settings, once: bool, on_room: Callable[[], None]) -> None:
         self.proc = proc
         self.output = output
@@ -81,11 +143,29 @@ class WorkerProcess(WorkerHandle):
     @classmethod
     async def spawn(cls, settings: Settings, run_dir: Path, *, once: bool, number: int,
                     on_room: Callable[[], None]) -> WorkerProcess:
+        """A worker started as a new interpreter (where the OS cannot fork, and ``once``)."""
         path = run_dir / f"worker-{number}.out"
         # The child's stderr is its capture file, appended to by the job's fds 1 and 2.
         proc, output = await spawn_worker(settings, run_dir / ALLOW_LIST,
                                           "once" if once else "pool", path, append=True)
-        return cls(proc, output, path, settings=settings, once=once, on_room=on_room)
+        return cls(Spawned(proc), output, path, settings=settings, once=once, on_room=on_room)
+
+    @classmethod
+    async def fork(cls, server: ForkServerProcess, settings: Settings, run_dir: Path, *,
+                   number: int, on_room: Callable[[], None]) -> WorkerProcess:
+        """A warm worker forked by the fork server: a fork (~2 ms), not an interpreter's
+        start-up (~45 ms of CPU), which a pool pays at every recycle."""
+        path = run_dir / f"worker-{number}.out"
+        output = files.create_private(path, append=True)
+        try:
+            info = os.fstat(output.fileno())
+            proc = await server.fork_pool(path, (info.st_dev, info.st_ino),
+                                          procs.worker_label(str(path)))
+        except BaseException:
+            output.close()
+            path.unlink(missing_ok=True)
+            raise
+        return cls(proc, output, path, settings=settings, once=False, on_room=on_room)
 
     @property
     def alive(self) -> bool:
@@ -287,7 +367,7 @@ class WorkerProcess(WorkerHandle):
             head.observed = Ended(OutcomeKind.CRASHED, why, "ProtocolError")
             settle(head.future, head.observed)
         self.broken = True
-        signal_group(self.proc.pid, force=True)
+        self.proc.signal(force=True)
         return False
 
     def _lost(self) -> None:
@@ -318,9 +398,7 @@ class WorkerProcess(WorkerHandle):
     def _signal(self, *, force: bool) -> None:
         """Processes of its job outside the group get the same (``procs.signal_tree``)."""
         self.broken = True
-        killed = signal_group(self.proc.pid, force=force)
-        if force:
-            self.strays = max(self.strays, killed)
+        self.proc.signal(force=force)
 
     async def _after_death(self) -> None:
         # What its job started in other sessions went to init; the label they inherited
@@ -329,7 +407,10 @@ class WorkerProcess(WorkerHandle):
                                                procs.worker_label(str(self.path)))
 
     async def wait(self) -> int | None:
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        # Gone: what its killer counted of its job's processes outside its group is final.
+        self.strays = max(self.strays, self.proc.strays)
+        return code
 
     def _ask_to_exit(self) -> bool:
         """End of input: a warm worker exits when it has nothing left to run."""

@@ -20,7 +20,10 @@ The fork server (``process`` isolation on POSIX) has a channel of its own.  Host
 :class:`ForkRequest` ``{"t": "fork", "n", "output", "file": [dev, ino], "job": {...as
 above}}`` (``output``: the capture file the host created and keeps open; the child opens it
 only if it is still that file) and :class:`KillRequest` ``{"t": "kill", "n", "force"}``,
-where ``n`` is a key the host picks per attempt.  Server -> host: each line a forked child
+where ``n`` is a key the host picks per attempt, and, on a socket of their own (with the
+warm worker's two pipe ends attached, ``SCM_RIGHTS``), :class:`PoolRequest` ``{"t": "pool",
+"n", "output", "file": [dev, ino], "label"}``: fork a warm (``pool``) worker whose channel is
+those pipes, straight to the host.  Server -> host: each line a forked child
 wrote, verbatim behind its key (``b"<n> " + line``), decoded with :func:`decode` like any
 worker's; and the server's own ``{"t": "started", "n", "pid"}``, ``{"t": "broken", "n",
 "why"}`` and ``{"t": "exited", "n", "code", "why"?, "strays"?}`` (``strays``: processes of
@@ -341,12 +344,30 @@ def encode_kill(key: int, *, force: bool) -> bytes:
     return _line({"t": "kill", "n": key, "force": force})
 
 
-def decode_server_request(line: bytes) -> ForkRequest | KillRequest:
+class PoolRequest(_Record):
+    __slots__ = ("identity", "key", "label", "output")
+
+    def __init__(self, key: int, output: str, identity: tuple[int, int], label: str) -> None:
+        self.key = key
+        self.output = output
+        self.identity = identity  # (st_dev, st_ino) of the capture file the host created
+        self.label = label  # the worker's procs.MARKER label, inherited by what its jobs start
+
+
+def encode_pool(key: int, output: str, identity: tuple[int, int], label: str) -> bytes:
+    """Ask the fork server for a warm worker; its job and channel pipes travel with this."""
+    return _line({"t": "pool", "n": key, "output": output, "file": list(identity),
+                  "label": label})
+
+
+def decode_server_request(line: bytes) -> ForkRequest | KillRequest | PoolRequest:
     """In the fork server: one request from the host."""
     msg = orjson.loads(line)
     if msg["t"] == "kill":
         return KillRequest(msg["n"], msg["force"])
     dev, ino = msg["file"]
+    if msg["t"] == "pool":
+        return PoolRequest(msg["n"], msg["output"], (dev, ino), msg["label"])
     return ForkRequest(msg["n"], msg["output"], (dev, ino), _job_request(msg["job"]))
 
 

@@ -39,6 +39,9 @@ def _append(path: str, line: str) -> None:
         os.close(fd)
 
 
+_remembered: str | None = None
+
+
 class Ok:
     def run(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"args": list(args), "kwargs": kwargs}
@@ -48,6 +51,16 @@ class Ok:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def parent(self) -> int:
+        return os.getppid()
+
+    def remember(self, value: str) -> str | None:
+        """What the previous call in this process remembered: module state, which a
+        fresh worker must not inherit."""
+        global _remembered  # noqa: PLW0603 - the point: state a worker keeps between jobs
+        previous, _remembered = _remembered, value
+        return previous
 
     def record(self, path: str, name: str) -> str:
         _append(path, name)

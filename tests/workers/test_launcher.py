@@ -264,31 +264,26 @@ async def test_pool_recycles_after_max_jobs_per_worker(make_settings: SettingsFa
     assert process_gone(pids[0])
 
 
-async def test_a_recycled_workers_successor_is_warm_before_it_retires(
-        make_settings: SettingsFactory, tmp_path: Path) -> None:
-    # The worker's last job is still running when its successor is already up; the
-    # successor runs nothing until then (workers.max 1), and takes the next job at once.
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
+async def test_a_recycled_warm_worker_starts_clean(make_settings: SettingsFactory,
+                                                   tmp_path: Path, fork: bool) -> None:
+    """A warm worker is forked by the fork server (a recycle costs a fork), or spawned as
+    its own interpreter where the OS cannot fork; either way its successor inherits nothing
+    of the jobs it ran: the server never imports job code."""
     settings = make_settings(workers={"max": 1, "max_jobs_per_worker": 2})
-    launcher = SubprocessLauncher(settings, tmp_path / "run")
-    hold = tmp_path / "hold"
-    hold.touch()
+    launcher = SubprocessLauncher(settings, tmp_path / "run", fork=fork)
     try:
-        first = (await run(launcher, job("Ok", "pid"))).result
-        last = asyncio.create_task(run(launcher, job("Sleepy", "hold", str(tmp_path), "last",
-                                                     str(hold))))
-        after = asyncio.create_task(run(launcher, job("Ok", "pid")))
-        async with asyncio.timeout(10):
-            while len(launcher._pool) < 2 or not all(w.alive for w in launcher._pool):
-                await asyncio.sleep(0.02)
-            successor = next(w.proc.pid for w in launcher._pool if w.proc.pid != first)
-            await asyncio.sleep(0.2)
-        assert not after.done()  # one worker runs at a time: the retiring one
-        hold.unlink()
-        assert (await last).kind is OutcomeKind.COMPLETED
-        assert (await after).result == successor
+        remembered = [(await run(launcher, job("Ok", "remember", v))).result for v in "abcd"]
+        parent = (await run(launcher, job("Ok", "parent"))).result
+        server = launcher._server
     finally:
         await launcher.aclose()
-    assert process_gone(first)
+
+    assert remembered == [None, "a", None, "c"]
+    if fork:
+        assert server is not None and parent == server.proc.pid
+    else:
+        assert server is None and parent == os.getpid()
 
 
 @pytest.mark.parametrize("isolation", [POOL, PROCESS])
