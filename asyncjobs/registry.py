@@ -73,6 +73,9 @@ def _number(name: str, value: object, *, positive: bool = False) -> float:
 
 
 _FLOAT_RANGE = (float(NUMBER_RANGE[0]), float(2**64))
+# NUMBER_RANGE as open intervals, by type: what check_json compares a plain number with.
+_OPEN_RANGE: dict[type, tuple[float, float]] = {
+    int: (NUMBER_RANGE[0] - 1, NUMBER_RANGE[1] + 1), float: _FLOAT_RANGE}
 
 
 def _in_range(number: float) -> bool:
@@ -106,10 +109,12 @@ def check_json(name: str, value: object) -> None:
             kind = type(child)
             if kind is str or kind is bool or child is None:
                 continue
-            if kind is int or kind is float:
-                _check_number(name, child)
-            else:
+            # A plain number is checked in place (a subclass goes the long way, by the stack).
+            bounds = _OPEN_RANGE.get(kind)
+            if bounds is None:
                 stack.append((child, depth + 1))
+            elif not bounds[0] < child < bounds[1]:  # type: ignore[operator]
+                _check_number(name, child)  # raises
 
 
 def _check_number(name: str, item: object) -> None:

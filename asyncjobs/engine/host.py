@@ -245,15 +245,13 @@ class Host:
         now = self.clock.now()
         specs = [registry.parse_submit(self.settings, body, now) for body in bodies]
         submitted = await self.store.submit(specs, now)
-        earliest: float | None = None
-        for spec, s in zip(specs, submitted, strict=True):
-            if not s.duplicate:
-                self.job_log.event(now, s.id, cls=spec.cls, method=spec.method, attempt=None,
-                                   status="pending", note=f"run_at={iso(spec.run_at)}")
-                self.events.publish({"type": "job", "id": s.id, "status": "pending"})
-                earliest = spec.run_at if earliest is None else min(earliest, spec.run_at)
-        if earliest is not None:
-            self.events.publish({"type": "due", "run_at": earliest})
+        new = [(s.id, spec.cls, spec.method, spec.run_at)
+               for spec, s in zip(specs, submitted, strict=True) if not s.duplicate]
+        if new:
+            self.job_log.submitted(now, new)
+            for job_id, *_ in new:
+                self.events.publish({"type": "job", "id": job_id, "status": "pending"})
+            self.events.publish({"type": "due", "run_at": min(run_at for *_, run_at in new)})
         return submitted
 
     def _on_scheduled(self, job_id: int) -> None:

@@ -15,11 +15,12 @@ files are created 0600 and never opened through a symlink (see :mod:`.datadir`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,6 +39,13 @@ def escape(text: str) -> str:
     """``text`` with every control character as ``\\xNN`` (or ``\\uNNNN``): one line."""
     return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
                        else f"\\u{ord(m[0]):04x}", text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _name(text: str) -> str:
+    """:func:`escape` for class and method names: few, and on every line (a regular
+    expression's scan per name was most of a line's cost)."""
+    return escape(text)
 
 
 class RotatingFile:
@@ -130,7 +138,7 @@ class JobLog:
 
     def event(self, at: float, job_id: int, *, cls: str, method: str, attempt: int | None,
               status: str, duration: float | None = None, note: str = "") -> None:
-        line = f"{iso(at)} job={job_id} class={escape(cls)} method={escape(method)}"
+        line = f"{iso(at)} job={job_id} class={_name(cls)} method={_name(method)}"
         if attempt is not None:
             line += f" attempt={attempt}"
         line += f" status={status}"
@@ -139,6 +147,15 @@ class JobLog:
         if note:
             line += f" {escape(note)}"
         self._events.write(line + "\n")
+
+    def submitted(self, at: float, jobs: Iterable[tuple[int, str, str, float]]) -> None:
+        """The ``status=pending`` line of each job just stored (its id, class, method and
+        run_at), as :meth:`event` writes it, in one write: a batch submit's 500 lines cost
+        one call, not 500."""
+        stamp = iso(at)
+        self._events.write("".join(
+            f"{stamp} job={job_id} class={_name(cls)} method={_name(method)} status=pending "
+            f"run_at={iso(run_at)}\n" for job_id, cls, method, run_at in jobs))
 
     def error(self, at: float, job_id: int, *, cls: str, method: str, attempt: int,
               outcome: str, error: ErrorInfo) -> None:

@@ -152,6 +152,10 @@ class WorkerHandle:
     async def _after_death(self) -> None:
         """It died by itself: end what its job left behind (counted in ``strays``)."""
 
+    def _death(self, code: int | None) -> str:
+        """How it died, for the attempt it ran without answering (``code``: its status)."""
+        return f"the worker {describe_exit(code)} before reporting a result"
+
     async def kill(self) -> None:
         """SIGTERM to the group, SIGKILL after the grace, and always reaped.
 
@@ -170,7 +174,7 @@ class WorkerHandle:
             await self.kill()
         code = await self.wait()
         await self._after_death()
-        message = ended.why or f"the worker {describe_exit(code)} before reporting a result"
+        message = ended.why or self._death(code)
         return Outcome(OutcomeKind.CRASHED, error=ErrorInfo(ended.error_type, message),
                        exit_code=code, output=self.output_tail(), strays=self.strays)
 

@@ -113,6 +113,7 @@ class ServedWorker:
         self.pid = 0
         self.returncode: int | None = None
         self.strays = 0  # its jobs' processes the server killed with it
+        self.lost: str | None = None  # the server went away: why (its status is unknown)
         self.stdin: asyncio.WriteTransport | None = None
         self.stdout: asyncio.StreamReader | None = None
         self._channel: asyncio.ReadTransport | None = None
@@ -170,7 +171,9 @@ class ServedWorker:
             self._exited.set_result(code)
 
     def on_server_lost(self, why: str, errors: str, *, requeue: bool) -> None:
-        self.on_exited(None, why + (f"; it wrote: {errors}" if errors else ""))
+        # The server's own error output is logged by the server's handle, not repeated here.
+        self.lost = why
+        self.on_exited(None, why)
 
 
 class ForkServerProcess:

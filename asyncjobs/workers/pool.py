@@ -72,6 +72,11 @@ class WorkerChild(Protocol):
         """Processes of its jobs outside its group killed when it was killed."""
         ...
 
+    @property
+    def lost(self) -> str | None:
+        """Why it is gone when its exit status cannot be known (its fork server died)."""
+        ...
+
     async def wait(self) -> int | None: ...
 
     def signal(self, *, force: bool) -> None:
@@ -88,6 +93,7 @@ class Spawned:
         self.stdin = proc.stdin
         self.stdout = proc.stdout
         self.strays = 0
+        self.lost: str | None = None  # its own child: its status is always known
 
     @property
     def returncode(self) -> int | None:
@@ -399,6 +405,9 @@ class WorkerProcess(WorkerHandle):
         """Processes of its job outside the group get the same (``procs.signal_tree``)."""
         self.broken = True
         self.proc.signal(force=force)
+
+    def _death(self, code: int | None) -> str:
+        return self.proc.lost or super()._death(code)
 
     async def _after_death(self) -> None:
         # What its job started in other sessions went to init; the label they inherited

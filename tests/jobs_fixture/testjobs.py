@@ -58,7 +58,7 @@ class Ok:
     def remember(self, value: str) -> str | None:
         """What the previous call in this process remembered: module state, which a
         fresh worker must not inherit."""
-        global _remembered  # noqa: PLW0603 - the point: state a worker keeps between jobs
+        global _remembered  # the point: state a worker keeps between jobs
         previous, _remembered = _remembered, value
         return previous
 

@@ -571,6 +571,30 @@ async def test_a_dead_server_requeues_the_attempts_it_had_not_started(
     await wait_gone(child)
 
 
+async def test_a_killed_fork_server_takes_its_warm_workers_and_is_replaced(
+        launcher: SubprocessLauncher, tmp_path: Path) -> None:
+    """Warm workers are the server's children too: with it gone, the one running a job
+    crashes (saying why), what it had queued runs elsewhere, and a new server forks the
+    next warm worker."""
+    pidfile = tmp_path / "pid"
+    running = asyncio.create_task(launcher.run(job("Sleepy", "run", 30, str(pidfile)),
+                                               Isolation.POOL, lambda *_: None))
+    worker = int(await until_published(pidfile))
+    old = server_pid(launcher)
+
+    os.kill(old, signal.SIGKILL)
+    crashed = await asyncio.wait_for(running, 10)
+
+    assert crashed.kind is OutcomeKind.CRASHED
+    assert crashed.error is not None and crashed.error.message \
+        == "the fork server went away (killed by signal SIGKILL) while this attempt ran"
+    await wait_gone(worker)
+    after = await asyncio.wait_for(
+        launcher.run(job("Ok", "parent"), Isolation.POOL, lambda *_: None), 10)
+    assert after.kind is OutcomeKind.COMPLETED, after.error
+    assert after.result == server_pid(launcher) != old
+
+
 async def test_a_failing_servers_own_traceback_is_logged_and_in_the_output(
         launcher: SubprocessLauncher, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "run" / "allow.json").write_text("this is not JSON")  # the server dies on it
