@@ -16,6 +16,7 @@ import functools
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .. import files
@@ -46,10 +47,7 @@ def run_forked(request: ForkRequest, read_fd: int, write_fd: int, *, server_pid:
     (:func:`open_max`, computed once in the server rather than once per attempt).  Never
     returns: it ends in ``os._exit`` or raises :class:`ChildExit`.
     """
-    code = 1
-    ready = False  # fds 1 and 2 are on the capture file: an interpreter exit is safe
-    try:
-        _leave_server(server_pid)
+    def setup() -> Callable[[], None]:
         os.close(read_fd)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # the server's input (the host's requests) is not the job's
@@ -61,29 +59,20 @@ def run_forked(request: ForkRequest, read_fd: int, write_fd: int, *, server_pid:
         _close_fds_except(write_fd, capture_fd, limit=fd_limit)
         capture = Capture(capture_fd, output_limit)
         capture.reset()
-        ready = True
         channel = Channel(write_fd)
-        channel.job_id = request.job.id
-        context.set_reporter(channel.progress)
-        reply = guarded(request.job, limits,
-                        functools.partial(run_job, request.job, allow,
-                                          max_result, channel),
-                        functools.partial(send_reply, request.job, channel=channel,
-                                          capture=capture))
-        send_reply(request.job, reply, channel, capture)
-        code = 0
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-            sys.stderr.flush()
-    finally:
-        if not ready:
-            os._exit(code)  # still on the server's descriptors: leave at once
-    # End like a spawned worker (non-daemon threads joined, atexit handlers run --
-    # logging.shutdown among them -- files flushed): unwind out of the server's frames
-    # to fork_serve, which ends the child with exit_child.  Nothing between here and
-    # there catches it, so the child never runs the server's loop.
-    raise ChildExit(code)
+
+        def work() -> None:
+            channel.job_id = request.job.id
+            context.set_reporter(channel.progress)
+            reply = guarded(request.job, limits,
+                            functools.partial(run_job, request.job, allow, max_result, channel),
+                            functools.partial(send_reply, request.job, channel=channel,
+                                              capture=capture))
+            send_reply(request.job, reply, channel, capture)
+
+        return work
+
+    _child(server_pid, setup)
 
 
 def run_pool(request: PoolRequest, jobs_fd: int, channel_fd: int, *, server_pid: int,
@@ -97,10 +86,7 @@ def run_pool(request: PoolRequest, jobs_fd: int, channel_fd: int, *, server_pid:
     Only the fork costs: the interpreter, asyncjobs' worker modules and the allow-list are
     the server's, already loaded.  Never returns (see :func:`run_forked`).
     """
-    code = 1
-    ready = False
-    try:
-        _leave_server(server_pid)
+    def setup() -> Callable[[], None]:
         # What its jobs start carries its label, as a spawned worker's do (procs.MARKER).
         os.environ[procs.MARKER] = request.label
         capture_fd = files.open_existing(request.output, request.identity, append=True)
@@ -108,8 +94,31 @@ def run_pool(request: PoolRequest, jobs_fd: int, channel_fd: int, *, server_pid:
         os.dup2(channel_fd, 1)
         os.dup2(capture_fd, 2)
         _close_fds_except(limit=fd_limit)  # the server's channel, pipes and sockets
+        return functools.partial(run_jobs, allow, limits, max_result, output_limit,
+                                 once=False)
+
+    _child(server_pid, setup)
+
+
+def _child(server_pid: int, setup: Callable[[], Callable[[], None]]) -> NoReturn:
+    """Every forked child's life: leave the server, ``setup`` its descriptors, run what
+    ``setup`` returned, and end.
+
+    Until ``setup`` is done fds 1 and 2 are still the server's (its channel to the host, its
+    error log), so a failure there leaves at once, writing nothing.  After it, the child ends
+    like a spawned worker (non-daemon threads joined, atexit handlers run --
+    logging.shutdown among them -- files flushed): it unwinds out of the server's frames to
+    :func:`~asyncjobs.workers.forkserver_server.fork_serve`, which ends it with
+    :func:`exit_child`.  Nothing between here and there catches :class:`ChildExit`, so the
+    child never runs the server's loop.
+    """
+    code = 1
+    ready = False
+    try:
+        _leave_server(server_pid)
+        work = setup()
         ready = True
-        run_jobs(allow, limits, max_result, output_limit, once=False)
+        work()
         code = 0
     except BaseException:
         with contextlib.suppress(BaseException):
@@ -117,7 +126,7 @@ def run_pool(request: PoolRequest, jobs_fd: int, channel_fd: int, *, server_pid:
             sys.stderr.flush()
     finally:
         if not ready:
-            os._exit(code)
+            os._exit(code)  # still on the server's descriptors: leave at once
     raise ChildExit(code)
 
 
