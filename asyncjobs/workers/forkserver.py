@@ -240,13 +240,16 @@ class ForkServerProcess:
         if self.dead:
             raise OSError("the fork server went away")
         key = next(self._keys)
+        try:
+            request = encode_pool(key, str(output), identity, label)
+        except TypeError as exc:  # a path that is not valid UTF-8
+            raise OSError(f"cannot ask the fork server for a worker at {output}: {exc}") from None
         worker = ServedWorker(self, key)
         jobs_r, jobs_w = os.pipe()
         channel_r, channel_w = os.pipe()
         try:
             # A datagram, whole or not at all; it cannot block (tiny, and read at once).
-            socket.send_fds(self.pool_socket, [encode_pool(key, str(output), identity, label)],
-                            [jobs_r, channel_w])
+            socket.send_fds(self.pool_socket, [request], [jobs_r, channel_w])
         except OSError:
             os.close(jobs_w)
             os.close(channel_r)

@@ -121,9 +121,10 @@ def _child(server_pid: int, setup: Callable[[], Callable[[], None]]) -> NoReturn
         work()
         code = 0
     except BaseException:
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-            sys.stderr.flush()
+        if ready:  # else fd 2 is still the server's error log: not this child's to write
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+                sys.stderr.flush()
     finally:
         if not ready:
             os._exit(code)  # still on the server's descriptors: leave at once

@@ -7,8 +7,9 @@ process.  On POSIX that process is forked by the fork server (:mod:`asyncjobs.wo
 one warm server started on first use: a fork costs a millisecond where an interpreter
 start-up costs ~50), as a :class:`~asyncjobs.workers.forked.ForkedJob`; elsewhere, or with
 ``fork=False``, it is a ``once`` :class:`~asyncjobs.workers.pool.WorkerProcess` spawned per
-attempt.  Both give the same :class:`Outcome`.  Warm workers are forked by the same server
-(so a recycle costs a fork too), or spawned as their own interpreter without it.
+attempt.  Both give the same :class:`Outcome`.  Warm workers are forked too, by a fork
+server of their own (so a recycle costs a fork, and no warm worker is a copy of a server
+that handled an attempt's arguments), or spawned as their own interpreter without fork.
 Timeouts and cancels never rely on the job cooperating: the worker's whole process group
 gets SIGTERM, then SIGKILL after ``kill_grace``, and the process is always reaped.
 """
@@ -134,8 +135,9 @@ class SubprocessLauncher:
     Whatever waits in a queue is taken back (a skip) when an attempt of a better priority
     needs its place, or when an idle worker could start that better one now.
 
-    ``fork``: run ``process`` attempts through the fork server (the default where the OS
-    can fork, :data:`asyncjobs.workers.procs.CAN_FORK`), or spawn an interpreter per attempt.
+    ``fork``: fork ``process`` attempts and warm workers from fork servers (the default
+    where the OS can fork, :data:`asyncjobs.workers.procs.CAN_FORK`), or spawn an
+    interpreter per attempt and per warm worker.
     """
 
     def __init__(self, settings: Settings, run_dir: Path, *, fork: bool | None = None) -> None:
@@ -146,7 +148,10 @@ class SubprocessLauncher:
         self.fork = procs.CAN_FORK if fork is None else fork
         self._pool: list[WorkerProcess] = []
         self._fresh: set[Worker] = set()  # process-isolation attempts, one each
-        self._server: ForkServerProcess | None = None
+        # One fork server per isolation mode: warm workers are forked from one that never
+        # handles an attempt's request, so none inherits another job's arguments or results
+        # (a fork copies the freed memory too, which no object reaches any more).
+        self._servers: dict[Isolation, ForkServerProcess] = {}
         self._server_lock = asyncio.Lock()
         self._spawning = 0
         self._attempts: dict[int, Slot] = {}
@@ -295,7 +300,7 @@ class SubprocessLauncher:
         self._spawning += 1
         try:
             if isolation is Isolation.PROCESS and self.fork:
-                server = await self._fork_server()
+                server = await self._fork_server(Isolation.PROCESS)
                 forked = ForkedJob(server, self.run_dir / f"worker-f{next(self._numbers)}.out",
                                    settings=self.settings)
                 self._fresh.add(forked)
@@ -313,28 +318,39 @@ class SubprocessLauncher:
             self._spawning -= 1
 
     async def _warm_worker(self) -> WorkerProcess:
-        """A new warm worker: forked by the fork server where the OS can fork (a recycle
-        then costs a fork), else its own interpreter."""
-        if self.fork:
-            return await WorkerProcess.fork(await self._fork_server(), self.settings,
-                                            self.run_dir, number=next(self._numbers),
-                                            on_room=self._room_changed)
-        return await WorkerProcess.spawn(self.settings, self.run_dir, once=False,
-                                         number=next(self._numbers), on_room=self._room_changed)
+        """A new warm worker: forked by the warm workers' fork server where the OS can fork
+        (a recycle then costs a fork), else its own interpreter.  A server found dead on
+        the way (it went away before it forked this one) is replaced once: the attempt
+        waiting for this worker has not started, and must not be charged for it."""
+        if not self.fork:
+            return await WorkerProcess.spawn(self.settings, self.run_dir, once=False,
+                                             number=next(self._numbers),
+                                             on_room=self._room_changed)
+        for retry in (True, False):
+            server = await self._fork_server(Isolation.POOL)
+            try:
+                return await WorkerProcess.fork(server, self.settings, self.run_dir,
+                                                number=next(self._numbers),
+                                                on_room=self._room_changed)
+            except OSError:
+                if not retry or server.alive:
+                    raise
+        raise AssertionError("unreachable")
 
-    async def _fork_server(self) -> ForkServerProcess:
-        """The running fork server; started on first use, and again after one died."""
+    async def _fork_server(self, isolation: Isolation) -> ForkServerProcess:
+        """The running fork server for ``isolation``; started on first use, and again after
+        one died."""
         async with self._server_lock:
-            server = self._server
+            server = self._servers.pop(isolation, None)
             if server is not None and server.alive:
+                self._servers[isolation] = server
                 return server
             if server is not None:
                 self._track(server.close())
-            self._server = None
-            self._server = await ForkServerProcess.start(
+            self._servers[isolation] = server = await ForkServerProcess.start(
                 self.settings, self.run_dir / ALLOW_LIST,
                 self.run_dir / f"forkserver-{next(self._numbers)}.err")
-            return self._server
+            return server
 
     def _retire(self, worker: WorkerProcess) -> None:
         self._track(worker.close())
@@ -411,14 +427,13 @@ class SubprocessLauncher:
             self._steal_timer.cancel()
         pool, fresh = self._pool, self._fresh
         self._pool, self._fresh = [], set()
-        # Warm workers first: forked ones are the fork server's children, and its close
+        # Warm workers first: forked ones are their fork server's children, and its close
         # would kill them before they could finish and exit by themselves.
         await asyncio.gather(*(w.close() for w in pool), *self._closing)
-        # The fork server's end of input makes it kill, reap and report every child it
-        # still runs (as a ``once`` worker does when its input closes mid-job).
-        server, self._server = self._server, None
-        closing = [server.close()] if server is not None else []
-        await asyncio.gather(*(w.close() for w in fresh), *closing)
+        # A fork server's end of input makes it kill, reap and report every child it still
+        # runs (as a ``once`` worker does when its input closes mid-job).
+        servers, self._servers = list(self._servers.values()), {}
+        await asyncio.gather(*(w.close() for w in fresh), *(s.close() for s in servers))
 
 
 def _key(slot: Slot) -> tuple[int, int]:

@@ -148,7 +148,7 @@ async def test_the_helpers_of_a_sigkilled_fork_servers_children_die(
     claimed = job("leak", str(pidfile), "double_fork", "hang")
     running = asyncio.ensure_future(run(launcher, claimed, PROCESS))
     helper = await published(pidfile)
-    server = launcher._server
+    server = launcher._servers.get(Isolation.PROCESS)
     assert server is not None
     (child,) = server.pids.values()
 

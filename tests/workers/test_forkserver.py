@@ -138,6 +138,28 @@ class Tricks:
             frame = frame.f_back
         return hits
 
+    def memscan(self, head, tail):
+        """How often ``head + tail`` is in this process's writable memory (the two parts are
+        searched apart: the job never makes the string itself)."""
+        head, tail = head.encode(), tail.encode()
+        hits = 0
+        with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+            for line in maps:
+                fields = line.split()
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if "rw" not in fields[1] or (len(fields) > 5 and fields[5].startswith("[v")):
+                    continue
+                try:
+                    mem.seek(low)
+                    data = mem.read(high - low)
+                except (OSError, ValueError, OverflowError):
+                    continue
+                at = data.find(head)
+                while at >= 0:
+                    hits += data[at + len(head):at + len(head) + len(tail)] == tail
+                    at = data.find(head, at + 1)
+        return hits
+
     def descriptors(self):
         """What this child has open, besides the listing's own descriptor."""
         names = os.listdir("/proc/self/fd")
@@ -203,7 +225,8 @@ def settings(make_settings: SettingsFactory, tmp_path: Path) -> Settings:
         "State": {"module": "statejobs", "methods": ["touch", "inherited"]},
         "Channel": {"module": "faultjobs.hostile", "methods": ["write"]},
         "Tricks": {"module": "trickjobs",
-                   "methods": ["swap", "late_big", "finishing", "spy", "descriptors"]},
+                   "methods": ["swap", "late_big", "finishing", "spy", "descriptors",
+                               "memscan"]},
     })
 
 
@@ -225,9 +248,10 @@ async def run(launcher: SubprocessLauncher, claimed: Claimed,
         return await launcher.run(claimed, PROCESS, on_progress)
 
 
-def server_pid(launcher: SubprocessLauncher) -> int:
-    assert launcher._server is not None
-    return launcher._server.proc.pid
+def server_pid(launcher: SubprocessLauncher, isolation: Isolation = PROCESS) -> int:
+    server = launcher._servers.get(isolation)
+    assert server is not None
+    return server.proc.pid
 
 
 async def until_published(path: Path) -> str:
@@ -580,7 +604,7 @@ async def test_a_killed_fork_server_takes_its_warm_workers_and_is_replaced(
     running = asyncio.create_task(launcher.run(job("Sleepy", "run", 30, str(pidfile)),
                                                Isolation.POOL, lambda *_: None))
     worker = int(await until_published(pidfile))
-    old = server_pid(launcher)
+    old = server_pid(launcher, Isolation.POOL)
 
     os.kill(old, signal.SIGKILL)
     crashed = await asyncio.wait_for(running, 10)
@@ -592,7 +616,50 @@ async def test_a_killed_fork_server_takes_its_warm_workers_and_is_replaced(
     after = await asyncio.wait_for(
         launcher.run(job("Ok", "parent"), Isolation.POOL, lambda *_: None), 10)
     assert after.kind is OutcomeKind.COMPLETED, after.error
-    assert after.result == server_pid(launcher) != old
+    assert after.result == server_pid(launcher, Isolation.POOL) != old
+
+
+async def test_a_warm_worker_holds_nothing_of_a_process_attempt(
+        launcher: SubprocessLauncher) -> None:
+    """A fork copies the parent's memory, freed buffers too: warm workers come from a server
+    of their own, which never handled an attempt's arguments or results."""
+    head, tail = "SECRET-", f"{os.getpid()}-arguments"
+    for _ in range(3):
+        done = await run(launcher, job("Ok", "run", head + tail))
+        assert done.kind is OutcomeKind.COMPLETED and head + tail in str(done.result)
+    # The process attempts' own server does hold them: the scan finds what is there.
+    seen = await run(launcher, job("Tricks", "memscan", head, tail))
+
+    scan = await asyncio.wait_for(launcher.run(job("Tricks", "memscan", head, tail),
+                                               Isolation.POOL, lambda *_: None), 10)
+
+    assert seen.kind is OutcomeKind.COMPLETED and seen.result > 0
+    assert scan.kind is OutcomeKind.COMPLETED and scan.result == 0
+    assert server_pid(launcher, Isolation.POOL) != server_pid(launcher)
+
+
+async def test_a_pool_attempt_is_not_charged_for_a_fork_server_that_died_unseen(
+        make_settings: SettingsFactory, tmp_path: Path) -> None:
+    """The warm workers' server dies with a worker's request unread: the attempt waiting
+    for that worker never started, so it runs on a worker of the next server."""
+    launcher = SubprocessLauncher(make_settings(workers={"max": 1, "max_jobs_per_worker": 1}),
+                                  tmp_path / "run")
+    try:
+        first = await asyncio.wait_for(
+            launcher.run(job("Ok", "pid"), Isolation.POOL, lambda *_: None), 10)
+        old = server_pid(launcher, Isolation.POOL)
+        os.kill(old, signal.SIGSTOP)  # it will never read the next worker's request
+        second = asyncio.create_task(launcher.run(job("Ok", "parent"), Isolation.POOL,
+                                                  lambda *_: None))
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGKILL)
+        outcome = await asyncio.wait_for(second, 10)
+    finally:
+        await launcher.aclose()
+
+    assert first.kind is OutcomeKind.COMPLETED
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.error
+    assert outcome.result not in (old, None)
 
 
 async def test_a_failing_servers_own_traceback_is_logged_and_in_the_output(
@@ -659,9 +726,10 @@ async def main():
     task = asyncio.create_task(launcher.run(claimed, Isolation.PROCESS, lambda *a: None))
     while not os.path.exists({pidfile!r}):
         await asyncio.sleep(0.01)
-    print(launcher._server.proc.pid, flush=True)
+    server = launcher._servers[Isolation.PROCESS]
+    print(server.proc.pid, flush=True)
     if {kill_server!r}:
-        os.kill(launcher._server.proc.pid, 9)  # the server dies, and the host with it
+        os.kill(server.proc.pid, 9)  # the server dies, and the host with it
     os._exit(0)  # the host dies without closing anything
 
 asyncio.run(main())
@@ -745,7 +813,7 @@ async def test_the_spawn_fallback_still_runs_process_attempts(settings: Settings
         # attempts as they were just measured on this machine, and 0.4 s at least.
         limit = max(0.4, 4 * slowest)
         timeout = await run(launcher, job("Sleepy", "grandchild", str(pidfile), timeout=limit))
-        assert launcher._server is None  # never started
+        assert not launcher._servers  # none ever started
         assert not any(isinstance(w, ForkedJob) for w in launcher._fresh)
     finally:
         await launcher.aclose()

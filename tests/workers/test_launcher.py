@@ -275,15 +275,15 @@ async def test_a_recycled_warm_worker_starts_clean(make_settings: SettingsFactor
     try:
         remembered = [(await run(launcher, job("Ok", "remember", v))).result for v in "abcd"]
         parent = (await run(launcher, job("Ok", "parent"))).result
-        server = launcher._server
+        servers = dict(launcher._servers)
     finally:
         await launcher.aclose()
 
     assert remembered == [None, "a", None, "c"]
     if fork:
-        assert server is not None and parent == server.proc.pid
+        assert list(servers) == [POOL] and parent == servers[POOL].proc.pid
     else:
-        assert server is None and parent == os.getpid()
+        assert not servers and parent == os.getpid()
 
 
 @pytest.mark.parametrize("isolation", [POOL, PROCESS])
