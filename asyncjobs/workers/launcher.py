@@ -326,16 +326,17 @@ class SubprocessLauncher:
             return await WorkerProcess.spawn(self.settings, self.run_dir, once=False,
                                              number=next(self._numbers),
                                              on_room=self._room_changed)
-        for retry in (True, False):
-            server = await self._fork_server(Isolation.POOL)
-            try:
-                return await WorkerProcess.fork(server, self.settings, self.run_dir,
-                                                number=next(self._numbers),
-                                                on_room=self._room_changed)
-            except OSError:
-                if not retry or server.alive:
-                    raise
-        raise AssertionError("unreachable")
+        server = await self._fork_server(Isolation.POOL)
+        try:
+            return await self._fork_warm(server)
+        except OSError:
+            if server.alive:
+                raise
+        return await self._fork_warm(await self._fork_server(Isolation.POOL))
+
+    async def _fork_warm(self, server: ForkServerProcess) -> WorkerProcess:
+        return await WorkerProcess.fork(server, self.settings, self.run_dir,
+                                        number=next(self._numbers), on_room=self._room_changed)
 
     async def _fork_server(self, isolation: Isolation) -> ForkServerProcess:
         """The running fork server for ``isolation``; started on first use, and again after
