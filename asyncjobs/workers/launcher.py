@@ -20,7 +20,6 @@ import asyncio
 import bisect
 import dataclasses
 import itertools
-import logging
 import os
 import stat
 from collections.abc import Coroutine
@@ -38,8 +37,6 @@ from .attempt import NOT_STARTED, Ended, ProgressCallback, Slot, StartCallback, 
 from .forked import ForkedJob
 from .forkserver import ForkServerProcess
 from .pool import ALLOW_LIST, PIPELINE_DEPTH, WorkerProcess
-
-log = logging.getLogger("asyncjobs.workers.launcher")
 
 STEAL_AFTER = 0.05  # seconds a job must have run before an idle worker takes what waits behind it
 QUEUE_AHEAD_COVERS = 0.005  # seconds of work a warm worker keeps queued ahead, at least ...
@@ -162,7 +159,6 @@ class SubprocessLauncher:
         self._steal_timer: asyncio.TimerHandle | None = None
         self._numbers = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
-        self._closed = False
 
     def _room_changed(self) -> None:
         self._wake_first()
@@ -423,7 +419,6 @@ class SubprocessLauncher:
                 self.stop(job_id, kind)
 
     async def aclose(self) -> None:
-        self._closed = True
         if self._steal_timer is not None:
             self._steal_timer.cancel()
         pool, fresh = self._pool, self._fresh
